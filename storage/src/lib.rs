@@ -1,0 +1,63 @@
+//! Everything chorus keeps on disk.
+//!
+//! Layout:
+//! - [`types`]: the openraft type configuration ([`TypeConfig`]) and the node address record.
+//! - [`command`]: the replicated data model: [`Request`] (a [`Command`] plus its dedupe key
+//!   and timestamp) and [`Response`].
+//! - [`state`]: the in-memory domain state and its deterministic `apply`, one module per domain.
+//! - [`log_store`]: the sled-backed Raft log ([`LogStore`]).
+//! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
+//! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
+//!
+//! The log and the state machine share one `sled::Db` so a single flush makes both durable.
+
+pub mod codec;
+pub mod command;
+pub mod log_store;
+pub mod snapshot;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+use std::path::Path;
+
+pub use command::{Command, CommandError, ErrorKind, Outcome, QueueCommand, Request, Response};
+pub use log_store::LogStore;
+pub use state::queue::{PlayedTrack, QueuedTrack};
+pub use state_machine::{StateMachineStore, StateReader};
+pub use types::{ChorusNode, TypeConfig};
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the sled database in {path}: {source}")]
+    Sled { path: String, source: sled::Error },
+    #[error("cannot prepare the snapshot directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the state machine in {path} is unreadable: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+/// Opens (or creates) the store in `dir`: the Raft log and the state machine.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let db_path = dir.join("db");
+    let db = sled::Config::new()
+        .path(&db_path)
+        // sled's own periodic flush is not what makes writes durable (LogStore flushes
+        // explicitly before acknowledging); keep it as a background safety net only.
+        .flush_every_ms(Some(1000))
+        .open()
+        .map_err(|source| OpenError::Sled {
+            path: db_path.display().to_string(),
+            source,
+        })?;
+    let log = LogStore::open(&db).map_err(|source| OpenError::Sled {
+        path: db_path.display().to_string(),
+        source,
+    })?;
+    let sm = StateMachineStore::open(db, &dir.join("snapshots"))?;
+    Ok((log, sm))
+}

@@ -1,0 +1,206 @@
+//! The Raft log in sled: tree `raft_log` (index → entry) and tree `raft_meta` (vote, committed,
+//! last purged).
+//!
+//! Durability (what keeps Raft safe across crashes): `append` calls the `LogFlushed` callback
+//! only after one `flush` of the whole database has made the batch durable (group commit: one
+//! fsync per appended batch, however many entries it holds), and `save_vote` returns only after
+//! the vote is flushed.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+
+use crate::codec;
+use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
+    match b {
+        Bound::Included(i) => Bound::Included(index_key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl LogStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
+            return Ok(None);
+        };
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(|_| ())
+    }
+
+    /// True when this node has never taken part in a cluster: no vote, no log, nothing purged.
+    pub fn is_pristine(&self) -> Result<bool, StorageError> {
+        let vote: Option<Vote> = self.read_meta(VOTE)?;
+        let purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
+        Ok(vote.is_none() && purged.is_none() && self.log.is_empty())
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((_, bytes)) => {
+                let entry: Entry =
+                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let mut entries = Vec::new();
+        for item in self.log.range::<[u8; 8], _>(range) {
+            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED)?;
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(VOTE, vote)?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on purpose: a committed index that is lost in a crash is learned again
+        // from the leader; persisting it only lets a restarted node apply its log sooner.
+        self.write_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Group commit: one fsync for the whole batch, and only then tell openraft it is durable.
+        let flushed = self.flush().await.map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "truncate log");
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "purge log");
+        // The entries being purged are covered by a snapshot whose state the state machine has
+        // applied; make that state durable before the entries that could rebuild it disappear.
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.write_meta(LAST_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

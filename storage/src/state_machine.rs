@@ -1,0 +1,439 @@
+//! The Raft state machine: applies committed entries to [`State`] and persists them in the `sm`
+//! sled tree; builds and installs snapshots as files under `<data_dir>/snapshots/`.
+//!
+//! Invariants:
+//! - Every applied batch is one atomic sled batch holding the domain writes *and* `m/applied`
+//!   and `m/membership`, so the tree always describes exactly one log position.
+//! - The in-memory [`State`] and the tree change together under the write lock; readers
+//!   ([`StateReader`]) take the read lock and so see whole entries only.
+//! - A snapshot is streamed from the tree to a file (under the read lock, so it is consistent)
+//!   and installed by streaming the file back. An install interrupted by a crash is redone from
+//!   `current.snap` on the next start (the `m/installing` marker says so).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::OpenError;
+use crate::codec;
+use crate::command::Response;
+use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_SM};
+use crate::state::{Changes, State};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    TypeConfig,
+};
+
+const M_PREFIX: &[u8] = b"m/";
+const M_APPLIED: &[u8] = b"m/applied";
+const M_MEMBERSHIP: &[u8] = b"m/membership";
+const M_INSTALLING: &[u8] = b"m/installing";
+const CURRENT: &str = "current.snap";
+
+/// The state as of `last_applied`.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    sm: sled::Tree,
+    applied: RwLock<Applied>,
+    dir: PathBuf,
+    /// The file most recently handed out by `begin_receiving_snapshot`.
+    receiving: Mutex<Option<PathBuf>>,
+    /// Serialises snapshot builds and installs.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    file_seq: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+/// Read access to the applied state, for the API's reads.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    inner: Arc<Inner>,
+}
+
+impl StateReader {
+    /// Runs `f` on a consistent view of the state (between two applied batches).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let guard = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&guard.state)
+    }
+
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_applied
+    }
+}
+
+fn sled_io(e: sled::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Inner {
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.dir.join(CURRENT)
+    }
+
+    fn next_file(&self, kind: &str) -> PathBuf {
+        let seq = self.file_seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!("{kind}-{}-{seq}.snap", std::process::id()))
+    }
+
+    /// Streams the tree into a new `current.snap`. Blocking.
+    fn build_blocking(&self) -> io::Result<SnapshotMeta> {
+        let tmp = self.next_file("building");
+        let meta = {
+            let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
+            let id_part = guard.last_applied.map_or("none".to_string(), |l| {
+                format!("{}-{}", l.leader_id, l.index)
+            });
+            let meta = SnapshotMeta {
+                last_log_id: guard.last_applied,
+                last_membership: guard.membership.clone(),
+                snapshot_id: format!(
+                    "{id_part}-{}",
+                    self.file_seq.fetch_add(1, Ordering::Relaxed)
+                ),
+            };
+            let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta)?;
+            for item in self.sm.iter() {
+                let (key, value) = item.map_err(sled_io)?;
+                if !key.starts_with(M_PREFIX) {
+                    writer.record(TREE_SM, &key, &value)?;
+                }
+            }
+            writer.finish()?.sync_all()?;
+            meta
+        };
+        fs::rename(&tmp, self.current_path())?;
+        sync_dir(&self.dir)?;
+        Ok(meta)
+    }
+
+    /// Replaces the whole state with the snapshot in `current.snap`. Blocking.
+    fn install_blocking(&self, expected: Option<&SnapshotMeta>) -> io::Result<SnapshotMeta> {
+        let mut reader = SnapshotReader::new(File::open(self.current_path())?)?;
+        let meta = reader.meta.clone();
+        if let Some(expected) = expected
+            && expected.last_log_id != meta.last_log_id
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot file is at {:?}, expected {:?}",
+                    meta.last_log_id, expected.last_log_id
+                ),
+            ));
+        }
+        let mut guard = self.write_lock();
+        self.sm.insert(M_INSTALLING, &[1u8]).map_err(sled_io)?;
+        self.db.flush().map_err(sled_io)?;
+        self.sm.clear().map_err(sled_io)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        while let Some(record) = reader.next_record()? {
+            if record.tree != TREE_SM {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown tree {}", record.tree),
+                ));
+            }
+            batch.insert(record.key, record.value);
+            pending += 1;
+            if pending == 10_000 {
+                self.sm
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(sled_io)?;
+                pending = 0;
+            }
+        }
+        batch.insert(M_APPLIED, encode_io(&meta.last_log_id)?);
+        batch.insert(M_MEMBERSHIP, encode_io(&meta.last_membership)?);
+        batch.remove(M_INSTALLING);
+        self.sm.apply_batch(batch).map_err(sled_io)?;
+        self.db.flush().map_err(sled_io)?;
+        guard.state = State::load(&self.sm).map_err(io::Error::other)?;
+        guard.last_applied = meta.last_log_id;
+        guard.membership = meta.last_membership.clone();
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(meta)
+    }
+}
+
+async fn same_file(file: &tokio::fs::File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (file.metadata().await?, tokio::fs::metadata(path).await?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    codec::encode(value).map_err(io::Error::other)
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: sled::Db, dir: &Path) -> Result<Self, OpenError> {
+        let io_err = |source| OpenError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: dir.display().to_string(),
+            message,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        // Leftovers of builds or transfers that a crash interrupted.
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let path = entry.map_err(io_err)?.path();
+            if path.file_name().is_some_and(|n| n != CURRENT) {
+                fs::remove_file(&path).map_err(io_err)?;
+            }
+        }
+        let sm = db.open_tree("sm").map_err(|e| corrupt(e.to_string()))?;
+        let inner = Inner {
+            db,
+            sm,
+            applied: RwLock::new(Applied::default()),
+            dir: dir.to_path_buf(),
+            receiving: Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            file_seq: AtomicU64::new(0),
+        };
+        if inner
+            .sm
+            .contains_key(M_INSTALLING)
+            .map_err(|e| corrupt(e.to_string()))?
+        {
+            tracing::warn!("a snapshot install was interrupted; installing it again");
+            inner
+                .install_blocking(None)
+                .map_err(|e| corrupt(format!("redo snapshot install: {e}")))?;
+        } else {
+            let read = |key: &[u8]| -> Result<Option<sled::IVec>, OpenError> {
+                inner.sm.get(key).map_err(|e| corrupt(e.to_string()))
+            };
+            let mut applied = Applied {
+                state: State::load(&inner.sm).map_err(|e| corrupt(e.to_string()))?,
+                ..Applied::default()
+            };
+            if let Some(bytes) = read(M_APPLIED)? {
+                applied.last_applied = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            }
+            if let Some(bytes) = read(M_MEMBERSHIP)? {
+                applied.membership = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            }
+            *inner.write_lock() = applied;
+        }
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn open_current(&self, meta: SnapshotMeta) -> io::Result<Snapshot> {
+        let file = tokio::fs::File::open(self.inner.current_path()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let _serial = self.inner.snapshot_lock.lock().await;
+        let meta = self
+            .blocking(|inner| inner.build_blocking())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        let sig = meta.signature();
+        self.open_current(meta)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let guard = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok((guard.last_applied, guard.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut guard = self.inner.write_lock();
+        let mut changes = Changes::default();
+        let mut responses = Vec::new();
+        for entry in entries {
+            guard.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::done(),
+                EntryPayload::Normal(req) => guard
+                    .state
+                    .apply(&req, &mut changes)
+                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?,
+                EntryPayload::Membership(m) => {
+                    guard.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::done()
+                }
+            };
+            responses.push(response);
+        }
+        let encode_err = |e: crate::codec::CodecError| StorageIOError::write_state_machine(&e);
+        changes
+            .put(M_APPLIED.to_vec(), &guard.last_applied)
+            .map_err(encode_err)?;
+        changes
+            .put(M_MEMBERSHIP.to_vec(), &guard.membership)
+            .map_err(encode_err)?;
+        // Not flushed: the log already is, and a crash replays entries after `m/applied`.
+        self.inner
+            .sm
+            .apply_batch(changes.into_batch())
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.inner.next_file("incoming");
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        *self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let sig = meta.signature();
+        let err = |e: io::Error| {
+            StorageError::from(StorageIOError::write_snapshot(Some(sig.clone()), &e))
+        };
+        let _serial = self.inner.snapshot_lock.lock().await;
+        snapshot.flush().await.map_err(err)?;
+        snapshot.sync_all().await.map_err(err)?;
+        let received = self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let current = self.inner.current_path();
+        // openraft normally hands back the file we gave out in `begin_receiving_snapshot`, which
+        // is moved into place; any other file (a test may substitute one) is copied.
+        let ours = match &received {
+            Some(path) => same_file(&snapshot, path).await.map_err(err)?,
+            None => false,
+        };
+        match received {
+            Some(path) if ours => tokio::fs::rename(&path, &current).await.map_err(err)?,
+            _ => {
+                let tmp = self.inner.next_file("copy");
+                let mut out = tokio::fs::File::create(&tmp).await.map_err(err)?;
+                snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
+                tokio::io::copy(&mut snapshot, &mut out)
+                    .await
+                    .map_err(err)?;
+                out.sync_all().await.map_err(err)?;
+                tokio::fs::rename(&tmp, &current).await.map_err(err)?;
+            }
+        }
+        let expected = meta.clone();
+        self.blocking(move |inner| {
+            sync_dir(&inner.dir)?;
+            inner.install_blocking(Some(&expected))
+        })
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.inner.current_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let meta = self
+            .blocking(move |_| Ok(SnapshotReader::new(File::open(&path)?)?.meta))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let sig = meta.signature();
+        let snapshot = self
+            .open_current(meta)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e))?;
+        Ok(Some(snapshot))
+    }
+}
