@@ -1,1 +1,112 @@
+//! Replication: openraft wired to the sled store and to a ractor_cluster transport.
+//!
+//! Layout:
+//! - [`protocol`]: the node-to-node messages (bincode over one ractor_cluster RPC).
+//! - [`transport`]: the ractor_cluster node server, the endpoint actor that answers peers, the
+//!   supervisor actor that (re)connects to peers and drops dead sessions, and `call` with a
+//!   timeout on every remote request.
+//! - [`network`]: openraft's `RaftNetwork` on top of the transport.
+//! - [`replica`]: [`Replica`], the handle the API uses: `write` (forwarded to the leader, retried
+//!   safely across leader changes), `read_barrier` (linearizable reads on any node), membership.
+//! - [`bootstrap`]: initialising a brand-new cluster exactly once.
 
+pub mod bootstrap;
+pub mod network;
+pub mod protocol;
+pub mod replica;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use replica::{ClusterStatus, MemberStatus, Replica, ReplicaError, WriteReceipt};
+pub use storage::{ChorusNode, TypeConfig};
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Raft timing and log-compaction settings (the `[raft]` table of `cluster.toml`).
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log after a snapshot (for followers that are only a little behind).
+    pub keep_logs_after_snapshot: u64,
+    /// Upper bound on how long a client request waits for the cluster (then 503).
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 5000,
+            keep_logs_after_snapshot: 1000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a node needs to join its cluster.
+#[derive(Debug, Clone)]
+pub struct StartArgs {
+    pub node_id: u64,
+    pub cluster_name: String,
+    /// Shared secret; the ractor_cluster cookie that authenticates peers.
+    pub secret: String,
+    pub raft_listen: SocketAddr,
+    /// The members from `cluster.toml`: used to bootstrap a new cluster and to find peers
+    /// before the replicated membership is known.
+    pub initial_members: BTreeMap<u64, ChorusNode>,
+    pub settings: RaftSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("cannot start the cluster transport on {addr}: {message}")]
+    Transport { addr: SocketAddr, message: String },
+    #[error("cannot start an actor: {0}")]
+    Actor(String),
+    #[error("cannot start raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<u64>),
+}
+
+/// Starts this node's Raft, transport and supervisor, and bootstraps a new cluster if needed.
+pub async fn start(
+    args: StartArgs,
+    log: storage::LogStore,
+    sm: storage::StateMachineStore,
+) -> Result<Replica, StartError> {
+    let s = &args.settings;
+    let config = openraft::Config {
+        cluster_name: args.cluster_name.clone(),
+        heartbeat_interval: s.heartbeat.as_millis() as u64,
+        election_timeout_min: s.election_timeout_min.as_millis() as u64,
+        election_timeout_max: s.election_timeout_max.as_millis() as u64,
+        // Snapshot chunks and append batches stay well under ractor_cluster's frame limit.
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        max_payload_entries: 64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_every),
+        max_in_snapshot_log_to_keep: s.keep_logs_after_snapshot,
+        ..Default::default()
+    }
+    .validate()?;
+
+    let transport = transport::Transport::start(&args).await?;
+    let network = network::Network::new(transport.clone());
+    let reader = sm.reader();
+    let raft = Raft::new(args.node_id, std::sync::Arc::new(config), network, log.clone(), sm).await?;
+    let replica = Replica::new(args.node_id, raft, transport.clone(), reader, log, s.request_timeout);
+    transport.serve(replica.clone()).await?;
+    replica.watch_membership(args.initial_members.clone());
+    tokio::spawn(bootstrap::bootstrap(replica.clone(), args.initial_members));
+    Ok(replica)
+}

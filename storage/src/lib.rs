@@ -11,6 +11,9 @@
 //!
 //! The log and the state machine share one `sled::Db` so a single flush makes both durable.
 
+// openraft's storage traits fix `StorageError` (large) as the error type of every method.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 pub mod command;
 pub mod log_store;

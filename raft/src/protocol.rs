@@ -1,0 +1,65 @@
+//! Messages between nodes. Each request is one bincode-encoded [`PeerRequest`] carried by the
+//! single ractor_cluster RPC of [`crate::transport::PeerMsg`]; the answer is a [`PeerResponse`].
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use storage::{ChorusNode, Request, Response, TypeConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded by a follower to the leader.
+    ClientWrite(Request),
+    /// A follower asks the leader for a read index (the leader confirms its leadership first).
+    ReadIndex,
+    /// Liveness probe, also used by bootstrap to learn whether the peer was ever initialised.
+    Status,
+    AddMember { id: u64, node: ChorusNode },
+    RemoveMember { id: u64 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    ClientWrite(Result<WriteReply, ForwardError>),
+    ReadIndex(Result<u64, ForwardError>),
+    Status(PeerStatus),
+    Membership(Result<(), ForwardError>),
+    /// The request could not be decoded.
+    Malformed(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteReply {
+    /// Log index of the entry; wait for it locally before reading your own write.
+    pub index: u64,
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: u64,
+    /// Never voted, never held a log entry: a brand-new node.
+    pub pristine: bool,
+}
+
+/// Why the leader did not carry out a forwarded request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("this node is not the leader")]
+    NotLeader,
+    /// The request itself is invalid (for example removing the last voter); retrying won't help.
+    #[error("{0}")]
+    Rejected(String),
+    /// Raft failed to carry out the request; it may be retried.
+    #[error("{0}")]
+    Failed(String),
+}

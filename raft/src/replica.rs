@@ -1,0 +1,388 @@
+//! [`Replica`]: how the rest of chorus reads and writes the replicated state.
+//!
+//! - `write` proposes a [`Command`]. Any node may call it: the request goes to whichever node is
+//!   leader (over the transport when that is another node) and is retried across leader changes
+//!   until a deadline. Every write carries a dedupe key, so a retry of a write that did commit
+//!   returns the first result instead of applying twice. After the leader answers, `write` waits
+//!   until this node has applied the entry, so the caller reads its own write locally.
+//! - `read_barrier` makes the next local read linearizable: it gets a read index from the leader
+//!   (which confirms it still leads with a heartbeat round) and waits until this node has
+//!   applied up to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, TryAsRef};
+use storage::{ChorusNode, Command, LogStore, Request, Response, StateReader};
+
+use crate::Raft;
+use crate::protocol::{ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReply};
+use crate::transport::{Transport, TransportError};
+
+/// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
+/// leader if this one went away.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Adding a member waits for it to catch up as a learner first.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("no leader is reachable: the cluster may be electing one, or this node is cut off from a majority")]
+    NoLeader,
+    #[error("the leader did not confirm the request in time ({0}); it may or may not have been applied: retry with the same Idempotency-Key")]
+    Unknown(String),
+    #[error("this node has not caught up with the cluster in time")]
+    Lagging,
+    #[error("{0}")]
+    Rejected(String),
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+/// The result of a write: its log position and what the state machine answered.
+#[derive(Debug, Clone)]
+pub struct WriteReceipt {
+    pub index: u64,
+    pub response: Response,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub node: ChorusNode,
+    pub voter: bool,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub state: String,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+impl ClusterStatus {
+    /// Ready: a leader is known and everything known to be committed is applied here.
+    pub fn ready(&self) -> bool {
+        self.leader_id.is_some() && self.applied_index >= self.commit_index
+    }
+}
+
+struct Inner {
+    id: u64,
+    raft: Raft,
+    transport: Transport,
+    reader: StateReader,
+    log: LogStore,
+    /// Random per process start, so dedupe keys of a restarted node never collide with old ones.
+    boot: u64,
+    seq: AtomicU64,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Maps a local Raft error to what a forwarding node needs to know.
+fn forward_error<E>(e: RaftError<u64, E>) -> ForwardError
+where
+    E: TryAsRef<ForwardToLeader<u64, ChorusNode>> + std::error::Error,
+{
+    if e.forward_to_leader::<ChorusNode>().is_some() {
+        return ForwardError::NotLeader;
+    }
+    match e {
+        RaftError::APIError(e) => ForwardError::Rejected(e.to_string()),
+        RaftError::Fatal(e) => ForwardError::Failed(e.to_string()),
+    }
+}
+
+impl Replica {
+    pub(crate) fn new(
+        id: u64,
+        raft: Raft,
+        transport: Transport,
+        reader: StateReader,
+        log: LogStore,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                transport,
+                reader,
+                log,
+                boot: rand::random(),
+                seq: AtomicU64::new(0),
+                timeout,
+            }),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// The locally applied state. Call [`Self::read_barrier`] first for a linearizable read.
+    pub fn state(&self) -> &StateReader {
+        &self.inner.reader
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Proposes `command`; `dedupe_key` (from a client's `Idempotency-Key`) makes retries safe
+    /// across requests. Returns once the entry is committed and applied on this node.
+    pub async fn write(&self, command: Command, dedupe_key: Option<String>) -> Result<WriteReceipt, ReplicaError> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let key = dedupe_key.unwrap_or_else(|| format!("w:{}:{:x}:{seq}", self.inner.id, self.inner.boot));
+        let req = Request { dedupe_key: Some(key), at_ms: now_ms(), command };
+        let started = Instant::now();
+        let reply: WriteReply = self
+            .route(PeerRequest::ClientWrite(req), self.inner.timeout, |r| match r {
+                PeerResponse::ClientWrite(r) => Some(r),
+                _ => None,
+            })
+            .await?;
+        self.wait_applied(reply.index, started + self.inner.timeout).await?;
+        Ok(WriteReceipt { index: reply.index, response: reply.response })
+    }
+
+    /// Waits until a read of the local state reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        let started = Instant::now();
+        let index = self
+            .route(PeerRequest::ReadIndex, self.inner.timeout, |r| match r {
+                PeerResponse::ReadIndex(r) => Some(r),
+                _ => None,
+            })
+            .await?;
+        self.wait_applied(index, started + self.inner.timeout).await
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
+        if self.inner.reader.last_applied().is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        self.inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read own write")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => ReplicaError::Lagging,
+                openraft::metrics::WaitError::ShuttingDown => ReplicaError::ShuttingDown,
+            })
+    }
+
+    /// Adds a node: first as a learner (waiting for it to catch up), then as a voter.
+    pub async fn add_member(&self, id: u64, node: ChorusNode) -> Result<(), ReplicaError> {
+        self.route(PeerRequest::AddMember { id, node }, MEMBERSHIP_TIMEOUT, membership_reply).await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<(), ReplicaError> {
+        self.route(PeerRequest::RemoveMember { id }, MEMBERSHIP_TIMEOUT, membership_reply).await
+    }
+
+    /// Runs `req` on the leader, wherever it is, retrying across leader changes until `timeout`.
+    async fn route<T>(
+        &self,
+        req: PeerRequest,
+        timeout: Duration,
+        extract: fn(PeerResponse) -> Option<Result<T, ForwardError>>,
+    ) -> Result<T, ReplicaError> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.inner.raft.metrics();
+        // Set when a request may have reached a leader without an answer: the outcome is unknown.
+        let mut in_doubt: Option<String> = None;
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(leader) = leader {
+                let answer = if leader == self.inner.id {
+                    Ok(self.handle_peer(req.clone()).await)
+                } else {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.inner.transport.call(leader, &req, remaining.min(ATTEMPT_TIMEOUT)).await
+                };
+                match answer.map(extract) {
+                    Ok(Some(Ok(value))) => return Ok(value),
+                    Ok(Some(Err(ForwardError::Rejected(m)))) => return Err(ReplicaError::Rejected(m)),
+                    Ok(Some(Err(ForwardError::NotLeader))) => {}
+                    Ok(Some(Err(ForwardError::Failed(m)))) => in_doubt = Some(m),
+                    Ok(None) => in_doubt = Some(format!("node {leader} answered with the wrong message")),
+                    Err(TransportError::NotConnected(_)) => {}
+                    Err(e) => in_doubt = Some(e.to_string()),
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match in_doubt {
+                    Some(m) if matches!(req, PeerRequest::ClientWrite(_)) => ReplicaError::Unknown(m),
+                    _ => ReplicaError::NoLeader,
+                });
+            }
+            // Retry soon, or as soon as the leader changes.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let pause = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(pause, metrics.changed()).await;
+        }
+    }
+
+    /// Serves a request from a peer (or from this node's own `route` when it is the leader).
+    pub(crate) async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
+        let raft = &self.inner.raft;
+        match req {
+            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+            PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
+            PeerRequest::ClientWrite(r) => PeerResponse::ClientWrite(
+                raft.client_write(r)
+                    .await
+                    .map(|resp| WriteReply { index: resp.log_id.index, response: resp.data })
+                    .map_err(forward_error),
+            ),
+            PeerRequest::ReadIndex => PeerResponse::ReadIndex(
+                raft.get_read_log_id().await.map(|(read, _)| read.map_or(0, |l| l.index)).map_err(forward_error),
+            ),
+            PeerRequest::Status => {
+                PeerResponse::Status(PeerStatus { node_id: self.inner.id, pristine: self.is_pristine() })
+            }
+            PeerRequest::AddMember { id, node } => PeerResponse::Membership(self.add_member_here(id, node).await),
+            PeerRequest::RemoveMember { id } => PeerResponse::Membership(self.remove_member_here(id).await),
+        }
+    }
+
+    async fn add_member_here(&self, id: u64, node: ChorusNode) -> Result<(), ForwardError> {
+        let raft = &self.inner.raft;
+        raft.add_learner(id, node, true).await.map_err(forward_error)?;
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(forward_error)?;
+        Ok(())
+    }
+
+    async fn remove_member_here(&self, id: u64) -> Result<(), ForwardError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.get_node(&id).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Err(ForwardError::Rejected(format!("node {id} is not a member of the cluster")));
+        };
+        self.inner.raft.change_membership(change, false).await.map_err(forward_error)?;
+        Ok(())
+    }
+
+    /// True when this node has never been part of a cluster.
+    pub fn is_pristine(&self) -> bool {
+        let no_membership = self.inner.raft.metrics().borrow().membership_config.membership().get_node(&self.inner.id).is_none()
+            && self.inner.raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
+        no_membership && self.inner.log.is_pristine().unwrap_or(false)
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let commit_index = self.inner.raft.with_raft_state(|s| s.committed.map(|l| l.index)).await.ok().flatten();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+                reachable: self.inner.transport.reachable(*id),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.inner.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            state: format!("{:?}", m.state),
+            commit_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Keeps the transport connected to the current members (`initial` until one is known).
+    pub(crate) fn watch_membership(&self, initial: BTreeMap<u64, ChorusNode>) {
+        let mut metrics = self.inner.raft.metrics();
+        let transport = self.inner.transport.clone();
+        tokio::spawn(async move {
+            loop {
+                let peers: BTreeMap<u64, String> = {
+                    let m = metrics.borrow_and_update();
+                    let nodes: BTreeMap<u64, String> = m
+                        .membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(id, n)| (*id, n.raft_addr.clone()))
+                        .collect();
+                    if nodes.is_empty() {
+                        initial.iter().map(|(id, n)| (*id, n.raft_addr.clone())).collect()
+                    } else {
+                        nodes
+                    }
+                };
+                transport.set_peers(peers);
+                if metrics.changed().await.is_err() {
+                    return; // raft stopped
+                }
+            }
+        });
+    }
+
+    /// Stops Raft; the caller then flushes the store.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+fn membership_reply(r: PeerResponse) -> Option<Result<(), ForwardError>> {
+    match r {
+        PeerResponse::Membership(r) => Some(r),
+        _ => None,
+    }
+}

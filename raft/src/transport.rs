@@ -1,0 +1,298 @@
+//! Node-to-node transport on ractor_cluster.
+//!
+//! Every node runs a `NodeServer` (the cluster secret is its cookie, so only nodes that know it
+//! can connect) and an endpoint actor, [`PeerEndpoint`], registered in the process group
+//! `chorus.peer.<id>`. Once two nodes' sessions are up, ractor_cluster mirrors that group, and
+//! [`Transport::call`] reaches the peer's endpoint through it.
+//!
+//! ractor_cluster neither reconnects nor detects a dead link, so [`PeerSupervisor`] does both:
+//! every tick it connects to members without a session and pings members with one; a session
+//! whose pings keep failing is stopped so that a fresh connection can replace it. Every call has
+//! a timeout, and a malformed frame is answered with an error, never a panic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
+use ractor_cluster::{NodeServer, NodeServerMessage, RactorClusterMessage};
+use storage::codec;
+
+use crate::protocol::{PeerRequest, PeerResponse};
+use crate::replica::Replica;
+use crate::{StartArgs, StartError};
+
+const TICK: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive failed pings after which a session is considered dead and dropped.
+const MAX_PING_FAILURES: u32 = 4;
+/// Peers sending frames larger than this are disconnected by ractor_cluster.
+const MAX_FRAME: u64 = 64 * 1024 * 1024;
+
+fn group(node_id: u64) -> String {
+    format!("chorus.peer.{node_id}")
+}
+
+fn node_name(node_id: u64) -> String {
+    format!("chorus-{node_id}")
+}
+
+/// The one remote message: an encoded [`PeerRequest`] answered with an encoded [`PeerResponse`].
+#[derive(RactorClusterMessage)]
+pub enum PeerMsg {
+    #[rpc]
+    Rpc(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no session with node {0}")]
+    NotConnected(u64),
+    #[error("node {0} did not answer within {1:?}")]
+    Timeout(u64, Duration),
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(u64, String),
+    #[error("node {0} sent an unreadable answer: {1}")]
+    Malformed(u64, String),
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    connecting: bool,
+    ping_failures: u32,
+    last_ok: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node_id: u64,
+    server: ActorRef<NodeServerMessage>,
+    /// Raft addresses of the members this node should be connected to.
+    peers: RwLock<BTreeMap<u64, String>>,
+    links: Mutex<HashMap<u64, Link>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    pub(crate) async fn start(args: &StartArgs) -> Result<Self, StartError> {
+        let addr = args.raft_listen;
+        let fail = |message: String| StartError::Transport { addr, message };
+        let server = NodeServer::new(
+            addr.port(),
+            args.secret.clone(),
+            node_name(args.node_id),
+            addr.ip().to_string(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(addr.ip())
+        .with_max_inbound_frame_size(MAX_FRAME);
+        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| fail(e.to_string()))?;
+        let peers = args.initial_members.iter().map(|(id, n)| (*id, n.raft_addr.clone())).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                node_id: args.node_id,
+                server,
+                peers: RwLock::new(peers),
+                links: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Starts answering peers (the endpoint actor) and maintaining links (the supervisor).
+    pub(crate) async fn serve(&self, replica: Replica) -> Result<(), StartError> {
+        let fail = |e: ractor::SpawnErr| StartError::Actor(e.to_string());
+        let (endpoint, _) =
+            Actor::spawn(Some(format!("chorus-peer-endpoint-{}", self.inner.node_id)), PeerEndpoint, replica)
+                .await
+                .map_err(fail)?;
+        ractor::pg::join(group(self.inner.node_id), vec![endpoint.get_cell()]);
+        Actor::spawn(None, PeerSupervisor, self.clone()).await.map_err(fail)?;
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// Replaces the set of peers to stay connected to (the current membership).
+    pub fn set_peers(&self, peers: BTreeMap<u64, String>) {
+        *self.inner.peers.write().unwrap_or_else(PoisonError::into_inner) = peers;
+    }
+
+    fn peers(&self) -> BTreeMap<u64, String> {
+        self.inner.peers.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn link<R>(&self, peer: u64, f: impl FnOnce(&mut Link) -> R) -> R {
+        let mut links = self.inner.links.lock().unwrap_or_else(PoisonError::into_inner);
+        f(links.entry(peer).or_default())
+    }
+
+    fn endpoint(&self, peer: u64) -> Option<ActorRef<PeerMsg>> {
+        ractor::pg::get_members(&group(peer)).into_iter().next().map(ActorRef::from)
+    }
+
+    /// True when a session with `peer` exists and it answered recently.
+    pub fn reachable(&self, peer: u64) -> bool {
+        if peer == self.inner.node_id {
+            return true;
+        }
+        self.endpoint(peer).is_some()
+            && self.link(peer, |l| l.last_ok.is_some_and(|t| t.elapsed() < TICK * (MAX_PING_FAILURES + 2)))
+    }
+
+    /// Sends `req` to `peer` and waits at most `timeout` for the answer.
+    pub async fn call(
+        &self,
+        peer: u64,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        let endpoint = self.endpoint(peer).ok_or(TransportError::NotConnected(peer))?;
+        let bytes = codec::encode(req).map_err(|e| TransportError::Malformed(peer, e.to_string()))?;
+        let answer = endpoint
+            .call(|port| PeerMsg::Rpc(bytes, port), Some(timeout))
+            .await
+            .map_err(|e| TransportError::Unreachable(peer, e.to_string()))?;
+        match answer {
+            ractor::rpc::CallResult::Success(bytes) => {
+                self.link(peer, |l| l.last_ok = Some(Instant::now()));
+                match codec::decode(&bytes) {
+                    Ok(PeerResponse::Malformed(m)) => Err(TransportError::Malformed(peer, m)),
+                    Ok(resp) => Ok(resp),
+                    Err(e) => Err(TransportError::Malformed(peer, e.to_string())),
+                }
+            }
+            ractor::rpc::CallResult::Timeout => Err(TransportError::Timeout(peer, timeout)),
+            ractor::rpc::CallResult::SenderError => {
+                Err(TransportError::Unreachable(peer, "the session closed before answering".into()))
+            }
+        }
+    }
+
+    /// One supervisor tick: connect to peers without a session, ping those with one.
+    fn maintain(&self) {
+        for (peer, addr) in self.peers() {
+            if peer == self.inner.node_id {
+                continue;
+            }
+            if self.endpoint(peer).is_none() {
+                if self.link(peer, |l| std::mem::replace(&mut l.connecting, true)) {
+                    continue; // an attempt is already under way
+                }
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let attempt =
+                        tokio::time::timeout(CONNECT_TIMEOUT, ractor_cluster::client_connect(&this.inner.server, addr.clone()))
+                            .await;
+                    match attempt {
+                        Ok(Ok(())) => tracing::debug!(peer, %addr, "connected"),
+                        Ok(Err(e)) => tracing::debug!(peer, %addr, error = %e, "connect failed"),
+                        Err(_) => tracing::debug!(peer, %addr, "connect timed out"),
+                    }
+                    this.link(peer, |l| l.connecting = false);
+                });
+            } else {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let ok = matches!(
+                        this.call(peer, &PeerRequest::Status, PING_TIMEOUT).await,
+                        Ok(PeerResponse::Status(_))
+                    );
+                    let failures = this.link(peer, |l| {
+                        l.ping_failures = if ok { 0 } else { l.ping_failures + 1 };
+                        l.ping_failures
+                    });
+                    if failures >= MAX_PING_FAILURES {
+                        this.link(peer, |l| l.ping_failures = 0);
+                        this.drop_session(peer).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Stops the session with `peer` so that the supervisor opens a fresh one.
+    async fn drop_session(&self, peer: u64) {
+        let Ok(sessions) = call_t!(self.inner.server, NodeServerMessage::GetSessions, 1000) else {
+            return;
+        };
+        let name = node_name(peer);
+        for session in sessions.values() {
+            if session.peer_name.as_ref().is_some_and(|n| n.name == name) {
+                tracing::warn!(peer, "peer stopped answering; dropping its session to reconnect");
+                session.actor.stop(Some("peer stopped answering pings".into()));
+            }
+        }
+    }
+}
+
+/// Answers peers' requests. Each request runs in its own task so that a slow one (a snapshot
+/// chunk, a write waiting for commit) never holds up heartbeats and votes.
+struct PeerEndpoint;
+
+impl Actor for PeerEndpoint {
+    type Msg = PeerMsg;
+    type State = Replica;
+    type Arguments = Replica;
+
+    async fn pre_start(&self, _: ActorRef<PeerMsg>, replica: Replica) -> Result<Replica, ActorProcessingErr> {
+        Ok(replica)
+    }
+
+    async fn handle(&self, _: ActorRef<PeerMsg>, msg: PeerMsg, replica: &mut Replica) -> Result<(), ActorProcessingErr> {
+        let PeerMsg::Rpc(bytes, reply) = msg;
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            let response = match codec::decode::<PeerRequest>(&bytes) {
+                Ok(req) => replica.handle_peer(req).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed request from a peer");
+                    PeerResponse::Malformed(format!("cannot decode request: {e}"))
+                }
+            };
+            match codec::encode(&response) {
+                Ok(bytes) => {
+                    // The caller may have timed out and gone; nothing to do then.
+                    let _ = reply.send(bytes);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a peer response"),
+            }
+        });
+        Ok(())
+    }
+}
+
+enum SupervisorMsg {
+    Tick,
+}
+
+impl ractor::Message for SupervisorMsg {}
+
+/// Keeps this node connected to every member (see the module docs).
+struct PeerSupervisor;
+
+impl Actor for PeerSupervisor {
+    type Msg = SupervisorMsg;
+    type State = Transport;
+    type Arguments = Transport;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, transport: Transport) -> Result<Transport, ActorProcessingErr> {
+        myself.send_interval(TICK, || SupervisorMsg::Tick);
+        transport.maintain();
+        Ok(transport)
+    }
+
+    async fn handle(&self, _: ActorRef<SupervisorMsg>, msg: SupervisorMsg, transport: &mut Transport) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Tick => transport.maintain(),
+        }
+        Ok(())
+    }
+}
