@@ -22,9 +22,14 @@ pub async fn bootstrap(replica: Replica, members: BTreeMap<u64, ChorusNode>) {
         tracing::info!("existing raft state found; not bootstrapping");
         return;
     }
-    let Some(&first) = members.keys().next() else { return };
+    let Some(&first) = members.keys().next() else {
+        return;
+    };
     if first != replica.id() {
-        tracing::info!(initialiser = first, "new node; waiting for the cluster to be initialised");
+        tracing::info!(
+            initialiser = first,
+            "new node; waiting for the cluster to be initialised"
+        );
         return;
     }
     loop {
@@ -33,9 +38,16 @@ pub async fn bootstrap(replica: Replica, members: BTreeMap<u64, ChorusNode>) {
         }
         let mut all_pristine = true;
         for &peer in members.keys().filter(|&&p| p != replica.id()) {
-            match replica.transport().call(peer, &PeerRequest::Status, STATUS_TIMEOUT).await {
+            match replica
+                .transport()
+                .call(peer, &PeerRequest::Status, STATUS_TIMEOUT)
+                .await
+            {
                 Ok(PeerResponse::Status(s)) if !s.pristine => {
-                    tracing::info!(peer, "the cluster is already initialised; waiting for the leader to catch this node up");
+                    tracing::info!(
+                        peer,
+                        "the cluster is already initialised; waiting for the leader to catch this node up"
+                    );
                     return;
                 }
                 Ok(PeerResponse::Status(_)) => {}
@@ -44,7 +56,9 @@ pub async fn bootstrap(replica: Replica, members: BTreeMap<u64, ChorusNode>) {
         }
         if all_pristine {
             match replica.raft().initialize(members.clone()).await {
-                Ok(()) => tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialised a new cluster"),
+                Ok(()) => {
+                    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialised a new cluster")
+                }
                 Err(e) => tracing::warn!(error = %e, "cluster initialisation refused"),
             }
             return;

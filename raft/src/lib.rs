@@ -103,8 +103,22 @@ pub async fn start(
     let transport = transport::Transport::start(&args).await?;
     let network = network::Network::new(transport.clone());
     let reader = sm.reader();
-    let raft = Raft::new(args.node_id, std::sync::Arc::new(config), network, log.clone(), sm).await?;
-    let replica = Replica::new(args.node_id, raft, transport.clone(), reader, log, s.request_timeout);
+    let raft = Raft::new(
+        args.node_id,
+        std::sync::Arc::new(config),
+        network,
+        log.clone(),
+        sm,
+    )
+    .await?;
+    let replica = Replica::new(
+        args.node_id,
+        raft,
+        transport.clone(),
+        reader,
+        log,
+        s.request_timeout,
+    );
     transport.serve(replica.clone()).await?;
     replica.watch_membership(args.initial_members.clone());
     tokio::spawn(bootstrap::bootstrap(replica.clone(), args.initial_members));

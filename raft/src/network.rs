@@ -1,11 +1,13 @@
 //! openraft's network, carried by [`Transport`]. A transport failure (no session, timeout, lost
 //! session) is reported as `Unreachable`, so openraft backs off instead of hammering the peer.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use storage::{ChorusNode, TypeConfig};
 
@@ -26,7 +28,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: u64, _node: &ChorusNode) -> PeerLink {
-        PeerLink { target, transport: self.transport.clone() }
+        PeerLink {
+            target,
+            transport: self.transport.clone(),
+        }
     }
 }
 
@@ -35,7 +40,8 @@ pub struct PeerLink {
     transport: Transport,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<u64, ChorusNode, RaftError<u64, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, ChorusNode, RaftError<u64, E>>>;
 
 impl PeerLink {
     async fn send<T, E: std::error::Error>(
@@ -44,10 +50,14 @@ impl PeerLink {
         option: &RPCOption,
         extract: impl FnOnce(PeerResponse) -> Option<Result<T, RaftError<u64, E>>>,
     ) -> RpcResult<T, E> {
-        let resp = self.transport.call(self.target, &req, option.hard_ttl()).await.map_err(|e| match e {
-            TransportError::Malformed(..) => RPCError::Network(NetworkError::new(&e)),
-            _ => RPCError::Unreachable(Unreachable::new(&e)),
-        })?;
+        let resp = self
+            .transport
+            .call(self.target, &req, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                TransportError::Malformed(..) => RPCError::Network(NetworkError::new(&e)),
+                _ => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
         match extract(resp) {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -84,7 +94,11 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
         self.send(PeerRequest::Vote(rpc), &option, |r| match r {
             PeerResponse::Vote(r) => Some(r),
             _ => None,

@@ -3,8 +3,8 @@
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 use storage::{ChorusNode, Request, Response, TypeConfig};
@@ -20,8 +20,13 @@ pub enum PeerRequest {
     ReadIndex,
     /// Liveness probe, also used by bootstrap to learn whether the peer was ever initialised.
     Status,
-    AddMember { id: u64, node: ChorusNode },
-    RemoveMember { id: u64 },
+    AddMember {
+        id: u64,
+        node: ChorusNode,
+    },
+    RemoveMember {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -30,9 +30,13 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    #[error("no leader is reachable: the cluster may be electing one, or this node is cut off from a majority")]
+    #[error(
+        "no leader is reachable: the cluster may be electing one, or this node is cut off from a majority"
+    )]
     NoLeader,
-    #[error("the leader did not confirm the request in time ({0}); it may or may not have been applied: retry with the same Idempotency-Key")]
+    #[error(
+        "the leader did not confirm the request in time ({0}); it may or may not have been applied: retry with the same Idempotency-Key"
+    )]
     Unknown(String),
     #[error("this node has not caught up with the cluster in time")]
     Lagging,
@@ -97,12 +101,16 @@ pub struct Replica {
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Replica")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Maps a local Raft error to what a forwarding node needs to know.
@@ -165,19 +173,36 @@ impl Replica {
 
     /// Proposes `command`; `dedupe_key` (from a client's `Idempotency-Key`) makes retries safe
     /// across requests. Returns once the entry is committed and applied on this node.
-    pub async fn write(&self, command: Command, dedupe_key: Option<String>) -> Result<WriteReceipt, ReplicaError> {
+    pub async fn write(
+        &self,
+        command: Command,
+        dedupe_key: Option<String>,
+    ) -> Result<WriteReceipt, ReplicaError> {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let key = dedupe_key.unwrap_or_else(|| format!("w:{}:{:x}:{seq}", self.inner.id, self.inner.boot));
-        let req = Request { dedupe_key: Some(key), at_ms: now_ms(), command };
+        let key = dedupe_key
+            .unwrap_or_else(|| format!("w:{}:{:x}:{seq}", self.inner.id, self.inner.boot));
+        let req = Request {
+            dedupe_key: Some(key),
+            at_ms: now_ms(),
+            command,
+        };
         let started = Instant::now();
         let reply: WriteReply = self
-            .route(PeerRequest::ClientWrite(req), self.inner.timeout, |r| match r {
-                PeerResponse::ClientWrite(r) => Some(r),
-                _ => None,
-            })
+            .route(
+                PeerRequest::ClientWrite(req),
+                self.inner.timeout,
+                |r| match r {
+                    PeerResponse::ClientWrite(r) => Some(r),
+                    _ => None,
+                },
+            )
             .await?;
-        self.wait_applied(reply.index, started + self.inner.timeout).await?;
-        Ok(WriteReceipt { index: reply.index, response: reply.response })
+        self.wait_applied(reply.index, started + self.inner.timeout)
+            .await?;
+        Ok(WriteReceipt {
+            index: reply.index,
+            response: reply.response,
+        })
     }
 
     /// Waits until a read of the local state reflects every write acknowledged before the call.
@@ -193,10 +218,17 @@ impl Replica {
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
-        if self.inner.reader.last_applied().is_some_and(|l| l.index >= index) {
+        if self
+            .inner
+            .reader
+            .last_applied()
+            .is_some_and(|l| l.index >= index)
+        {
             return Ok(());
         }
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
         self.inner
             .raft
             .wait(Some(remaining))
@@ -211,11 +243,21 @@ impl Replica {
 
     /// Adds a node: first as a learner (waiting for it to catch up), then as a voter.
     pub async fn add_member(&self, id: u64, node: ChorusNode) -> Result<(), ReplicaError> {
-        self.route(PeerRequest::AddMember { id, node }, MEMBERSHIP_TIMEOUT, membership_reply).await
+        self.route(
+            PeerRequest::AddMember { id, node },
+            MEMBERSHIP_TIMEOUT,
+            membership_reply,
+        )
+        .await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<(), ReplicaError> {
-        self.route(PeerRequest::RemoveMember { id }, MEMBERSHIP_TIMEOUT, membership_reply).await
+        self.route(
+            PeerRequest::RemoveMember { id },
+            MEMBERSHIP_TIMEOUT,
+            membership_reply,
+        )
+        .await
     }
 
     /// Runs `req` on the leader, wherever it is, retrying across leader changes until `timeout`.
@@ -236,14 +278,21 @@ impl Replica {
                     Ok(self.handle_peer(req.clone()).await)
                 } else {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.inner.transport.call(leader, &req, remaining.min(ATTEMPT_TIMEOUT)).await
+                    self.inner
+                        .transport
+                        .call(leader, &req, remaining.min(ATTEMPT_TIMEOUT))
+                        .await
                 };
                 match answer.map(extract) {
                     Ok(Some(Ok(value))) => return Ok(value),
-                    Ok(Some(Err(ForwardError::Rejected(m)))) => return Err(ReplicaError::Rejected(m)),
+                    Ok(Some(Err(ForwardError::Rejected(m)))) => {
+                        return Err(ReplicaError::Rejected(m));
+                    }
                     Ok(Some(Err(ForwardError::NotLeader))) => {}
                     Ok(Some(Err(ForwardError::Failed(m)))) => in_doubt = Some(m),
-                    Ok(None) => in_doubt = Some(format!("node {leader} answered with the wrong message")),
+                    Ok(None) => {
+                        in_doubt = Some(format!("node {leader} answered with the wrong message"))
+                    }
                     Err(TransportError::NotConnected(_)) => {}
                     Err(e) => in_doubt = Some(e.to_string()),
                 }
@@ -251,13 +300,17 @@ impl Replica {
             let now = Instant::now();
             if now >= deadline {
                 return Err(match in_doubt {
-                    Some(m) if matches!(req, PeerRequest::ClientWrite(_)) => ReplicaError::Unknown(m),
+                    Some(m) if matches!(req, PeerRequest::ClientWrite(_)) => {
+                        ReplicaError::Unknown(m)
+                    }
                     _ => ReplicaError::NoLeader,
                 });
             }
             // Retry soon, or as soon as the leader changes.
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let pause = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let pause = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
             let _ = tokio::time::timeout(pause, metrics.changed()).await;
         }
     }
@@ -266,29 +319,46 @@ impl Replica {
     pub(crate) async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
         let raft = &self.inner.raft;
         match req {
-            PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+            PeerRequest::AppendEntries(r) => {
+                PeerResponse::AppendEntries(raft.append_entries(r).await)
+            }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::InstallSnapshot(r) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
+            PeerRequest::InstallSnapshot(r) => {
+                PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+            }
             PeerRequest::ClientWrite(r) => PeerResponse::ClientWrite(
                 raft.client_write(r)
                     .await
-                    .map(|resp| WriteReply { index: resp.log_id.index, response: resp.data })
+                    .map(|resp| WriteReply {
+                        index: resp.log_id.index,
+                        response: resp.data,
+                    })
                     .map_err(forward_error),
             ),
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                raft.get_read_log_id().await.map(|(read, _)| read.map_or(0, |l| l.index)).map_err(forward_error),
+                raft.get_read_log_id()
+                    .await
+                    .map(|(read, _)| read.map_or(0, |l| l.index))
+                    .map_err(forward_error),
             ),
-            PeerRequest::Status => {
-                PeerResponse::Status(PeerStatus { node_id: self.inner.id, pristine: self.is_pristine() })
+            PeerRequest::Status => PeerResponse::Status(PeerStatus {
+                node_id: self.inner.id,
+                pristine: self.is_pristine(),
+            }),
+            PeerRequest::AddMember { id, node } => {
+                PeerResponse::Membership(self.add_member_here(id, node).await)
             }
-            PeerRequest::AddMember { id, node } => PeerResponse::Membership(self.add_member_here(id, node).await),
-            PeerRequest::RemoveMember { id } => PeerResponse::Membership(self.remove_member_here(id).await),
+            PeerRequest::RemoveMember { id } => {
+                PeerResponse::Membership(self.remove_member_here(id).await)
+            }
         }
     }
 
     async fn add_member_here(&self, id: u64, node: ChorusNode) -> Result<(), ForwardError> {
         let raft = &self.inner.raft;
-        raft.add_learner(id, node, true).await.map_err(forward_error)?;
+        raft.add_learner(id, node, true)
+            .await
+            .map_err(forward_error)?;
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(forward_error)?;
@@ -303,22 +373,51 @@ impl Replica {
         } else if membership.get_node(&id).is_some() {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else {
-            return Err(ForwardError::Rejected(format!("node {id} is not a member of the cluster")));
+            return Err(ForwardError::Rejected(format!(
+                "node {id} is not a member of the cluster"
+            )));
         };
-        self.inner.raft.change_membership(change, false).await.map_err(forward_error)?;
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(forward_error)?;
         Ok(())
     }
 
     /// True when this node has never been part of a cluster.
     pub fn is_pristine(&self) -> bool {
-        let no_membership = self.inner.raft.metrics().borrow().membership_config.membership().get_node(&self.inner.id).is_none()
-            && self.inner.raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
+        let no_membership = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.inner.id)
+            .is_none()
+            && self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none();
         no_membership && self.inner.log.is_pristine().unwrap_or(false)
     }
 
     pub async fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
-        let commit_index = self.inner.raft.with_raft_state(|s| s.committed.map(|l| l.index)).await.ok().flatten();
+        let commit_index = self
+            .inner
+            .raft
+            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -359,7 +458,10 @@ impl Replica {
                         .map(|(id, n)| (*id, n.raft_addr.clone()))
                         .collect();
                     if nodes.is_empty() {
-                        initial.iter().map(|(id, n)| (*id, n.raft_addr.clone())).collect()
+                        initial
+                            .iter()
+                            .map(|(id, n)| (*id, n.raft_addr.clone()))
+                            .collect()
                     } else {
                         nodes
                     }

@@ -92,8 +92,14 @@ impl Transport {
         )
         .with_listen_addr(addr.ip())
         .with_max_inbound_frame_size(MAX_FRAME);
-        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| fail(e.to_string()))?;
-        let peers = args.initial_members.iter().map(|(id, n)| (*id, n.raft_addr.clone())).collect();
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let peers = args
+            .initial_members
+            .iter()
+            .map(|(id, n)| (*id, n.raft_addr.clone()))
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 node_id: args.node_id,
@@ -107,12 +113,17 @@ impl Transport {
     /// Starts answering peers (the endpoint actor) and maintaining links (the supervisor).
     pub(crate) async fn serve(&self, replica: Replica) -> Result<(), StartError> {
         let fail = |e: ractor::SpawnErr| StartError::Actor(e.to_string());
-        let (endpoint, _) =
-            Actor::spawn(Some(format!("chorus-peer-endpoint-{}", self.inner.node_id)), PeerEndpoint, replica)
-                .await
-                .map_err(fail)?;
+        let (endpoint, _) = Actor::spawn(
+            Some(format!("chorus-peer-endpoint-{}", self.inner.node_id)),
+            PeerEndpoint,
+            replica,
+        )
+        .await
+        .map_err(fail)?;
         ractor::pg::join(group(self.inner.node_id), vec![endpoint.get_cell()]);
-        Actor::spawn(None, PeerSupervisor, self.clone()).await.map_err(fail)?;
+        Actor::spawn(None, PeerSupervisor, self.clone())
+            .await
+            .map_err(fail)?;
         Ok(())
     }
 
@@ -122,20 +133,35 @@ impl Transport {
 
     /// Replaces the set of peers to stay connected to (the current membership).
     pub fn set_peers(&self, peers: BTreeMap<u64, String>) {
-        *self.inner.peers.write().unwrap_or_else(PoisonError::into_inner) = peers;
+        *self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = peers;
     }
 
     fn peers(&self) -> BTreeMap<u64, String> {
-        self.inner.peers.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn link<R>(&self, peer: u64, f: impl FnOnce(&mut Link) -> R) -> R {
-        let mut links = self.inner.links.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut links = self
+            .inner
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(links.entry(peer).or_default())
     }
 
     fn endpoint(&self, peer: u64) -> Option<ActorRef<PeerMsg>> {
-        ractor::pg::get_members(&group(peer)).into_iter().next().map(ActorRef::from)
+        ractor::pg::get_members(&group(peer))
+            .into_iter()
+            .next()
+            .map(ActorRef::from)
     }
 
     /// True when a session with `peer` exists and it answered recently.
@@ -144,7 +170,10 @@ impl Transport {
             return true;
         }
         self.endpoint(peer).is_some()
-            && self.link(peer, |l| l.last_ok.is_some_and(|t| t.elapsed() < TICK * (MAX_PING_FAILURES + 2)))
+            && self.link(peer, |l| {
+                l.last_ok
+                    .is_some_and(|t| t.elapsed() < TICK * (MAX_PING_FAILURES + 2))
+            })
     }
 
     /// Sends `req` to `peer` and waits at most `timeout` for the answer.
@@ -154,8 +183,11 @@ impl Transport {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
-        let endpoint = self.endpoint(peer).ok_or(TransportError::NotConnected(peer))?;
-        let bytes = codec::encode(req).map_err(|e| TransportError::Malformed(peer, e.to_string()))?;
+        let endpoint = self
+            .endpoint(peer)
+            .ok_or(TransportError::NotConnected(peer))?;
+        let bytes =
+            codec::encode(req).map_err(|e| TransportError::Malformed(peer, e.to_string()))?;
         let answer = endpoint
             .call(|port| PeerMsg::Rpc(bytes, port), Some(timeout))
             .await
@@ -170,9 +202,10 @@ impl Transport {
                 }
             }
             ractor::rpc::CallResult::Timeout => Err(TransportError::Timeout(peer, timeout)),
-            ractor::rpc::CallResult::SenderError => {
-                Err(TransportError::Unreachable(peer, "the session closed before answering".into()))
-            }
+            ractor::rpc::CallResult::SenderError => Err(TransportError::Unreachable(
+                peer,
+                "the session closed before answering".into(),
+            )),
         }
     }
 
@@ -188,9 +221,11 @@ impl Transport {
                 }
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let attempt =
-                        tokio::time::timeout(CONNECT_TIMEOUT, ractor_cluster::client_connect(&this.inner.server, addr.clone()))
-                            .await;
+                    let attempt = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        ractor_cluster::client_connect(&this.inner.server, addr.clone()),
+                    )
+                    .await;
                     match attempt {
                         Ok(Ok(())) => tracing::debug!(peer, %addr, "connected"),
                         Ok(Err(e)) => tracing::debug!(peer, %addr, error = %e, "connect failed"),
@@ -226,8 +261,13 @@ impl Transport {
         let name = node_name(peer);
         for session in sessions.values() {
             if session.peer_name.as_ref().is_some_and(|n| n.name == name) {
-                tracing::warn!(peer, "peer stopped answering; dropping its session to reconnect");
-                session.actor.stop(Some("peer stopped answering pings".into()));
+                tracing::warn!(
+                    peer,
+                    "peer stopped answering; dropping its session to reconnect"
+                );
+                session
+                    .actor
+                    .stop(Some("peer stopped answering pings".into()));
             }
         }
     }
@@ -242,11 +282,20 @@ impl Actor for PeerEndpoint {
     type State = Replica;
     type Arguments = Replica;
 
-    async fn pre_start(&self, _: ActorRef<PeerMsg>, replica: Replica) -> Result<Replica, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<PeerMsg>,
+        replica: Replica,
+    ) -> Result<Replica, ActorProcessingErr> {
         Ok(replica)
     }
 
-    async fn handle(&self, _: ActorRef<PeerMsg>, msg: PeerMsg, replica: &mut Replica) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<PeerMsg>,
+        msg: PeerMsg,
+        replica: &mut Replica,
+    ) -> Result<(), ActorProcessingErr> {
         let PeerMsg::Rpc(bytes, reply) = msg;
         let replica = replica.clone();
         tokio::spawn(async move {
@@ -283,13 +332,22 @@ impl Actor for PeerSupervisor {
     type State = Transport;
     type Arguments = Transport;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, transport: Transport) -> Result<Transport, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        transport: Transport,
+    ) -> Result<Transport, ActorProcessingErr> {
         myself.send_interval(TICK, || SupervisorMsg::Tick);
         transport.maintain();
         Ok(transport)
     }
 
-    async fn handle(&self, _: ActorRef<SupervisorMsg>, msg: SupervisorMsg, transport: &mut Transport) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        transport: &mut Transport,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Tick => transport.maintain(),
         }

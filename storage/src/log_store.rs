@@ -67,7 +67,8 @@ impl LogStore {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), sled::Error> {
+    /// Makes everything written so far (log and state machine) durable.
+    pub async fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(|_| ())
     }
 

@@ -1,0 +1,188 @@
+//! Cluster endpoints: liveness, readiness, service discovery and membership changes.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use storage::ChorusNode;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, PathParam};
+use crate::queue::Message;
+use crate::{AppState, require_admin};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/cluster", get(cluster))
+        .route("/cluster/members", post(add_member))
+        .route("/cluster/members/{id}", delete(remove_member))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+    pub node_id: u64,
+}
+
+/// Liveness: 200 whenever the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "cluster", responses((status = 200, body = Health)))]
+pub async fn health(State(app): State<AppState>) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        node_id: app.replica.id(),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+}
+
+/// Readiness: 200 only when this node knows a leader and has applied everything it knows to be
+/// committed; 503 otherwise.
+#[utoipa::path(get, path = "/ready", tag = "cluster",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(app): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
+    let s = app.replica.status().await;
+    let body = Readiness {
+        ready: s.ready(),
+        node_id: s.node_id,
+        leader_id: s.leader_id,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+    };
+    let code = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: u64,
+    pub http_addr: String,
+    pub raft_addr: String,
+    /// Voter (counts for the majority) or learner.
+    pub voter: bool,
+    /// This node has a live session with it (always true for itself).
+    pub reachable: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    pub node_id: u64,
+    pub cluster_name: String,
+    pub leader_id: Option<u64>,
+    /// The leader's HTTP address, if known.
+    pub leader_http_addr: Option<String>,
+    pub term: u64,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberView>,
+}
+
+/// Service discovery: this node, the leader, Raft progress and every member.
+#[utoipa::path(get, path = "/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]
+pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
+    let s = app.replica.status().await;
+    let leader_http_addr = s
+        .members
+        .iter()
+        .find(|m| Some(m.id) == s.leader_id)
+        .map(|m| m.node.http_addr.clone());
+    axum::Json(ClusterView {
+        node_id: s.node_id,
+        cluster_name: app.settings.cluster_name.clone(),
+        leader_id: s.leader_id,
+        leader_http_addr,
+        term: s.term,
+        state: s.state,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_log_index: s.last_log_index,
+        snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| MemberView {
+                id: m.id,
+                http_addr: m.node.http_addr,
+                raft_addr: m.node.raft_addr,
+                voter: m.voter,
+                reachable: m.reachable,
+            })
+            .collect(),
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewMember {
+    pub id: u64,
+    #[schema(example = "127.0.0.1:8084")]
+    pub http_addr: String,
+    #[schema(example = "127.0.0.1:9084")]
+    pub raft_addr: String,
+}
+
+fn check_addr(field: &str, addr: &str) -> Result<(), ApiError> {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "`{field}` must be an ip:port address, got `{addr}`"
+            ))
+        })
+}
+
+/// Add a node: it joins as a learner, catches up, then becomes a voter. Admin token required.
+#[utoipa::path(post, path = "/cluster/members", tag = "cluster", request_body = NewMember, security(("admin_token" = [])),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn add_member(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(m): JsonBody<NewMember>,
+) -> Result<axum::Json<Message>, ApiError> {
+    require_admin(&app, &headers)?;
+    check_addr("http_addr", &m.http_addr)?;
+    check_addr("raft_addr", &m.raft_addr)?;
+    let node = ChorusNode {
+        http_addr: m.http_addr,
+        raft_addr: m.raft_addr,
+    };
+    app.replica.add_member(m.id, node).await?;
+    Ok(axum::Json(Message {
+        message: format!("node {} is a voting member", m.id),
+    }))
+}
+
+/// Remove a node from the cluster. Admin token required.
+#[utoipa::path(delete, path = "/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path)), security(("admin_token" = [])),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn remove_member(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam<u64>,
+) -> Result<axum::Json<Message>, ApiError> {
+    require_admin(&app, &headers)?;
+    app.replica.remove_member(id).await?;
+    Ok(axum::Json(Message {
+        message: format!("node {id} removed"),
+    }))
+}

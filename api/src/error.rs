@@ -1,0 +1,122 @@
+//! The API's error type: a status code and `{"error": "<code>", "message": "<text>"}`.
+//!
+//! Every failure a client can cause maps to a 4xx with a message saying what to fix; cluster
+//! trouble maps to 503 with `Retry-After`. Nothing here panics.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use raft::ReplicaError;
+use serde::Serialize;
+use storage::{CommandError, ErrorKind};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable snake_case code, e.g. `not_found`, `no_leader`.
+    #[schema(example = "not_found")]
+    pub error: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            message: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> Self {
+        let code = match &e {
+            ReplicaError::NoLeader => "no_leader",
+            ReplicaError::Unknown(_) => "outcome_unknown",
+            ReplicaError::Lagging => "lagging",
+            ReplicaError::ShuttingDown => "shutting_down",
+            ReplicaError::Rejected(_) => return Self::bad_request(e.to_string()),
+        };
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e.kind {
+            ErrorKind::NotFound => Self::not_found(e.message),
+            ErrorKind::AlreadyQueued => {
+                Self::new(StatusCode::CONFLICT, "already_queued", e.message)
+            }
+            ErrorKind::QueueEmpty => Self::new(StatusCode::BAD_REQUEST, "queue_empty", e.message),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = match &r {
+            JsonRejection::JsonSyntaxError(_) => "invalid_json",
+            JsonRejection::JsonDataError(_) => "invalid_body",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "bad_request",
+        };
+        let hint = match code {
+            "payload_too_large" => " (JSON bodies are limited to 1 MiB)",
+            _ => "",
+        };
+        Self::new(r.status(), code, format!("{}{hint}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}

@@ -1,0 +1,123 @@
+//! Extractors whose rejections are [`ApiError`]s (so a bad body, path or query gets the same
+//! JSON error shape as every other failure), and the request options shared by all domains.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+
+/// `Json<T>` with [`ApiError`] rejections: 400 malformed JSON, 422 wrong types or missing
+/// fields, 415 wrong content type, 413 too large.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `Path<T>` with [`ApiError`] rejections.
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Read consistency, from `?consistency=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started, on any node (default).
+    #[default]
+    Linearizable,
+    /// This node's local state, without asking the leader; may be behind.
+    Stale,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadOptions {
+    /// `linearizable` (default) or `stale`.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadOptions {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Other query parameters (e.g. `id` on some routes) are not ours to judge.
+        #[derive(Deserialize)]
+        struct Raw {
+            consistency: Option<String>,
+        }
+        let axum::extract::Query(raw) =
+            axum::extract::Query::<Raw>::from_request_parts(parts, state).await?;
+        let consistency = match raw
+            .consistency
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("linearizable") => Consistency::Linearizable,
+            Some("stale") => Consistency::Stale,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown consistency `{other}`: use `linearizable` (default) or `stale`"
+                )));
+            }
+        };
+        Ok(Self { consistency })
+    }
+}
+
+/// The `Idempotency-Key` header, if any: a retried write with the same key is applied once.
+pub struct IdempotencyKey(pub Option<String>);
+
+const MAX_KEY_LEN: usize = 200;
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (a UUID works well)"
+                ))
+            })?;
+        // Anonymous scope; once users exist the key is scoped per user.
+        Ok(Self(Some(format!("idem:anon:{key}"))))
+    }
+}
+
+/// `Query<T>` with [`ApiError`] rejections.
+pub struct QueryParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}

@@ -1,0 +1,154 @@
+//! `cluster.toml`: the cluster's name and secret, the admin token, Raft settings and the members.
+//! Relative `data_dir`s are resolved against the directory of the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster_name: String,
+    /// Shared secret nodes use to authenticate each other.
+    pub secret: String,
+    /// Token for administrative endpoints (membership, `/clear`).
+    pub admin_token: String,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Allow `POST /clear` without the admin token (the seed's test scripts call it).
+    #[serde(default)]
+    pub allow_anonymous_clear: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_every: u64,
+    pub keep_logs_after_snapshot: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let d = raft::RaftSettings::default();
+        Self {
+            heartbeat_ms: d.heartbeat.as_millis() as u64,
+            election_timeout_min_ms: d.election_timeout_min.as_millis() as u64,
+            election_timeout_max_ms: d.election_timeout_max.as_millis() as u64,
+            snapshot_every: d.snapshot_every,
+            keep_logs_after_snapshot: d.keep_logs_after_snapshot,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl RaftConfig {
+    pub fn settings(&self) -> raft::RaftSettings {
+        raft::RaftSettings {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(self.election_timeout_max_ms),
+            snapshot_every: self.snapshot_every,
+            keep_logs_after_snapshot: self.keep_logs_after_snapshot,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub http_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster configuration {}", path.display()))?;
+        let mut config: Self = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid cluster configuration", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for node in &mut config.nodes {
+            if node.data_dir.is_relative() {
+                node.data_dir = base.join(&node.data_dir);
+            }
+        }
+        config
+            .validate()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.nodes.is_empty() {
+            bail!("no [[nodes]]: list at least one node");
+        }
+        if self.secret.len() < 8 {
+            bail!("`secret` must be at least 8 characters");
+        }
+        if self.admin_token.is_empty() {
+            bail!("`admin_token` must not be empty");
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id) {
+                bail!("node id {} appears twice", n.id);
+            }
+            for addr in [n.http_addr, n.raft_addr] {
+                if !addrs.insert(addr) {
+                    bail!("address {addr} is used twice");
+                }
+            }
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= 2 * r.heartbeat_ms {
+            bail!("[raft] election_timeout_min_ms must be more than twice heartbeat_ms");
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            bail!("[raft] election_timeout_max_ms must be more than election_timeout_min_ms");
+        }
+        if r.snapshot_every == 0 || r.request_timeout_ms == 0 {
+            bail!("[raft] snapshot_every and request_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> anyhow::Result<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id).with_context(|| {
+            let known: Vec<_> = self.nodes.iter().map(|n| n.id).collect();
+            format!("node {id} is not in the configuration (its nodes are {known:?})")
+        })
+    }
+
+    pub fn members(&self) -> BTreeMap<u64, storage::ChorusNode> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let node = storage::ChorusNode {
+                    http_addr: n.http_addr.to_string(),
+                    raft_addr: n.raft_addr.to_string(),
+                };
+                (n.id, node)
+            })
+            .collect()
+    }
+}

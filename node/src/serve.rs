@@ -1,0 +1,77 @@
+//! `chorus start`: one node — storage, Raft, transport, HTTP — and its graceful shutdown.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::ClusterConfig;
+
+pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(config_path)?;
+    let me = config.node(node_id)?.clone();
+    std::fs::create_dir_all(&me.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", me.data_dir.display()))?;
+    let (log, sm) = storage::open(&me.data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is another node using it?)",
+            me.data_dir.display()
+        )
+    })?;
+
+    // Bind HTTP first: a port conflict should fail before we join the cluster.
+    let listener = TcpListener::bind(me.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", me.http_addr))?;
+
+    let args = raft::StartArgs {
+        node_id,
+        cluster_name: config.cluster_name.clone(),
+        secret: config.secret.clone(),
+        raft_listen: me.raft_addr,
+        initial_members: config.members(),
+        settings: config.raft.settings(),
+    };
+    let replica = raft::start(args, log.clone(), sm)
+        .await
+        .context("cannot start raft")?;
+    let settings = api::ApiSettings {
+        cluster_name: config.cluster_name.clone(),
+        admin_token: config.admin_token.clone(),
+        allow_anonymous_clear: config.queue.allow_anonymous_clear,
+    };
+    let app = api::router(replica.clone(), settings).await?;
+    tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "node serving");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("http server failed")?;
+
+    tracing::info!(node = node_id, "shutting down");
+    replica.shutdown().await;
+    log.flush()
+        .await
+        .context("final flush of the store failed")?;
+    tracing::info!(node = node_id, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
