@@ -31,3 +31,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, QueueCommand, Request};
+
+    #[test]
+    fn garbage_and_truncated_input_is_an_error_not_a_panic() {
+        let req = Request {
+            dedupe_key: Some("k".into()),
+            at_ms: 1,
+            command: Command::Queue(QueueCommand::PlayNext),
+        };
+        let bytes = encode(&req).expect("encode");
+        assert_eq!(decode::<Request>(&bytes).expect("decode"), req);
+        for cut in 0..bytes.len() {
+            assert!(
+                decode::<Request>(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
+        }
+        assert!(decode::<Request>(&[0xFF; 64]).is_err());
+        // A length prefix claiming gigabytes must not allocate them.
+        assert!(decode::<Vec<u8>>(&[0xFC, 0xFF, 0xFF, 0xFF, 0x7F]).is_err());
+    }
+}
