@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, TryAsRef};
 use storage::{ChorusNode, Command, LogStore, Request, Response, StateReader};
 
@@ -275,7 +275,11 @@ impl Replica {
             let leader = metrics.borrow_and_update().current_leader;
             if let Some(leader) = leader {
                 let answer = if leader == self.inner.id {
-                    Ok(self.handle_peer(req.clone()).await)
+                    // A leader that lost its majority would wait for the commit forever.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(remaining, self.handle_peer(req.clone()))
+                        .await
+                        .map_err(|_| TransportError::Timeout(leader, remaining))
                 } else {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     self.inner
@@ -336,10 +340,11 @@ impl Replica {
                     .map_err(forward_error),
             ),
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                raft.get_read_log_id()
-                    .await
-                    .map(|(read, _)| read.map_or(0, |l| l.index))
-                    .map_err(forward_error),
+                raft.get_read_log_id().await.map(|(read, _)| read.map_or(0, |l| l.index)).map_err(|e| match e {
+                    // Not a bad request: the leader cannot reach a majority right now.
+                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => ForwardError::Failed(q.to_string()),
+                    e => forward_error(e),
+                }),
             ),
             PeerRequest::Status => PeerResponse::Status(PeerStatus {
                 node_id: self.inner.id,
