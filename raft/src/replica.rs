@@ -340,11 +340,16 @@ impl Replica {
                     .map_err(forward_error),
             ),
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                raft.get_read_log_id().await.map(|(read, _)| read.map_or(0, |l| l.index)).map_err(|e| match e {
-                    // Not a bad request: the leader cannot reach a majority right now.
-                    RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => ForwardError::Failed(q.to_string()),
-                    e => forward_error(e),
-                }),
+                raft.get_read_log_id()
+                    .await
+                    .map(|(read, _)| read.map_or(0, |l| l.index))
+                    .map_err(|e| match e {
+                        // Not a bad request: the leader cannot reach a majority right now.
+                        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+                            ForwardError::Failed(q.to_string())
+                        }
+                        e => forward_error(e),
+                    }),
             ),
             PeerRequest::Status => PeerResponse::Status(PeerStatus {
                 node_id: self.inner.id,
