@@ -67,11 +67,15 @@ class Cluster:
                 time.sleep(0.05)
 
     def leader(self):
+        """The leader that a majority of nodes names and that calls itself leader."""
         while True:
-            for i in self.procs:
-                code, body = http("GET", self.url(i) + "/cluster")
-                if code == 200 and body["state"] == "Leader":
-                    return i
+            views = [http("GET", self.url(i) + "/cluster")[1] for i in self.procs]
+            named = [v["leader_id"] for v in views if v]
+            for cand in set(named):
+                if cand is not None and named.count(cand) * 2 > len(self.procs):
+                    v = next((v for v in views if v and v["node_id"] == cand), None)
+                    if v and v["state"] == "Leader":
+                        return cand
             time.sleep(0.05)
 
     def stop(self):
