@@ -72,6 +72,22 @@ impl LogStore {
         self.db.flush_async().await.map(|_| ())
     }
 
+    /// Removes the entries `range` yields and flushes.
+    async fn remove_durably(&self, range: sled::Iter) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in range {
+            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
     /// True when this node has never taken part in a cluster: no vote, no log, nothing purged.
     pub fn is_pristine(&self) -> Result<bool, StorageError> {
         let vote: Option<Vote> = self.read_meta(VOTE)?;
@@ -169,18 +185,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate log");
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
+        self.remove_durably(self.log.range(index_key(log_id.index)..))
             .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -191,17 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.write_meta(LAST_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
+        self.remove_durably(self.log.range(..=index_key(log_id.index)))
             .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
     }
 }
