@@ -56,13 +56,11 @@ pub struct TrackView {
     pub votes: i64,
 }
 
+/// A played track: the track as it was queued, and when it was played.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PlayedView {
-    pub id: u64,
-    pub title: String,
-    pub artist: String,
-    pub duration: u32,
-    pub votes: i64,
+    #[serde(flatten)]
+    pub track: TrackView,
     /// RFC 3339 UTC.
     #[schema(example = "2023-09-19T10:00:00Z")]
     pub played_at: String,
@@ -115,14 +113,9 @@ impl From<&QueuedTrack> for TrackView {
 
 impl From<&PlayedTrack> for PlayedView {
     fn from(p: &PlayedTrack) -> Self {
-        let t = &p.track;
         let at = UNIX_EPOCH + Duration::from_millis(p.played_at_ms);
         Self {
-            id: t.id,
-            title: t.title.clone(),
-            artist: t.artist.clone(),
-            duration: t.duration,
-            votes: t.votes,
+            track: TrackView::from(&p.track),
             played_at: humantime::format_rfc3339_seconds(at).to_string(),
         }
     }

@@ -274,14 +274,13 @@ impl Replica {
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             if let Some(leader) = leader {
+                let remaining = deadline.saturating_duration_since(Instant::now());
                 let answer = if leader == self.inner.id {
                     // A leader that lost its majority would wait for the commit forever.
-                    let remaining = deadline.saturating_duration_since(Instant::now());
                     tokio::time::timeout(remaining, self.handle_peer(req.clone()))
                         .await
                         .map_err(|_| TransportError::Timeout(leader, remaining))
                 } else {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
                     self.inner
                         .transport
                         .call(leader, &req, remaining.min(ATTEMPT_TIMEOUT))
@@ -397,25 +396,11 @@ impl Replica {
 
     /// True when this node has never been part of a cluster.
     pub fn is_pristine(&self) -> bool {
-        let no_membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&self.inner.id)
-            .is_none()
-            && self
-                .inner
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .next()
-                .is_none();
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let no_membership = membership.get_node(&self.inner.id).is_none()
+            && membership.voter_ids().next().is_none();
         no_membership && self.inner.log.is_pristine().unwrap_or(false)
     }
 
