@@ -1,0 +1,4 @@
+//! jepsen-style: placeholder entry point, replaced by the fault harness.
+fn main() {
+    println!("jepsen-style: not built yet");
+}
