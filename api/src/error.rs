@@ -46,6 +46,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
@@ -88,6 +92,13 @@ impl From<CommandError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "already_queued", e.message)
             }
             ErrorKind::QueueEmpty => Self::new(StatusCode::BAD_REQUEST, "queue_empty", e.message),
+            ErrorKind::Invalid => Self::bad_request(e.message),
+            ErrorKind::UsernameTaken => {
+                Self::new(StatusCode::CONFLICT, "username_taken", e.message)
+            }
+            ErrorKind::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", e.message),
+            ErrorKind::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", e.message),
+            ErrorKind::UploadGone => Self::new(StatusCode::CONFLICT, "upload_gone", e.message),
         }
     }
 }

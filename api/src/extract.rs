@@ -109,6 +109,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+impl IdempotencyKey {
+    /// The key in the scope of an authenticated user, so two users' keys never collide.
+    pub fn for_user(self, user_id: u64) -> Option<String> {
+        self.0.map(|k| match k.strip_prefix("idem:anon:") {
+            Some(raw) => format!("idem:u{user_id}:{raw}"),
+            None => k,
+        })
+    }
+}
+
 /// `Query<T>` with [`ApiError`] rejections.
 pub struct QueryParam<T>(pub T);
 

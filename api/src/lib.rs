@@ -1,6 +1,9 @@
 //! The HTTP API every node serves (axum), one module per domain.
 //!
 //! Layout:
+//! - [`users`], [`tracks`], [`playback`], [`playlists`]: the music service (seed 000), each an
+//!   actor and its routes; [`auth`] (passwords, JWTs, the `AuthUser` extractor) and [`audio`]
+//!   (MP3 checks, duration, ID3 tags, reading stored audio) serve them.
 //! - [`queue`]: the voting queue (seed 004): its actor and routes.
 //! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership.
 //! - [`docs`]: OpenAPI and Swagger UI at `/docs`.
@@ -9,13 +12,20 @@
 //! Only this crate knows JSON and HTTP; domain rules live in `storage::state`, replication in
 //! `raft`.
 
+pub mod audio;
+pub mod auth;
 pub mod cluster;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod playback;
+pub mod playlists;
 pub mod queue;
+pub mod tracks;
+pub mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -38,12 +48,22 @@ pub struct ApiSettings {
     pub admin_token: String,
     /// `POST /clear` without the admin token (the seed's test scripts need it).
     pub allow_anonymous_clear: bool,
+    /// Largest accepted MP3 upload.
+    pub max_upload_bytes: u64,
+    /// How long a login token is valid.
+    pub token_ttl: Duration,
+    /// A pending upload with no new chunk for this long is dropped with its chunks.
+    pub upload_idle_timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub replica: Replica,
     pub queue: ActorRef<queue::QueueMsg>,
+    pub users: ActorRef<users::UsersMsg>,
+    pub tracks: ActorRef<tracks::TracksMsg>,
+    pub playback: ActorRef<playback::PlaybackMsg>,
+    pub playlists: ActorRef<playlists::PlaylistsMsg>,
     pub settings: Arc<ApiSettings>,
 }
 
@@ -56,22 +76,45 @@ pub struct StartError {
 
 /// Starts this node's domain actors and returns the router serving the whole API.
 pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, StartError> {
-    let (queue, _) = Actor::spawn(None, queue::QueueActor, replica.clone())
-        .await
-        .map_err(|e| StartError {
-            actor: "queue",
-            message: e.to_string(),
-        })?;
+    let settings = Arc::new(settings);
+    let queue = spawn("queue", queue::QueueActor, replica.clone()).await?;
+    let users = spawn(
+        "users",
+        users::UsersActor,
+        (replica.clone(), settings.clone()),
+    )
+    .await?;
+    let tracks = spawn(
+        "tracks",
+        tracks::TracksActor,
+        (replica.clone(), settings.clone()),
+    )
+    .await?;
+    let playback = spawn("playback", playback::PlaybackActor, replica.clone()).await?;
+    let playlists = spawn("playlists", playlists::PlaylistsActor, replica.clone()).await?;
+    tokio::spawn(auth::create_signing_key_when_ready(replica.clone()));
+    tokio::spawn(tracks::drop_idle_uploads(
+        replica.clone(),
+        settings.upload_idle_timeout,
+    ));
     let state = AppState {
         replica,
         queue,
-        settings: Arc::new(settings),
+        users,
+        tracks,
+        playback,
+        playlists,
+        settings,
     };
     Ok(Router::new()
         .route(
             "/",
             axum::routing::get(|| async { Redirect::temporary("/docs/") }),
         )
+        .merge(users::routes())
+        .merge(tracks::routes())
+        .merge(playback::routes())
+        .merge(playlists::routes())
         .merge(queue::routes())
         .merge(cluster::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
@@ -91,6 +134,65 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
             ),
         )
         .with_state(state))
+}
+
+async fn spawn<A: Actor>(
+    name: &'static str,
+    actor: A,
+    args: A::Arguments,
+) -> Result<ActorRef<A::Msg>, StartError> {
+    Actor::spawn(None, actor, args)
+        .await
+        .map(|(actor, _)| actor)
+        .map_err(|e| StartError {
+            actor: name,
+            message: e.to_string(),
+        })
+}
+
+/// A 500 for a broken invariant (logged; never caused by client input).
+pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    tracing::error!(%message, "internal error");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+/// Runs an actor's request in its own task, so one slow request never holds up the others,
+/// and sends the answer back (unless the HTTP client is gone).
+pub(crate) fn respond<T: Send + 'static>(
+    reply: RpcReplyPort<Result<T, ApiError>>,
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let _ = reply.send(work.await);
+    });
+}
+
+/// Proposes `command` and returns what the state machine answered (rejections as errors).
+pub(crate) async fn write(
+    replica: &Replica,
+    command: storage::Command,
+    key: Option<String>,
+) -> Result<storage::Outcome, ApiError> {
+    let receipt = replica.write(command, key).await?;
+    Ok(receipt.response.result?)
+}
+
+/// A write's outcome that is not the kind the command produces: a bug, not bad input.
+pub(crate) fn unexpected(outcome: storage::Outcome) -> ApiError {
+    internal(format!("unexpected state machine answer: {outcome:?}"))
+}
+
+/// Waits for a linearizable read if asked for, then reads the local state.
+pub(crate) async fn read<T>(
+    replica: &Replica,
+    consistency: extract::Consistency,
+    f: impl FnOnce(&storage::state::State) -> T,
+) -> Result<T, ApiError> {
+    if consistency == extract::Consistency::Linearizable {
+        replica.read_barrier().await?;
+    }
+    Ok(replica.state().read(f))
 }
 
 /// Sends a request to a domain actor and waits for its answer.

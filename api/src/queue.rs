@@ -21,24 +21,26 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions};
-use crate::{AppState, ask, require_admin};
+use crate::{AppState, ask, require_admin, respond, unexpected};
 
 const MAX_TEXT: usize = 500;
 
 // ---- wire shapes (seed 004) ----
 
-/// A track to queue. A `votes` field, as the seed's clients send it, is ignored.
+/// A track to queue. With the id of an uploaded track only `id` is needed (the upload's own
+/// metadata is used); any other id needs the three other fields. A `votes` field, as the seed's
+/// clients send it, is ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddTrackBody {
     #[schema(example = 123)]
     pub id: u64,
     #[schema(example = "Song Title")]
-    pub title: String,
+    pub title: Option<String>,
     #[schema(example = "Artist Name")]
-    pub artist: String,
+    pub artist: Option<String>,
     /// Seconds.
     #[schema(example = 200)]
-    pub duration: u32,
+    pub duration: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -217,19 +219,8 @@ impl Actor for QueueActor {
     }
 }
 
-fn respond<T: Send + 'static>(
-    reply: Reply<T>,
-    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        // The HTTP client may be gone; then nobody waits for the answer.
-        let _ = reply.send(work.await);
-    });
-}
-
 async fn write(r: &Replica, cmd: QueueCommand, key: Option<String>) -> Result<Outcome, ApiError> {
-    let receipt = r.write(Command::Queue(cmd), key).await?;
-    Ok(receipt.response.result?)
+    crate::write(r, Command::Queue(cmd), key).await
 }
 
 async fn read<T>(
@@ -237,22 +228,7 @@ async fn read<T>(
     consistency: Consistency,
     f: impl FnOnce(&storage::state::queue::QueueState) -> T,
 ) -> Result<T, ApiError> {
-    if consistency == Consistency::Linearizable {
-        r.read_barrier().await?;
-    }
-    Ok(r.state().read(|s| f(&s.queue)))
-}
-
-fn unexpected(outcome: Outcome) -> ApiError {
-    tracing::error!(
-        ?outcome,
-        "state machine answered a queue command with the wrong outcome"
-    );
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "unexpected state machine answer",
-    )
+    crate::read(r, consistency, |s| f(&s.queue)).await
 }
 
 // ---- routes ----
@@ -293,8 +269,12 @@ pub async fn add_track(
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<AddTrackBody>,
 ) -> Result<axum::Json<QueueChanged>, ApiError> {
-    check_text("title", &body.title)?;
-    check_text("artist", &body.artist)?;
+    if let Some(title) = &body.title {
+        check_text("title", title)?;
+    }
+    if let Some(artist) = &body.artist {
+        check_text("artist", artist)?;
+    }
     let queue = ask(&app.queue, |reply| QueueMsg::Add(body, key, reply)).await?;
     Ok(axum::Json(QueueChanged {
         message: "Track added".into(),

@@ -20,8 +20,45 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub queue: QueueConfig,
     #[serde(default)]
+    pub users: UsersConfig,
+    #[serde(default)]
+    pub tracks: TracksConfig,
+    #[serde(default)]
     pub raft: RaftConfig,
     pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    /// How long a login token (JWT) is valid.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracksConfig {
+    /// Largest MP3 accepted by `POST /tracks/upload`, in MiB.
+    pub max_upload_mb: u64,
+    /// An upload that receives no data for this long (its node or client died) is dropped.
+    pub upload_idle_timeout_secs: u64,
+}
+
+impl Default for TracksConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_mb: 50,
+            upload_idle_timeout_secs: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +165,16 @@ impl ClusterConfig {
         }
         if r.snapshot_every == 0 || r.request_timeout_ms == 0 {
             bail!("[raft] snapshot_every and request_timeout_ms must be positive");
+        }
+        if self.users.token_ttl_secs == 0 {
+            bail!("[users] token_ttl_secs must be positive");
+        }
+        let t = &self.tracks;
+        if t.max_upload_mb == 0 || t.max_upload_mb > 1024 * 1024 {
+            bail!("[tracks] max_upload_mb must be between 1 and 1048576");
+        }
+        if t.upload_idle_timeout_secs == 0 {
+            bail!("[tracks] upload_idle_timeout_secs must be positive");
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `chorus start`: one node — storage, Raft, transport, HTTP — and its graceful shutdown.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -39,6 +40,9 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         cluster_name: config.cluster_name.clone(),
         admin_token: config.admin_token.clone(),
         allow_anonymous_clear: config.queue.allow_anonymous_clear,
+        max_upload_bytes: config.tracks.max_upload_mb * 1024 * 1024,
+        token_ttl: Duration::from_secs(config.users.token_ttl_secs),
+        upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),
     };
     let app = api::router(replica.clone(), settings).await?;
     tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "node serving");

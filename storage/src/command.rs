@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::state::queue::{PlayedTrack, QueuedTrack};
+use crate::state::tracks::{AudioInfo, TrackMeta};
 
 /// One Raft log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,16 +33,22 @@ impl fmt::Display for Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Queue(QueueCommand),
+    Users(UserCommand),
+    Tracks(TrackCommand),
+    Playlists(PlaylistCommand),
 }
 
 /// The voting queue's writes (seed 004).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueCommand {
+    /// Queues track `id`. If an uploaded track has that id, its metadata is used and the fields
+    /// here may be absent; otherwise all three are required and the id is reserved so that no
+    /// upload ever gets it.
     Add {
         id: u64,
-        title: String,
-        artist: String,
-        duration: u32,
+        title: Option<String>,
+        artist: Option<String>,
+        duration: Option<u32>,
     },
     Remove {
         id: u64,
@@ -54,6 +61,85 @@ pub enum QueueCommand {
     Clear,
 }
 
+/// Users and the cluster-wide token signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserCommand {
+    /// `password_hash` is an argon2id PHC string, computed before proposing (never in `apply`).
+    Register {
+        username: String,
+        email: String,
+        password_hash: String,
+    },
+    /// `by` is the authenticated caller; only the user may delete themself.
+    Delete { user_id: u64, by: u64 },
+    /// Sets the JWT signing key if the cluster has none yet; later proposals are no-ops, so
+    /// every node ends up with the first key committed.
+    InitSigningKey {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// Uploads and tracks. Audio arrives as numbered chunks of one pending upload; a track only
+/// becomes visible with `Create` (or gets new audio with `Update`) once every chunk is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackCommand {
+    BeginUpload {
+        owner: u64,
+    },
+    /// Chunk `index` (0-based, in order) of an upload; at most [`crate::state::tracks::CHUNK_SIZE`].
+    PutChunk {
+        upload_id: u64,
+        index: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Turns a complete upload into a new track.
+    Create {
+        upload_id: u64,
+        by: u64,
+        meta: TrackMeta,
+        audio: AudioInfo,
+    },
+    /// Replaces metadata fields given and, with `audio`, the audio (from a complete upload).
+    Update {
+        track_id: u64,
+        by: u64,
+        title: Option<String>,
+        artist: Option<String>,
+        album: Option<String>,
+        genre: Option<String>,
+        audio: Option<(u64, AudioInfo)>,
+    },
+    Delete {
+        track_id: u64,
+        by: u64,
+    },
+    /// Drops a pending upload and its chunks (the upload failed or was rejected).
+    AbortUpload {
+        upload_id: u64,
+    },
+    /// Drops every pending upload with no chunk since `idle_since_ms` (its receiver died).
+    AbortIdleUploads {
+        idle_since_ms: u64,
+    },
+}
+
+/// Playlists (one per user). `by` is the authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlaylistCommand {
+    Add {
+        user_id: u64,
+        track_id: u64,
+        by: u64,
+    },
+    Remove {
+        user_id: u64,
+        track_id: u64,
+        by: u64,
+    },
+}
+
 /// What applying a command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -63,6 +149,8 @@ pub enum Outcome {
     Track(QueuedTrack),
     /// The track `play_next` moved from the queue to the history.
     Played(PlayedTrack),
+    /// The id the cluster allocated (user, upload or track).
+    Id(u64),
 }
 
 /// Why a command was rejected by the state machine. Rejections are deterministic and replicated
@@ -79,6 +167,14 @@ pub enum ErrorKind {
     NotFound,
     AlreadyQueued,
     QueueEmpty,
+    /// The request contradicts the state (e.g. a chunk out of order, a missing field).
+    Invalid,
+    UsernameTaken,
+    EmailTaken,
+    /// The caller is authenticated but not allowed to change this.
+    Forbidden,
+    /// The upload no longer exists (aborted after being idle too long).
+    UploadGone,
 }
 
 impl CommandError {

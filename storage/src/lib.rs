@@ -24,9 +24,15 @@ pub mod types;
 
 use std::path::Path;
 
-pub use command::{Command, CommandError, ErrorKind, Outcome, QueueCommand, Request, Response};
+pub use command::{
+    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request, Response,
+    TrackCommand, UserCommand,
+};
 pub use log_store::LogStore;
+pub use sled::IVec;
 pub use state::queue::{PlayedTrack, QueuedTrack};
+pub use state::tracks::{AudioInfo, CHUNK_SIZE, Track, TrackMeta, Upload};
+pub use state::users::User;
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{ChorusNode, TypeConfig};
 
@@ -52,6 +58,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         // sled's own periodic flush is not what makes writes durable (LogStore flushes
         // explicitly before acknowledging); keep it as a background safety net only.
         .flush_every_ms(Some(1000))
+        // sled's default page cache is 1 GiB; audio chunks would fill it and inflate the RSS of
+        // every node. Recently written and read chunks still hit this cache.
+        .cache_capacity(64 * 1024 * 1024)
         .open()
         .map_err(|source| OpenError::Sled {
             path: db_path.display().to_string(),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! "CHORUSS1" | u32 meta_len | meta (bincode SnapshotMeta)
-//! repeated: u8 tree (0 = sm) | u32 key_len | key | u32 value_len | value
+//! repeated: u8 tree (0 = sm, 1 = audio) | u32 key_len | key | u32 value_len | value
 //! u8 0xFF (end)
 //! ```
 //! All integers are big-endian. A truncated or malformed file is an error, never a panic.
@@ -19,6 +19,7 @@ const END: u8 = 0xFF;
 const MAX_FIELD: u32 = 64 * 1024 * 1024;
 
 pub const TREE_SM: u8 = 0;
+pub const TREE_AUDIO: u8 = 1;
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())

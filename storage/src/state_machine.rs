@@ -4,6 +4,9 @@
 //! Invariants:
 //! - Every applied batch is one atomic sled batch holding the domain writes *and* `m/applied`
 //!   and `m/membership`, so the tree always describes exactly one log position.
+//! - Audio chunks go to the `audio` tree in a batch applied just *before* that `sm` batch. Audio
+//!   writes are idempotent (same key, same bytes; deletes of fixed keys), so if a crash falls
+//!   between the two, re-applying the entries after `m/applied` repairs it.
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
 //! - A snapshot is streamed from the tree to a file (under the read lock, so it is consistent)
@@ -23,7 +26,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use crate::OpenError;
 use crate::codec;
 use crate::command::Response;
-use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_SM};
+use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_SM};
 use crate::state::{Changes, State};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
@@ -48,6 +51,7 @@ pub struct Applied {
 struct Inner {
     db: sled::Db,
     sm: sled::Tree,
+    audio: sled::Tree,
     applied: RwLock<Applied>,
     dir: PathBuf,
     /// The file most recently handed out by `begin_receiving_snapshot`.
@@ -77,6 +81,18 @@ impl StateReader {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         f(&guard.state)
+    }
+
+    /// Chunk `index` of audio blob `blob` (see [`crate::state::tracks`]).
+    pub fn audio_chunk(&self, blob: u64, index: u32) -> Result<Option<sled::IVec>, sled::Error> {
+        self.inner
+            .audio
+            .get(crate::state::tracks::chunk_key(blob, index))
+    }
+
+    /// Number of chunks physically in the `audio` tree (walks the tree: for tests and tools).
+    pub fn stored_audio_chunks(&self) -> usize {
+        self.inner.audio.len()
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
@@ -134,6 +150,10 @@ impl Inner {
                     writer.record(TREE_SM, &key, &value)?;
                 }
             }
+            for item in self.audio.iter() {
+                let (key, value) = item.map_err(sled_io)?;
+                writer.record(TREE_AUDIO, &key, &value)?;
+            }
             writer.finish()?.sync_all()?;
             meta
         };
@@ -161,22 +181,33 @@ impl Inner {
         self.sm.insert(M_INSTALLING, &[1u8]).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         self.sm.clear().map_err(sled_io)?;
+        self.audio.clear().map_err(sled_io)?;
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
         while let Some(record) = reader.next_record()? {
-            if record.tree != TREE_SM {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown tree {}", record.tree),
-                ));
-            }
-            batch.insert(record.key, record.value);
-            pending += 1;
-            if pending == 10_000 {
-                self.sm
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(sled_io)?;
-                pending = 0;
+            match record.tree {
+                TREE_SM => {
+                    batch.insert(record.key, record.value);
+                    pending += 1;
+                    if pending == 10_000 {
+                        self.sm
+                            .apply_batch(std::mem::take(&mut batch))
+                            .map_err(sled_io)?;
+                        pending = 0;
+                    }
+                }
+                // One chunk at a time: a batch of chunks would hold them all in memory.
+                TREE_AUDIO => {
+                    self.audio
+                        .insert(record.key, record.value)
+                        .map_err(sled_io)?;
+                }
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unknown tree {other}"),
+                    ));
+                }
             }
         }
         batch.insert(M_APPLIED, encode_io(&meta.last_log_id)?);
@@ -221,9 +252,11 @@ impl StateMachineStore {
             }
         }
         let sm = db.open_tree("sm").map_err(|e| corrupt(e.to_string()))?;
+        let audio = db.open_tree("audio").map_err(|e| corrupt(e.to_string()))?;
         let inner = Inner {
             db,
             sm,
+            audio,
             applied: RwLock::new(Applied::default()),
             dir: dir.to_path_buf(),
             receiving: Mutex::new(None),
@@ -343,6 +376,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .put(M_MEMBERSHIP.to_vec(), &guard.membership)
             .map_err(encode_err)?;
         // Not flushed: the log already is, and a crash replays entries after `m/applied`.
+        if let Some(audio) = changes.take_audio() {
+            self.inner
+                .audio
+                .apply_batch(audio)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
         self.inner
             .sm
             .apply_batch(changes.into_batch())

@@ -5,26 +5,63 @@
 //! `last_applied` in one atomic sled batch, so what is on disk always describes exactly one log
 //! position. On start the in-memory state is rebuilt from the tree ([`State::load`]).
 //!
-//! Keys are `<domain prefix>/<key>`: each domain module owns its prefixes.
+//! Keys are `<domain prefix>/<key>`: each domain module owns its prefixes. Audio chunks are the
+//! exception: they go to their own `audio` tree ([`Changes::put_audio`]), see [`tracks`].
 
 pub mod dedupe;
+pub mod playlists;
 pub mod queue;
+pub mod tracks;
+pub mod users;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{self, CodecError};
-use crate::command::{Command, Request, Response};
+use crate::command::{
+    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request, Response,
+    TrackCommand, UserCommand,
+};
 use dedupe::DedupeTable;
+use playlists::PlaylistsState;
 use queue::QueueState;
+use tracks::{TrackUpdate, TracksState};
+use users::UsersState;
 
-/// Key/value writes produced by applying entries, committed atomically by the state machine.
+/// Key/value writes produced by applying entries. The `sm` writes are committed atomically by
+/// the state machine; the audio writes go to the `audio` tree just before them (they are
+/// idempotent, so a crash in between is repaired by applying the entries again).
 #[derive(Default)]
 pub struct Changes {
     batch: sled::Batch,
+    audio: sled::Batch,
+    audio_ops: usize,
 }
 
 impl Changes {
+    pub fn put_audio(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
+        self.audio.insert(key, bytes);
+        self.audio_ops += 1;
+    }
+
+    pub fn delete_audio(&mut self, key: Vec<u8>) {
+        self.audio.remove(key);
+        self.audio_ops += 1;
+    }
+
+    /// How many audio writes and deletes are pending.
+    pub fn audio_ops(&self) -> usize {
+        self.audio_ops
+    }
+
+    /// The audio batch, if there is anything in it.
+    pub fn take_audio(&mut self) -> Option<sled::Batch> {
+        (self.audio_ops > 0).then(|| {
+            self.audio_ops = 0;
+            std::mem::take(&mut self.audio)
+        })
+    }
+
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CodecError> {
         self.batch.insert(key, codec::encode(value)?);
         Ok(())
@@ -56,6 +93,9 @@ pub(crate) fn key_number(key: &[u8], prefix: &[u8]) -> Option<u64> {
 #[derive(Debug, Default)]
 pub struct State {
     pub queue: QueueState,
+    pub users: UsersState,
+    pub tracks: TracksState,
+    pub playlists: PlaylistsState,
     pub dedupe: DedupeTable,
 }
 
@@ -70,8 +110,12 @@ impl State {
                 deduplicated: true,
             });
         }
+        let at_ms = req.at_ms;
         let result = match &req.command {
-            Command::Queue(cmd) => self.queue.apply(cmd, req.at_ms, changes)?,
+            Command::Queue(cmd) => self.apply_queue(cmd, at_ms, changes)?,
+            Command::Users(cmd) => self.apply_users(cmd, at_ms, changes)?,
+            Command::Tracks(cmd) => self.apply_tracks(cmd, at_ms, changes)?,
+            Command::Playlists(cmd) => self.apply_playlists(cmd, changes)?,
         };
         let response = Response {
             result,
@@ -83,6 +127,171 @@ impl State {
         Ok(response)
     }
 
+    fn apply_queue(
+        &mut self,
+        cmd: &QueueCommand,
+        at_ms: u64,
+        changes: &mut Changes,
+    ) -> Result<Result<Outcome, CommandError>, CodecError> {
+        let QueueCommand::Add {
+            id,
+            title,
+            artist,
+            duration,
+        } = cmd
+        else {
+            return self.queue.apply(cmd, at_ms, changes);
+        };
+        // An uploaded track is queued as uploaded; any other id becomes a queue-only track
+        // whose id no upload will ever get.
+        let resolved = match self.tracks.get(*id) {
+            Some(track) => QueueCommand::Add {
+                id: *id,
+                title: Some(track.meta.title.clone()),
+                artist: Some(track.meta.artist.clone()),
+                duration: Some(u32::try_from(track.audio.seconds()).unwrap_or(u32::MAX)),
+            },
+            None if title.is_some() && artist.is_some() && duration.is_some() => {
+                self.tracks.reserve(*id, changes)?;
+                cmd.clone()
+            }
+            None => {
+                return Ok(Err(CommandError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "no uploaded track has id {id}: give `title`, `artist` and `duration` to queue it anyway"
+                    ),
+                )));
+            }
+        };
+        self.queue.apply(&resolved, at_ms, changes)
+    }
+
+    fn apply_users(
+        &mut self,
+        cmd: &UserCommand,
+        at_ms: u64,
+        changes: &mut Changes,
+    ) -> Result<Result<Outcome, CommandError>, CodecError> {
+        Ok(match cmd {
+            UserCommand::Register {
+                username,
+                email,
+                password_hash,
+            } => {
+                return self
+                    .users
+                    .register(username, email, password_hash, at_ms, changes);
+            }
+            UserCommand::Delete { user_id, by } => {
+                let deleted = self.users.delete(*user_id, *by, changes);
+                if deleted.is_ok() {
+                    self.playlists.delete_user(*user_id, changes);
+                }
+                deleted
+            }
+            UserCommand::InitSigningKey { key } => Ok(self.users.init_signing_key(key, changes)?),
+        })
+    }
+
+    fn apply_tracks(
+        &mut self,
+        cmd: &TrackCommand,
+        at_ms: u64,
+        changes: &mut Changes,
+    ) -> Result<Result<Outcome, CommandError>, CodecError> {
+        Ok(match cmd {
+            TrackCommand::BeginUpload { owner } => {
+                Ok(self.tracks.begin_upload(*owner, at_ms, changes)?)
+            }
+            TrackCommand::PutChunk {
+                upload_id,
+                index,
+                bytes,
+            } => {
+                return self
+                    .tracks
+                    .put_chunk(*upload_id, *index, bytes, at_ms, changes);
+            }
+            TrackCommand::Create {
+                upload_id,
+                by,
+                meta,
+                audio,
+            } => {
+                return self
+                    .tracks
+                    .create(*upload_id, *by, meta, audio, at_ms, changes);
+            }
+            TrackCommand::Update {
+                track_id,
+                by,
+                title,
+                artist,
+                album,
+                genre,
+                audio,
+            } => {
+                let update = TrackUpdate {
+                    track_id: *track_id,
+                    by: *by,
+                    fields: [title, artist, album, genre],
+                    audio,
+                };
+                return self.tracks.update(update, changes);
+            }
+            TrackCommand::Delete { track_id, by } => {
+                let deleted = self.tracks.delete(*track_id, *by, changes);
+                if deleted.is_ok() {
+                    self.playlists.remove_everywhere(*track_id, changes)?;
+                    self.queue.remove_deleted_track(*track_id, changes);
+                }
+                deleted
+            }
+            TrackCommand::AbortUpload { upload_id } => {
+                Ok(self.tracks.abort_upload(*upload_id, changes))
+            }
+            TrackCommand::AbortIdleUploads { idle_since_ms } => {
+                Ok(self.tracks.abort_idle_uploads(*idle_since_ms, changes))
+            }
+        })
+    }
+
+    fn apply_playlists(
+        &mut self,
+        cmd: &PlaylistCommand,
+        changes: &mut Changes,
+    ) -> Result<Result<Outcome, CommandError>, CodecError> {
+        let (PlaylistCommand::Add {
+            user_id,
+            track_id,
+            by,
+        }
+        | PlaylistCommand::Remove {
+            user_id,
+            track_id,
+            by,
+        }) = cmd;
+        if self.users.get(*user_id).is_none() {
+            return Ok(Err(users::no_user(*user_id)));
+        }
+        if by != user_id {
+            return Ok(Err(CommandError::new(
+                ErrorKind::Forbidden,
+                format!("you can only change your own playlist, not user {user_id}'s"),
+            )));
+        }
+        match cmd {
+            PlaylistCommand::Add { .. } => {
+                if self.tracks.get(*track_id).is_none() {
+                    return Ok(Err(tracks::no_track(*track_id)));
+                }
+                Ok(Ok(self.playlists.add(*user_id, *track_id, changes)?))
+            }
+            PlaylistCommand::Remove { .. } => self.playlists.remove(*user_id, *track_id, changes),
+        }
+    }
+
     /// Rebuilds the state from the `sm` tree (ignores the state machine's own `m/` keys).
     pub fn load(tree: &sled::Tree) -> Result<Self, LoadError> {
         let mut state = State::default();
@@ -90,6 +299,12 @@ impl State {
             let (key, value) = item?;
             let loaded = if key.starts_with(queue::PREFIX) {
                 state.queue.load(&key, &value)
+            } else if key.starts_with(users::PREFIX) {
+                state.users.load(&key, &value)
+            } else if key.starts_with(tracks::PREFIX) {
+                state.tracks.load(&key, &value)
+            } else if key.starts_with(playlists::PREFIX) {
+                state.playlists.load(&key, &value)
             } else if key.starts_with(dedupe::PREFIX) {
                 state.dedupe.load(&key, &value)
             } else {

@@ -94,9 +94,9 @@ impl QueueState {
         Ok(match cmd {
             QueueCommand::Add {
                 id,
-                title,
-                artist,
-                duration,
+                title: Some(title),
+                artist: Some(artist),
+                duration: Some(duration),
             } => {
                 if self.tracks.contains_key(id) {
                     Err(CommandError::new(
@@ -118,6 +118,10 @@ impl QueueState {
                     Ok(Outcome::Track(track))
                 }
             }
+            QueueCommand::Add { id, .. } => Err(CommandError::new(
+                ErrorKind::Invalid,
+                format!("track {id} needs a title, an artist and a duration to be queued"),
+            )),
             QueueCommand::Remove { id } => match self.remove_track(*id, changes) {
                 Some(_) => Ok(Outcome::Done),
                 None => Err(not_queued(*id)),
@@ -181,6 +185,11 @@ impl QueueState {
         Some(track)
     }
 
+    /// Takes a deleted upload out of the queue (its history entries stay: they happened).
+    pub(crate) fn remove_deleted_track(&mut self, id: u64, changes: &mut Changes) {
+        self.remove_track(id, changes);
+    }
+
     fn save_counters(&self, changes: &mut Changes) -> Result<(), CodecError> {
         changes.put(COUNTERS.to_vec(), &self.counters)
     }
@@ -213,9 +222,9 @@ mod tests {
     fn add(q: &mut QueueState, id: u64) {
         let cmd = QueueCommand::Add {
             id,
-            title: format!("t{id}"),
-            artist: "a".into(),
-            duration: 60,
+            title: Some(format!("t{id}")),
+            artist: Some("a".into()),
+            duration: Some(60),
         };
         q.apply(&cmd, 0, &mut Changes::default())
             .expect("encode")
@@ -276,9 +285,9 @@ mod tests {
         add(&mut q, 1);
         let again = QueueCommand::Add {
             id: 1,
-            title: "x".into(),
-            artist: "y".into(),
-            duration: 1,
+            title: Some("x".into()),
+            artist: Some("y".into()),
+            duration: Some(1),
         };
         let r = q.apply(&again, 0, &mut Changes::default()).expect("encode");
         assert!(matches!(

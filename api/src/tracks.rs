@@ -1,0 +1,840 @@
+//! Tracks (seed 000): `POST /tracks/upload`, `GET /tracks`, `GET /tracks/{id}`,
+//! `PATCH /tracks/{id}`, `PATCH /tracks/upload` (id in the metadata), `DELETE /tracks/{id}`.
+//!
+//! An upload streams: the [`TracksActor`] reads the multipart body piece by piece, cuts the
+//! `file` part into chunks of [`CHUNK_SIZE`] and replicates each one (`PutChunk`) before reading
+//! on, so a node holds about one chunk of an upload in memory whatever the file size. Once the
+//! whole file is replicated it is checked and measured ([`audio::analyse`]) from the local copy,
+//! and only then is the track's metadata committed (`Create`/`Update`). Every way out before that
+//! (bad input, a dropped connection, an error) drops the pending upload and its chunks
+//! ([`AbortOnDrop`]); a node killed mid-upload leaves it to [`drop_idle_uploads`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::multipart::{Field, Multipart, MultipartRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use raft::Replica;
+use serde::{Deserialize, Serialize};
+use storage::state::tracks::CHUNK_SIZE;
+use storage::{AudioInfo, Command, Outcome, Track, TrackCommand, TrackMeta};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::audio::{self, BlobReader, NotMp3};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Consistency, IdempotencyKey, PathParam, QueryParam, ReadOptions};
+use crate::users::{Message, rfc3339};
+use crate::{ApiSettings, AppState, ask, internal, respond, unexpected, write};
+
+/// Largest metadata part or form field.
+const MAX_FIELD: usize = 64 * 1024;
+const MAX_TEXT: usize = 500;
+/// Multipart bytes besides the file (boundaries, part headers, metadata) allowed on top of
+/// the upload limit when judging `Content-Length`.
+const FORM_OVERHEAD: u64 = 1024 * 1024;
+const MAX_PARTS: usize = 16;
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+// ---- wire shapes (seed 000) ----
+
+/// The `metadata` part (also accepted as `request`, or as plain form fields).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct TrackMetadata {
+    pub title: Option<String>,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    pub genre: Option<String>,
+    /// Only for `PATCH /tracks/upload`: which track to change.
+    #[schema(value_type = Option<String>, example = "6789")]
+    pub track_id: Option<serde_json::Value>,
+}
+
+/// `multipart/form-data` with a `file` part (the MP3) and a `metadata` part (JSON).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// JSON `{"title","artist","album","genre"}`; missing fields come from the ID3 tags.
+    metadata: TrackMetadata,
+    #[schema(format = Binary, content_media_type = "audio/mpeg")]
+    file: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    #[schema(example = "6789")]
+    pub track_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackView {
+    #[schema(example = "6789")]
+    pub track_id: String,
+    pub title: String,
+    pub artist: String,
+    pub album: String,
+    pub genre: String,
+    /// RFC 3339 UTC.
+    #[schema(example = "2023-09-19T10:00:00Z")]
+    pub upload_date: String,
+    /// Measured playing time, `m:ss` or `h:mm:ss`.
+    #[schema(example = "3:45")]
+    pub duration: String,
+    pub duration_seconds: u64,
+    pub size_bytes: u64,
+    #[schema(example = "12345")]
+    pub uploader_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Case-insensitive text to find in the title, artist or album.
+    pub q: Option<String>,
+    /// At most this many tracks (default 50, at most 1000).
+    pub limit: Option<usize>,
+    /// Skip this many matches (default 0).
+    pub offset: Option<usize>,
+}
+
+/// `m:ss`, or `h:mm:ss` from an hour on.
+pub(crate) fn format_duration(audio: &AudioInfo) -> String {
+    let secs = audio.seconds();
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}
+
+impl From<&Track> for TrackView {
+    fn from(t: &Track) -> Self {
+        Self {
+            track_id: t.id.to_string(),
+            title: t.meta.title.clone(),
+            artist: t.meta.artist.clone(),
+            album: t.meta.album.clone(),
+            genre: t.meta.genre.clone(),
+            upload_date: rfc3339(t.uploaded_at_ms),
+            duration: format_duration(&t.audio),
+            duration_seconds: t.audio.seconds(),
+            size_bytes: t.audio.size,
+            uploader_id: t.owner.to_string(),
+        }
+    }
+}
+
+pub(crate) fn parse_track_id(raw: &str) -> Result<u64, ApiError> {
+    raw.trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("track id `{raw}` is not a number")))
+}
+
+// ---- reading the multipart form ----
+
+fn unsupported(e: NotMp3) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        e.0,
+    )
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the file is larger than this cluster's upload limit of {} MiB",
+            limit / (1024 * 1024)
+        ),
+    )
+}
+
+fn multipart_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!(
+        "the multipart body is malformed or was cut off: {e}"
+    ))
+}
+
+/// Metadata fields as sent; `None` = not given.
+#[derive(Debug, Default)]
+struct Fields {
+    title: Option<String>,
+    artist: Option<String>,
+    album: Option<String>,
+    genre: Option<String>,
+    track_id: Option<String>,
+}
+
+impl Fields {
+    fn set(&mut self, name: &str, value: String) -> Result<(), ApiError> {
+        let value = value.trim().to_string();
+        if value.chars().count() > MAX_TEXT {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` is longer than {MAX_TEXT} characters"
+            )));
+        }
+        let slot = match name {
+            "title" => &mut self.title,
+            "artist" => &mut self.artist,
+            "album" => &mut self.album,
+            "genre" => &mut self.genre,
+            _ => &mut self.track_id,
+        };
+        *slot = Some(value);
+        Ok(())
+    }
+
+    fn merge_json(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
+        let meta: TrackMetadata = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the `metadata` part must be JSON like {{\"title\": \"…\", \"artist\": \"…\"}}: {e}"
+            ))
+        })?;
+        for (name, value) in [
+            ("title", meta.title),
+            ("artist", meta.artist),
+            ("album", meta.album),
+            ("genre", meta.genre),
+        ] {
+            if let Some(value) = value {
+                self.set(name, value)?;
+            }
+        }
+        match meta.track_id {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) => self.set("track_id", s)?,
+            Some(serde_json::Value::Number(n)) => self.set("track_id", n.to_string())?,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`track_id` must be a number or a string of digits, not {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.title.is_none()
+            && self.artist.is_none()
+            && self.album.is_none()
+            && self.genre.is_none()
+    }
+}
+
+/// Drops a pending upload and its chunks unless disarmed (the upload became a track). Runs on
+/// every early exit, including the request future being dropped when the client disconnects.
+struct AbortOnDrop {
+    replica: Replica,
+    upload_id: u64,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (replica, upload_id) = (self.replica.clone(), self.upload_id);
+        tokio::spawn(async move {
+            let cmd = Command::Tracks(TrackCommand::AbortUpload { upload_id });
+            match replica.write(cmd, None).await {
+                Ok(_) => tracing::info!(upload_id, "dropped an unfinished upload"),
+                // The idle-upload sweep will get it.
+                Err(e) => {
+                    tracing::warn!(upload_id, error = %e, "could not drop an unfinished upload")
+                }
+            }
+        });
+    }
+}
+
+/// A `file` part stored as a pending upload.
+struct Received {
+    upload: AbortOnDrop,
+    info: AudioInfo,
+}
+
+async fn read_small(field: &mut Field<'_>, name: &str) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    while let Some(piece) = field.chunk().await.map_err(multipart_error)? {
+        if out.len() + piece.len() > MAX_FIELD {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the `{name}` part is over {} KiB", MAX_FIELD / 1024),
+            ));
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+/// Streams the `file` part into replicated chunks.
+async fn receive_file(
+    r: &Replica,
+    by: u64,
+    field: &mut Field<'_>,
+    limit: u64,
+) -> Result<Received, ApiError> {
+    let upload_id = match write(
+        r,
+        Command::Tracks(TrackCommand::BeginUpload { owner: by }),
+        None,
+    )
+    .await?
+    {
+        Outcome::Id(id) => id,
+        other => return Err(unexpected(other)),
+    };
+    let upload = AbortOnDrop {
+        replica: r.clone(),
+        upload_id,
+        armed: true,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
+    let (mut size, mut index) = (0u64, 0u32);
+    loop {
+        let piece = field.chunk().await.map_err(multipart_error)?;
+        let done = piece.is_none();
+        if let Some(piece) = piece {
+            size += piece.len() as u64;
+            if size > limit {
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(&piece);
+        }
+        while buf.len() >= CHUNK_SIZE || (done && !buf.is_empty()) {
+            let rest = buf.split_off(buf.len().min(CHUNK_SIZE));
+            let chunk = std::mem::replace(&mut buf, rest);
+            if index == 0 {
+                let head = chunk.clone();
+                tokio::task::spawn_blocking(move || audio::check_head(&head))
+                    .await
+                    .map_err(|e| internal(format!("MP3 check failed to run: {e}")))?
+                    .map_err(unsupported)?;
+            }
+            let cmd = TrackCommand::PutChunk {
+                upload_id,
+                index,
+                bytes: chunk,
+            };
+            write(r, Command::Tracks(cmd), None).await?;
+            index += 1;
+            buf.reserve(CHUNK_SIZE.saturating_sub(buf.capacity()));
+        }
+        if done {
+            break;
+        }
+    }
+    if size == 0 {
+        return Err(ApiError::bad_request("the `file` part is empty"));
+    }
+    Ok(Received {
+        upload,
+        info: AudioInfo {
+            size,
+            chunks: index,
+            duration_ms: 0,
+        },
+    })
+}
+
+/// Reads the whole form: metadata parts or fields, and the file (streamed into chunks).
+async fn read_form(
+    r: &Replica,
+    by: u64,
+    mut form: Multipart,
+    limit: u64,
+) -> Result<(Fields, Option<Received>), ApiError> {
+    let mut fields = Fields::default();
+    let mut file = None;
+    let mut parts = 0;
+    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(ApiError::bad_request(format!(
+                "too many form parts (at most {MAX_PARTS})"
+            )));
+        }
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "metadata" | "request" => fields.merge_json(&read_small(&mut field, &name).await?)?,
+            "title" | "artist" | "album" | "genre" | "track_id" => {
+                let bytes = read_small(&mut field, &name).await?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| ApiError::bad_request(format!("`{name}` is not UTF-8 text")))?;
+                fields.set(&name, text)?;
+            }
+            "file" if file.is_some() => {
+                return Err(ApiError::bad_request("send one `file` part, not several"));
+            }
+            "file" => file = Some(receive_file(r, by, &mut field, limit).await?),
+            other => {
+                tracing::debug!(part = other, "ignoring an unknown form part");
+                read_small(&mut field, other).await.map(drop).ok();
+            }
+        }
+    }
+    Ok((fields, file))
+}
+
+/// Checks and measures a received file from the local copy of its chunks.
+async fn analyse(r: &Replica, received: &mut Received) -> Result<audio::Analysis, ApiError> {
+    let reader = BlobReader::new(
+        r.state().clone(),
+        received.upload.upload_id,
+        received.info.size,
+    );
+    let analysis = tokio::task::spawn_blocking(move || audio::analyse(reader))
+        .await
+        .map_err(|e| internal(format!("MP3 analysis failed to run: {e}")))?
+        .map_err(unsupported)?;
+    received.info.duration_ms = analysis.duration_ms;
+    Ok(analysis)
+}
+
+async fn upload(
+    r: Replica,
+    settings: Arc<ApiSettings>,
+    by: u64,
+    form: Multipart,
+    key: Option<String>,
+) -> Result<u64, ApiError> {
+    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
+    let mut file = file.ok_or_else(|| {
+        ApiError::bad_request("the form has no `file` part: attach the MP3 as `file`")
+    })?;
+    let tags = analyse(&r, &mut file).await?.tags;
+    let title = fields
+        .title
+        .filter(|t| !t.is_empty())
+        .or(tags.title)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "the track needs a title: give `title` in the metadata (the file has no ID3 title)",
+            )
+        })?;
+    let meta = TrackMeta {
+        title,
+        artist: fields.artist.or(tags.artist).unwrap_or_default(),
+        album: fields.album.or(tags.album).unwrap_or_default(),
+        genre: fields.genre.or(tags.genre).unwrap_or_default(),
+    };
+    let cmd = TrackCommand::Create {
+        upload_id: file.upload.upload_id,
+        by,
+        meta,
+        audio: file.info,
+    };
+    let receipt = r.write(Command::Tracks(cmd), key).await?;
+    // Rejected, or a retry of an upload that already succeeded (same Idempotency-Key, which
+    // returns the first track): this copy of the file is dropped. (Dropping an upload that
+    // became a track is a no-op, so an unknown outcome may safely drop too.)
+    file.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
+    match receipt.response.result? {
+        Outcome::Id(id) => Ok(id),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn update(
+    r: Replica,
+    settings: Arc<ApiSettings>,
+    path_id: Option<u64>,
+    by: u64,
+    form: Multipart,
+    key: Option<String>,
+) -> Result<(), ApiError> {
+    // Refuse early (from the local state) rather than after streaming a file for nothing; the
+    // state machine checks again when the change is applied.
+    if let Some(id) = path_id {
+        check_owner(&r, id, by)?;
+    }
+    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
+    let track_id = match (path_id, fields.track_id.as_deref()) {
+        (Some(id), _) => id,
+        (None, Some(raw)) => parse_track_id(raw)?,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "say which track to change: `track_id` in the metadata part",
+            ));
+        }
+    };
+    if fields.is_empty() && file.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to change: send metadata fields and/or a `file` part",
+        ));
+    }
+    if fields.title.as_deref() == Some("") {
+        return Err(ApiError::bad_request("`title` must not be empty"));
+    }
+    let mut file = file;
+    if let Some(received) = &mut file {
+        analyse(&r, received).await?;
+    }
+    let cmd = TrackCommand::Update {
+        track_id,
+        by,
+        title: fields.title,
+        artist: fields.artist,
+        album: fields.album,
+        genre: fields.genre,
+        audio: file.as_ref().map(|f| (f.upload.upload_id, f.info)),
+    };
+    let receipt = r.write(Command::Tracks(cmd), key).await?;
+    if let Some(received) = &mut file {
+        received.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
+    }
+    receipt.response.result.map(drop).map_err(ApiError::from)
+}
+
+fn check_owner(r: &Replica, track_id: u64, by: u64) -> Result<(), ApiError> {
+    match r.state().read(|s| s.tracks.get(track_id).map(|t| t.owner)) {
+        None => Err(ApiError::not_found(format!(
+            "track {track_id} does not exist"
+        ))),
+        Some(owner) if owner != by => Err(ApiError::forbidden(format!(
+            "track {track_id} belongs to another user; only its uploader may change it"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+// ---- the actor ----
+
+type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
+
+pub enum TracksMsg {
+    Upload {
+        by: u64,
+        form: Multipart,
+        key: Option<String>,
+        reply: Reply<u64>,
+    },
+    Update {
+        track_id: Option<u64>,
+        by: u64,
+        form: Multipart,
+        key: Option<String>,
+        reply: Reply<()>,
+    },
+    Delete {
+        track_id: u64,
+        by: u64,
+        key: Option<String>,
+        reply: Reply<()>,
+    },
+    Get(u64, Consistency, Reply<Track>),
+    List(ListParams, Consistency, Reply<Vec<Track>>),
+}
+
+impl ractor::Message for TracksMsg {}
+
+/// Owns the tracks domain on this node.
+pub struct TracksActor;
+
+impl Actor for TracksActor {
+    type Msg = TracksMsg;
+    type State = (Replica, Arc<ApiSettings>);
+    type Arguments = (Replica, Arc<ApiSettings>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<TracksMsg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<TracksMsg>,
+        msg: TracksMsg,
+        (replica, settings): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (r, settings) = (replica.clone(), settings.clone());
+        match msg {
+            TracksMsg::Upload {
+                by,
+                form,
+                key,
+                reply,
+            } => {
+                respond(reply, upload(r, settings, by, form, key));
+            }
+            TracksMsg::Update {
+                track_id,
+                by,
+                form,
+                key,
+                reply,
+            } => respond(reply, update(r, settings, track_id, by, form, key)),
+            TracksMsg::Delete {
+                track_id,
+                by,
+                key,
+                reply,
+            } => respond(reply, async move {
+                write(
+                    &r,
+                    Command::Tracks(TrackCommand::Delete { track_id, by }),
+                    key,
+                )
+                .await
+                .map(drop)
+            }),
+            TracksMsg::Get(id, consistency, reply) => respond(reply, async move {
+                crate::read(&r, consistency, |s| s.tracks.get(id).cloned())
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("track {id} does not exist")))
+            }),
+            TracksMsg::List(params, consistency, reply) => respond(reply, async move {
+                let needle = params.q.unwrap_or_default().to_lowercase();
+                let limit = params.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+                let offset = params.offset.unwrap_or(0);
+                crate::read(&r, consistency, |s| {
+                    s.tracks
+                        .all()
+                        .filter(|t| {
+                            needle.is_empty()
+                                || [&t.meta.title, &t.meta.artist, &t.meta.album]
+                                    .iter()
+                                    .any(|f| f.to_lowercase().contains(&needle))
+                        })
+                        .skip(offset)
+                        .take(limit)
+                        .cloned()
+                        .collect()
+                })
+                .await
+            }),
+        }
+        Ok(())
+    }
+}
+
+/// On the leader, drops uploads whose receiving node stopped sending chunks (it crashed, or its
+/// client vanished without the connection closing) for `idle_timeout`.
+pub(crate) async fn drop_idle_uploads(replica: Replica, idle_timeout: Duration) {
+    let period = (idle_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(period).await;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let idle_since_ms = now_ms.saturating_sub(idle_timeout.as_millis() as u64);
+        let any_idle = replica.state().read(|s| {
+            s.tracks
+                .uploads()
+                .any(|u| u.last_activity_ms < idle_since_ms)
+        });
+        if !any_idle || replica.status().await.leader_id != Some(replica.id()) {
+            continue;
+        }
+        let cmd = Command::Tracks(TrackCommand::AbortIdleUploads { idle_since_ms });
+        if let Err(e) = replica.write(cmd, None).await {
+            tracing::warn!(error = %e, "could not drop idle uploads; will retry");
+        }
+    }
+}
+
+// ---- routes ----
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tracks", get(list_tracks))
+        .route(
+            "/tracks/upload",
+            post(upload_track).patch(update_track_from_form),
+        )
+        .route(
+            "/tracks/{id}",
+            get(get_track).patch(update_track).delete(delete_track),
+        )
+        // Uploads are limited by `max_upload_bytes`, counted while streaming, not by the
+        // router's JSON body limit.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// 413 at once when the declared body is over the limit: nothing of it is read.
+fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit + FORM_OVERHEAD => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+fn form(form: Result<Multipart, MultipartRejection>) -> Result<Multipart, ApiError> {
+    form.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the upload as multipart/form-data with `metadata` and `file` parts ({e})"
+            ),
+        )
+    })
+}
+
+/// Upload an MP3 with its metadata.
+#[utoipa::path(post, path = "/tracks/upload", tag = "tracks",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key create one track")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Uploaded),
+        (status = 400, description = "no title given and none in the ID3 tags, or a malformed form", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, description = "over the upload limit", body = ErrorBody),
+        (status = 415, description = "not a decodable MP3", body = ErrorBody)))]
+pub async fn upload_track(
+    State(app): State<AppState>,
+    AuthUser(by): AuthUser,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, axum::Json<Uploaded>), ApiError> {
+    check_length(&headers, app.settings.max_upload_bytes)?;
+    let form = form(multipart)?;
+    let key = key.for_user(by);
+    let id = ask(&app.tracks, |reply| TracksMsg::Upload {
+        by,
+        form,
+        key,
+        reply,
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Uploaded {
+            track_id: id.to_string(),
+        }),
+    ))
+}
+
+async fn update_common(
+    app: AppState,
+    track_id: Option<u64>,
+    by: u64,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<axum::Json<Message>, ApiError> {
+    check_length(&headers, app.settings.max_upload_bytes)?;
+    let form = form(multipart)?;
+    let key = key.for_user(by);
+    ask(&app.tracks, |reply| TracksMsg::Update {
+        track_id,
+        by,
+        form,
+        key,
+        reply,
+    })
+    .await?;
+    Ok(axum::Json(Message {
+        message: "Track info updated successfully".into(),
+    }))
+}
+
+/// Change a track's metadata and/or replace its audio (uploader only).
+#[utoipa::path(patch, path = "/tracks/{id}", tag = "tracks", params(("id" = String, Path)),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "not the uploader", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn update_track(
+    State(app): State<AppState>,
+    AuthUser(by): AuthUser,
+    key: IdempotencyKey,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<axum::Json<Message>, ApiError> {
+    let id = parse_track_id(&id)?;
+    update_common(app, Some(id), by, key, headers, multipart).await
+}
+
+/// The seed's literal update path: like `PATCH /tracks/{id}` with the id in `metadata.track_id`.
+#[utoipa::path(patch, path = "/tracks/upload", tag = "tracks",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody)))]
+pub async fn update_track_from_form(
+    State(app): State<AppState>,
+    AuthUser(by): AuthUser,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<axum::Json<Message>, ApiError> {
+    update_common(app, None, by, key, headers, multipart).await
+}
+
+/// One track's metadata.
+#[utoipa::path(get, path = "/tracks/{id}", tag = "tracks", params(("id" = String, Path), ReadOptions),
+    responses((status = 200, body = TrackView), (status = 404, body = ErrorBody)))]
+pub async fn get_track(
+    State(app): State<AppState>,
+    PathParam(id): PathParam<String>,
+    opts: ReadOptions,
+) -> Result<axum::Json<TrackView>, ApiError> {
+    let id = parse_track_id(&id)?;
+    let track = ask(&app.tracks, |reply| {
+        TracksMsg::Get(id, opts.consistency, reply)
+    })
+    .await?;
+    Ok(axum::Json(TrackView::from(&track)))
+}
+
+/// List and search tracks, in upload order.
+#[utoipa::path(get, path = "/tracks", tag = "tracks", params(ListParams, ReadOptions),
+    responses((status = 200, body = [TrackView])))]
+pub async fn list_tracks(
+    State(app): State<AppState>,
+    QueryParam(params): QueryParam<ListParams>,
+    opts: ReadOptions,
+) -> Result<axum::Json<Vec<TrackView>>, ApiError> {
+    let tracks = ask(&app.tracks, |reply| {
+        TracksMsg::List(params, opts.consistency, reply)
+    })
+    .await?;
+    Ok(axum::Json(tracks.iter().map(TrackView::from).collect()))
+}
+
+/// Delete a track: its audio, and its place in every playlist and the queue (uploader only).
+#[utoipa::path(delete, path = "/tracks/{id}", tag = "tracks", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Message), (status = 401, body = ErrorBody),
+        (status = 403, description = "not the uploader", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_track(
+    State(app): State<AppState>,
+    AuthUser(by): AuthUser,
+    key: IdempotencyKey,
+    PathParam(id): PathParam<String>,
+) -> Result<axum::Json<Message>, ApiError> {
+    let track_id = parse_track_id(&id)?;
+    let key = key.for_user(by);
+    ask(&app.tracks, |reply| TracksMsg::Delete {
+        track_id,
+        by,
+        key,
+        reply,
+    })
+    .await?;
+    Ok(axum::Json(Message {
+        message: "Track deleted successfully".into(),
+    }))
+}
