@@ -95,6 +95,20 @@ pub struct ClusterView {
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub members: Vec<MemberView>,
+    /// What this node's applied state holds.
+    pub storage: StorageView,
+}
+
+/// Counts from this node's applied state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageView {
+    pub users: usize,
+    pub tracks: usize,
+    /// Uploads still receiving audio (or abandoned and not yet dropped).
+    pub pending_uploads: usize,
+    /// Audio chunks that tracks and pending uploads hold.
+    pub audio_chunks: u64,
+    pub queued_tracks: usize,
 }
 
 /// Service discovery: this node, the leader, Raft progress and every member.
@@ -118,6 +132,13 @@ pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
         last_log_index: s.last_log_index,
         snapshot_index: s.snapshot_index,
         purged_index: s.purged_index,
+        storage: app.replica.state().read(|st| StorageView {
+            users: st.users.len(),
+            tracks: st.tracks.len(),
+            pending_uploads: st.tracks.uploads().count(),
+            audio_chunks: st.tracks.chunk_count(),
+            queued_tracks: st.queue.len(),
+        }),
         members: s
             .members
             .into_iter()

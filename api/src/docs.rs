@@ -3,33 +3,53 @@
 
 use utoipa::Modify;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{cluster, error, queue};
+use crate::{cluster, error, playback, playlists, queue, tracks, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "chorus", description = "A replicated music service: any node serves the whole API."),
     paths(
+        users::register, users::login, users::get_user, users::delete_user,
+        tracks::upload_track, tracks::list_tracks, tracks::get_track, tracks::update_track,
+        tracks::update_track_from_form, tracks::delete_track,
+        playback::play, playback::file,
+        playlists::add, playlists::remove, playlists::playlist,
         queue::add_track, queue::remove_track, queue::vote, queue::queue, queue::metadata,
         queue::history, queue::play_next, queue::clear,
         cluster::health, cluster::ready, cluster::cluster, cluster::add_member, cluster::remove_member,
     ),
     components(schemas(error::ErrorBody)),
-    modifiers(&AdminToken),
-    tags((name = "queue", description = "The collaborative voting queue"),
+    modifiers(&SecuritySchemes),
+    tags((name = "users", description = "Accounts and login (JWT bearer tokens)"),
+         (name = "tracks", description = "Uploading, listing, editing and deleting MP3 tracks"),
+         (name = "playback", description = "Streaming audio with HTTP range support"),
+         (name = "playlists", description = "One playlist per user"),
+         (name = "queue", description = "The collaborative voting queue"),
          (name = "cluster", description = "Health, discovery and membership")),
 )]
 pub struct ApiDoc;
 
-struct AdminToken;
+/// `bearer`: the JWT from `POST /users/login`; `admin_token`: the cluster admin token.
+struct SecuritySchemes;
 
-impl Modify for AdminToken {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Admin-Token"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("The token from POST /users/login"))
+                    .build(),
+            ),
         );
     }
 }

@@ -269,6 +269,24 @@ pub async fn add_track(
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<AddTrackBody>,
 ) -> Result<axum::Json<QueueChanged>, ApiError> {
+    // The seed answers a body with missing fields with 422; keep that unless the id is an
+    // uploaded track (then only `id` is needed). The state machine decides races.
+    let complete = body.title.is_some() && body.artist.is_some() && body.duration.is_some();
+    if !complete
+        && app
+            .replica
+            .state()
+            .read(|s| s.tracks.get(body.id).is_none())
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!(
+                "no uploaded track has id {}: give `title`, `artist` and `duration` to queue it anyway",
+                body.id
+            ),
+        ));
+    }
     if let Some(title) = &body.title {
         check_text("title", title)?;
     }

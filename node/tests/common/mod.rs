@@ -104,9 +104,20 @@ pub struct Resp {
     /// The body as JSON (`Value::Null` when it is not JSON).
     pub body: Value,
     pub text: String,
+    pub headers: reqwest::header::HeaderMap,
+    /// The raw body (audio is not text).
+    pub bytes: Vec<u8>,
 }
 
 impl Resp {
+    /// A response header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
     pub fn describe(&self) -> String {
         format!("{} -> {} {}", self.request, self.status, self.text)
     }
@@ -179,11 +190,23 @@ impl NodeApi {
         body: Body,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<Resp> {
+        let key = idempotency_key.map(|k| ("Idempotency-Key", k.to_string()));
+        self.send_with(method, path, body, key.as_slice()).await
+    }
+
+    /// A request with extra headers (e.g. `Authorization`, `Range`).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Resp> {
         let url = format!("{}{path}", self.base);
         let request = format!("{method} {url} (node {})", self.id);
         let mut req = self.client.request(method, &url);
-        if let Some(key) = idempotency_key {
-            req = req.header("Idempotency-Key", key);
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         req = match body {
             Body::None => req,
@@ -205,14 +228,22 @@ impl NodeApi {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let text = resp.text().await.with_context(|| request.clone())?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| request.clone())?
+            .to_vec();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Resp {
             request,
             status,
             retry_after,
             body,
             text,
+            headers,
+            bytes,
         })
     }
 
@@ -299,6 +330,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Writes the configuration, starts `n` nodes and waits until every one is ready.
     pub async fn start(n: u64) -> Self {
+        Self::start_with(n, "").await
+    }
+
+    /// Like [`TestCluster::start`], with `extra` TOML sections (`[users]`, `[tracks]`) added to
+    /// the configuration.
+    pub async fn start_with(n: u64, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chorus-test-")
             .tempdir()
@@ -342,6 +379,7 @@ election_timeout_max_ms = 1200
 snapshot_every = {SNAPSHOT_EVERY}
 keep_logs_after_snapshot = 0
 request_timeout_ms = 5000
+{extra}
 "#
         );
         for node in &nodes {
@@ -420,6 +458,11 @@ request_timeout_ms = 5000
             .spawn()
             .expect("spawn chorus");
         node.child = Some(child);
+    }
+
+    /// Node `id`'s data directory (its sled database is in `db/`).
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
     }
 
     /// Every node id, running or not.

@@ -1,0 +1,1122 @@
+//! Black-box tests of the music service on a real 3-process cluster: uploads replicated as
+//! chunks and streamed back byte-identical (whole and by ranges) from every node, MP3 checks and
+//! limits that leave no data behind, a node killed mid-upload, auth and ownership, and deletes
+//! that cascade and survive a full restart.
+//!
+//! Inputs are the committed fixtures in `tests/fixtures/` (a few seconds of generated audio) and
+//! larger files made from them at test time: MP3 frames concatenate into a longer valid MP3.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use common::{Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, eventually, fresh_key};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const MIB: usize = 1024 * 1024;
+const BOUNDARY: &str = "chorus-test-boundary-5c1f0e";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The 2 s fixture `times` times over: a valid MP3 of `times` × ~2.04 s.
+fn long_mp3(times: usize) -> Vec<u8> {
+    fixture("untagged-2s.mp3").repeat(times)
+}
+
+enum Part<'a> {
+    Text(&'a str, &'a str),
+    Json(&'a str, Value),
+    File(&'a str, &'a [u8]),
+}
+
+fn form_bytes(parts: &[Part<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        write!(out, "--{BOUNDARY}\r\n").expect("write to a Vec");
+        match part {
+            Part::Text(name, value) => {
+                write!(
+                    out,
+                    "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}"
+                )
+                .expect("write to a Vec");
+            }
+            Part::Json(name, value) => {
+                write!(
+                    out,
+                    "Content-Disposition: form-data; name=\"{name}\"\r\nContent-Type: application/json\r\n\r\n{value}"
+                )
+                .expect("write to a Vec");
+            }
+            Part::File(name, bytes) => {
+                write!(
+                    out,
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"song.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+                )
+                .expect("write to a Vec");
+                out.extend_from_slice(bytes);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    write!(out, "--{BOUNDARY}--\r\n").expect("write to a Vec");
+    out
+}
+
+fn form(parts: &[Part<'_>]) -> Body {
+    Body::Raw {
+        content_type: Some(format!("multipart/form-data; boundary={BOUNDARY}")),
+        bytes: form_bytes(parts),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    id: String,
+    token: String,
+}
+
+impl User {
+    fn auth(&self) -> Vec<(&'static str, String)> {
+        vec![("Authorization", format!("Bearer {}", self.token))]
+    }
+}
+
+async fn register(api: &NodeApi, name: &str) -> User {
+    let body = json!({"username": name, "password": "password123", "email": format!("{name}@example.com")});
+    let resp = api
+        .write("/users/register", Body::Json(body), &fresh_key("reg"))
+        .await;
+    let id = resp.expect_status(201)["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("user_id is not a string: {}", resp.describe()))
+        .to_string();
+    let login = json!({"username": name, "password": "password123"});
+    let resp = api
+        .post("/users/login", Body::Json(login))
+        .await
+        .expect("login");
+    let token = resp.expect_status(200)["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {}", resp.describe()))
+        .to_string();
+    User { id, token }
+}
+
+async fn call(api: &NodeApi, method: Method, path: &str, body: Body, user: Option<&User>) -> Resp {
+    let headers = user.map(User::auth).unwrap_or_default();
+    api.send_with(method, path, body, &headers)
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e:#}"))
+}
+
+/// Uploads `mp3` with `title` (none: rely on the ID3 tags) and returns the track id.
+async fn upload(api: &NodeApi, user: &User, title: Option<&str>, mp3: &[u8]) -> String {
+    let mut parts = vec![Part::File("file", mp3)];
+    if let Some(title) = title {
+        parts.insert(
+            0,
+            Part::Json(
+                "metadata",
+                json!({"title": title, "artist": "Tester", "album": "Tests", "genre": "Test"}),
+            ),
+        );
+    }
+    let resp = call(
+        api,
+        Method::POST,
+        "/tracks/upload",
+        form(&parts),
+        Some(user),
+    )
+    .await;
+    resp.expect_status(201)["track_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("track_id is not a string: {}", resp.describe()))
+        .to_string()
+}
+
+async fn get_range(api: &NodeApi, path: &str, range: &str) -> Resp {
+    api.send_with(
+        Method::GET,
+        path,
+        Body::None,
+        &[("Range", range.to_string())],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path} {range}: {e:#}"))
+}
+
+/// The storage counts of node `id`'s `/cluster` view.
+async fn storage_counts(c: &TestCluster, id: u64) -> Value {
+    c.cluster_view(id).await["storage"].clone()
+}
+
+/// Stops every node, then counts the audio chunks physically in each node's sled database.
+async fn stored_chunks_after_stop(c: &mut TestCluster) -> Vec<usize> {
+    for id in c.running() {
+        c.stop(id).await;
+    }
+    c.ids()
+        .into_iter()
+        .map(|id| {
+            let (_, sm) = storage::open(&c.data_dir(id)).expect("open the stopped node's store");
+            sm.reader().stored_audio_chunks()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_back_byte_identical_from_every_node_whole_and_by_ranges() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let follower = c.followers(leader)[0];
+    let alice = register(&c.api(leader), "alice").await;
+
+    eprintln!("=== a tagged 3 s fixture without metadata: title etc. come from its ID3 tags");
+    let tagged = fixture("tagged-3s.mp3");
+    let tagged_id = upload(&c.api(follower), &alice, None, &tagged).await;
+    let meta = c.api(leader).read_ok(&format!("/tracks/{tagged_id}")).await;
+    assert_eq!(meta["title"], "Fixture Tone", "{meta}");
+    assert_eq!(meta["artist"], "chorus tests", "{meta}");
+    assert_eq!(meta["album"], "Fixtures", "{meta}");
+    assert_eq!(meta["genre"], "Blues", "{meta}");
+    assert_eq!(
+        meta["duration"], "0:03",
+        "measured duration of the 3 s fixture: {meta}"
+    );
+    assert_eq!(meta["size_bytes"], tagged.len(), "{meta}");
+    assert_eq!(meta["uploader_id"], alice.id.as_str(), "{meta}");
+
+    eprintln!("=== a 5+ MiB file (6 chunks, last one partial) uploaded to a follower");
+    let big = long_mp3(330);
+    assert!(big.len() > 5 * MIB && !big.len().is_multiple_of(MIB));
+    let big_id = upload(&c.api(follower), &alice, Some("Long one"), &big).await;
+    let meta = c.api(leader).read_ok(&format!("/tracks/{big_id}")).await;
+    // 330 × 2.04 s of frames = 672 s = 11:12 (the frames, not a guess from the byte size).
+    let secs = meta["duration_seconds"].as_u64().expect("duration_seconds");
+    assert!(
+        (670..=674).contains(&secs),
+        "measured duration {secs}s: {meta}"
+    );
+    assert_eq!(meta["duration"], format!("{}:{:02}", secs / 60, secs % 60));
+
+    let size = big.len();
+    let ranges: Vec<(String, usize, usize)> = vec![
+        ("bytes=0-0".into(), 0, 0),
+        (
+            format!("bytes={}-{}", MIB - 10, MIB + 10),
+            MIB - 10,
+            MIB + 10,
+        ),
+        (
+            format!("bytes={}-{}", size / 2, size / 2 + 99_999),
+            size / 2,
+            size / 2 + 99_999,
+        ),
+        (
+            format!("bytes={}-{}", size - 1, size - 1),
+            size - 1,
+            size - 1,
+        ),
+        (format!("bytes={}-", 3 * MIB + 7), 3 * MIB + 7, size - 1),
+        ("bytes=-1000".into(), size - 1000, size - 1),
+        (
+            format!("bytes={}-{}", size - 5, size + 500),
+            size - 5,
+            size - 1,
+        ),
+    ];
+    for id in c.ids() {
+        let api = c.api(id);
+        for path in [format!("/play/{big_id}"), format!("/tracks/{big_id}/file")] {
+            let whole = call(&api, Method::GET, &path, Body::None, None).await;
+            whole.expect_status(200);
+            assert!(
+                whole.bytes == big,
+                "node {id} {path}: the download differs from the upload"
+            );
+            assert_eq!(whole.header("content-type"), "audio/mpeg");
+            assert_eq!(whole.header("accept-ranges"), "bytes");
+            assert_eq!(whole.header("content-length"), size.to_string());
+            assert!(!whole.header("etag").is_empty(), "no ETag");
+            for (range, first, last) in &ranges {
+                let part = get_range(&api, &path, range).await;
+                part.expect_status(206);
+                assert_eq!(
+                    part.header("content-range"),
+                    format!("bytes {first}-{last}/{size}"),
+                    "node {id} {range}"
+                );
+                assert_eq!(
+                    part.header("content-length"),
+                    (last - first + 1).to_string()
+                );
+                assert!(
+                    part.bytes == big[*first..=*last],
+                    "node {id} {range}: wrong bytes"
+                );
+            }
+            let past = get_range(&api, &path, &format!("bytes={size}-")).await;
+            past.expect_error_code(416, "range_not_satisfiable");
+            assert_eq!(past.header("content-range"), format!("bytes */{size}"));
+        }
+        let small = call(
+            &api,
+            Method::GET,
+            &format!("/play/{tagged_id}"),
+            Body::None,
+            None,
+        )
+        .await;
+        assert!(small.bytes == tagged, "node {id}: tagged fixture differs");
+    }
+    call(
+        &c.api(leader),
+        Method::GET,
+        "/play/999999",
+        Body::None,
+        None,
+    )
+    .await
+    .expect_error_code(404, "not_found");
+
+    eprintln!("=== search");
+    let found = c.api(follower).read_ok("/tracks?q=LONG").await;
+    let ids: Vec<&str> = found
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["track_id"].as_str())
+        .collect();
+    assert_eq!(ids, [big_id.as_str()]);
+    let all = c.api(follower).read_ok("/tracks?limit=1&offset=1").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
+    let mut c = TestCluster::start_with(3, "[tracks]\nmax_upload_mb = 1\n").await;
+    let leader = c.leader_id().await;
+    let api = c.api(c.followers(leader)[0]);
+    let bob = register(&api, "bob").await;
+    let meta = json!({"title": "Bad"});
+    let mp3 = fixture("untagged-2s.mp3");
+    let garbage: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "a text file",
+            b"just some text, not audio\n".repeat(100),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "a truncated MP3",
+            mp3[..200].to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        ("garbage bytes", garbage, 415, "unsupported_media_type"),
+    ];
+    for (what, bytes, status, code) in &cases {
+        eprintln!("=== {what}");
+        let body = form(&[
+            Part::Json("metadata", meta.clone()),
+            Part::File("file", bytes),
+        ]);
+        call(&api, Method::POST, "/tracks/upload", body, Some(&bob))
+            .await
+            .expect_error_code(*status, code);
+    }
+    eprintln!("=== over the 1 MiB limit: 413 from Content-Length before any body is sent");
+    let big = form_bytes(&[
+        Part::Json("metadata", meta.clone()),
+        Part::File("file", &long_mp3(200)),
+    ]);
+    let (status, text) = raw_upload(&api.base, &bob, &big, Framing::ExpectContinue).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    eprintln!("=== over the limit without a length (chunked): 413 once the limit is passed");
+    let (status, text) = raw_upload(&api.base, &bob, &big, Framing::Chunked).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+
+    eprintln!("=== no title and no ID3 title");
+    call(
+        &api,
+        Method::POST,
+        "/tracks/upload",
+        form(&[Part::File("file", &mp3)]),
+        Some(&bob),
+    )
+    .await
+    .expect_error_code(400, "bad_request");
+    eprintln!("=== no file part; not multipart; no token");
+    call(
+        &api,
+        Method::POST,
+        "/tracks/upload",
+        form(&[Part::Json("metadata", meta.clone())]),
+        Some(&bob),
+    )
+    .await
+    .expect_error_code(400, "bad_request");
+    call(
+        &api,
+        Method::POST,
+        "/tracks/upload",
+        Body::Json(meta.clone()),
+        Some(&bob),
+    )
+    .await
+    .expect_error_code(415, "unsupported_media_type");
+    call(
+        &api,
+        Method::POST,
+        "/tracks/upload",
+        form(&[Part::File("file", &mp3)]),
+        None,
+    )
+    .await
+    .expect_error_code(401, "unauthorized");
+    eprintln!("=== a form field instead of JSON metadata works");
+    let ok = call(
+        &api,
+        Method::POST,
+        "/tracks/upload",
+        form(&[Part::Text("title", "Plain field"), Part::File("file", &mp3)]),
+        Some(&bob),
+    )
+    .await;
+    let kept = ok.expect_status(201)["track_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    eprintln!("=== a client that disconnects mid-upload: its upload is dropped at once");
+    let body = form_bytes(&[
+        Part::Json("metadata", meta.clone()),
+        Part::File("file", &long_mp3(60)),
+    ]);
+    let conn = start_partial_upload(&api.base, &bob, &body, body.len() / 2).await;
+    eventually(
+        "the partial upload to start replicating",
+        CONVERGE_TIMEOUT,
+        async || {
+            let s = storage_counts(&c, leader).await;
+            (s["pending_uploads"] == 1).then_some(())
+        },
+    )
+    .await;
+    drop(conn);
+
+    eprintln!("=== nothing else was kept: one track, no pending upload, only its chunk");
+    let counts = eventually(
+        "failed uploads to be dropped",
+        CONVERGE_TIMEOUT,
+        async || {
+            let s = storage_counts(&c, leader).await;
+            (s["pending_uploads"] == 0).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(counts["tracks"], 1, "{counts}");
+    assert_eq!(counts["audio_chunks"], 1, "{counts}");
+    let listed = c.api(leader).read_ok("/tracks").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["track_id"], kept.as_str());
+
+    eprintln!("=== the OpenAPI document describes the multipart upload and the bearer scheme");
+    let doc = c.api(leader).read_ok("/openapi.json").await;
+    let upload_doc = &doc["paths"]["/tracks/upload"]["post"];
+    assert!(
+        upload_doc["requestBody"]["content"]["multipart/form-data"].is_object(),
+        "{upload_doc}"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for path in [
+        "/users/register",
+        "/users/login",
+        "/tracks/{id}",
+        "/play/{id}",
+        "/playlist/add",
+        "/playlist/{user_id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    assert_eq!(
+        stored_chunks_after_stop(&mut c).await,
+        [1, 1, 1],
+        "audio chunks on disk per node"
+    );
+}
+
+/// Sends the first `sent` bytes of an upload of `total` bytes over a raw connection and keeps
+/// the connection open (the rest never comes).
+async fn start_partial_upload(
+    base: &str,
+    user: &User,
+    body: &[u8],
+    sent: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /tracks/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        user.token,
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send headers");
+    stream
+        .write_all(&body[..sent])
+        .await
+        .expect("send part of the body");
+    stream.flush().await.expect("flush");
+    stream
+}
+
+enum Framing {
+    /// `Content-Length` and `Expect: 100-continue`: the body is sent only if the server asks.
+    ExpectContinue,
+    /// `Transfer-Encoding: chunked`: the server learns the size only by reading.
+    Chunked,
+}
+
+/// An upload over a raw connection that reads the answer while still sending (a server may
+/// answer 413 before it has read the whole body). Returns the status and the response text.
+async fn raw_upload(base: &str, user: &User, body: &[u8], framing: Framing) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut rx, mut tx) = stream.into_split();
+    let framing_headers = match framing {
+        Framing::ExpectContinue => {
+            format!("Content-Length: {}\r\nExpect: 100-continue\r\n", body.len())
+        }
+        Framing::Chunked => "Transfer-Encoding: chunked\r\n".to_string(),
+    };
+    let head = format!(
+        "POST /tracks/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing_headers}Connection: close\r\n\r\n",
+        user.token
+    );
+    tx.write_all(head.as_bytes()).await.expect("send headers");
+    let chunked = matches!(framing, Framing::Chunked);
+    let body = body.to_vec();
+    // Sends the body only after a `100 Continue` (or at once when chunked); stops at the first
+    // write error, which is how a server refusing the rest shows up.
+    let (continue_tx, continue_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        if !chunked && continue_rx.await.is_err() {
+            return;
+        }
+        for piece in body.chunks(64 * 1024) {
+            let sent = if chunked {
+                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                framed.extend_from_slice(piece);
+                framed.extend_from_slice(b"\r\n");
+                tx.write_all(&framed).await
+            } else {
+                tx.write_all(piece).await
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        if chunked {
+            let _ = tx.write_all(b"0\r\n\r\n").await;
+        }
+    });
+    let mut continue_tx = Some(continue_tx);
+    let mut response = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let text = loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), rx.read(&mut buf))
+            .await
+            .expect("the server answers within 30 s")
+            .unwrap_or(0);
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).to_string();
+        if text.starts_with("HTTP/1.1 100") && text.contains("\r\n\r\n") {
+            if let Some(go) = continue_tx.take() {
+                let _ = go.send(());
+            }
+            let end = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+            response.drain(..end);
+            continue;
+        }
+        if n == 0 {
+            break text;
+        }
+    };
+    writer.abort();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_upload_leaves_no_track_and_its_chunks_are_dropped() {
+    let mut c = TestCluster::start_with(3, "[tracks]\nupload_idle_timeout_secs = 2\n").await;
+    let leader = c.leader_id().await;
+    let receiver = c.followers(leader)[0];
+    let carol = register(&c.api(leader), "carol").await;
+    let mp3 = long_mp3(300);
+    let body = form_bytes(&[
+        Part::Json("metadata", json!({"title": "Never finished"})),
+        Part::File("file", &mp3),
+    ]);
+
+    eprintln!("=== send 3.5 MiB of a 4.7 MiB upload to node {receiver}, then kill it");
+    let _conn = start_partial_upload(&c.url(receiver), &carol, &body, 3 * MIB + MIB / 2).await;
+    let during = eventually(
+        "chunks of the unfinished upload to replicate",
+        CONVERGE_TIMEOUT,
+        async || {
+            let s = storage_counts(&c, leader).await;
+            (s["audio_chunks"].as_u64() >= Some(3)).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(during["pending_uploads"], 1, "{during}");
+    assert_eq!(during["tracks"], 0, "{during}");
+    c.kill9(receiver);
+
+    eprintln!("=== the leader drops the idle upload and its chunks");
+    let after = eventually(
+        "the idle upload to be dropped",
+        CONVERGE_TIMEOUT,
+        async || {
+            let s = storage_counts(&c, leader).await;
+            (s["pending_uploads"] == 0).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(after["audio_chunks"], 0, "{after}");
+    assert_eq!(after["tracks"], 0, "{after}");
+    assert_eq!(c.api(leader).read_ok("/tracks").await, json!([]));
+
+    eprintln!("=== the killed node comes back, catches up, and nobody keeps a chunk on disk");
+    c.restart(receiver);
+    c.wait_ready(receiver).await;
+    let back = eventually(
+        "the restarted node to catch up",
+        CONVERGE_TIMEOUT,
+        async || {
+            let s = storage_counts(&c, receiver).await;
+            (s["pending_uploads"] == 0 && s["audio_chunks"] == 0).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(back["tracks"], 0, "{back}");
+    assert_eq!(
+        stored_chunks_after_stop(&mut c).await,
+        [0, 0, 0],
+        "audio chunks on disk per node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_tokens_and_ownership_are_enforced_on_every_node() {
+    let c = TestCluster::start_with(3, "[users]\ntoken_ttl_secs = 1\n").await;
+    let leader = c.leader_id().await;
+    let [a, b] = [c.followers(leader)[0], c.followers(leader)[1]];
+    let (api_a, api_b, api_l) = (c.api(a), c.api(b), c.api(leader));
+
+    eprintln!("=== validation and uniqueness");
+    for (body, what) in [
+        (
+            json!({"username": "x", "password": "password123", "email": "x@example.com"}),
+            "short username",
+        ),
+        (
+            json!({"username": "bad name", "password": "password123", "email": "x@example.com"}),
+            "space in username",
+        ),
+        (
+            json!({"username": "dave", "password": "short", "email": "d@example.com"}),
+            "short password",
+        ),
+        (
+            json!({"username": "dave", "password": "password123", "email": "not-an-email"}),
+            "bad email",
+        ),
+    ] {
+        let resp = api_a
+            .post("/users/register", Body::Json(body))
+            .await
+            .expect(what);
+        resp.expect_error_code(400, "bad_request");
+    }
+    api_a
+        .post("/users/register", Body::Json(json!({"username": "dave"})))
+        .await
+        .expect("missing")
+        .expect_error(422);
+
+    eprintln!("=== the same username registered on two nodes at once: exactly one wins");
+    let racer = |api: NodeApi, email: &'static str| async move {
+        let body = json!({"username": "Racer", "password": "password123", "email": email});
+        api.post("/users/register", Body::Json(body))
+            .await
+            .expect("register")
+    };
+    let (r1, r2) = tokio::join!(
+        racer(api_a.clone(), "r1@example.com"),
+        racer(api_b.clone(), "r2@example.com")
+    );
+    let mut statuses = [r1.status.as_u16(), r2.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [201, 409],
+        "{} / {}",
+        r1.describe(),
+        r2.describe()
+    );
+    let taken = if r1.status == 409 { &r1 } else { &r2 };
+    taken.expect_error_code(409, "username_taken");
+    let body = json!({"username": "RACER2", "password": "password123", "email": "R1@example.com"});
+    let dup_email = api_l
+        .post("/users/register", Body::Json(body))
+        .await
+        .expect("register");
+    if r1.status == 201 {
+        dup_email.expect_error_code(409, "email_taken");
+    }
+
+    let erin = register(&api_a, "erin").await;
+    let frank = register(&api_b, "frank").await;
+
+    eprintln!("=== login: one message for unknown user and wrong password");
+    let wrong = api_b
+        .post(
+            "/users/login",
+            Body::Json(json!({"username": "erin", "password": "nope-nope"})),
+        )
+        .await
+        .expect("login");
+    let unknown = api_b
+        .post(
+            "/users/login",
+            Body::Json(json!({"username": "nobody", "password": "nope-nope"})),
+        )
+        .await
+        .expect("login");
+    wrong.expect_error_code(401, "unauthorized");
+    unknown.expect_error_code(401, "unauthorized");
+    assert_eq!(wrong.body["message"], unknown.body["message"]);
+
+    eprintln!("=== a token from node {a} works on node {b}; email only for the owner");
+    let me = call(
+        &api_b,
+        Method::GET,
+        &format!("/users/{}", erin.id),
+        Body::None,
+        Some(&erin),
+    )
+    .await;
+    assert_eq!(me.expect_status(200)["email"], "erin@example.com");
+    let other = call(
+        &api_b,
+        Method::GET,
+        &format!("/users/{}", erin.id),
+        Body::None,
+        Some(&frank),
+    )
+    .await;
+    assert!(
+        other.expect_status(200).get("email").is_none(),
+        "{}",
+        other.describe()
+    );
+    let track = upload(&api_b, &erin, Some("Erin's"), &fixture("untagged-2s.mp3")).await;
+
+    eprintln!("=== no token 401, forged token 401, someone else's track or playlist 403");
+    let meta_only = || form(&[Part::Json("metadata", json!({"title": "Stolen"}))]);
+    call(
+        &api_a,
+        Method::PATCH,
+        &format!("/tracks/{track}"),
+        meta_only(),
+        None,
+    )
+    .await
+    .expect_error_code(401, "unauthorized");
+    let mut forged = frank.clone();
+    forged.token = format!("{}x", frank.token.trim_end_matches(|ch: char| ch != '.'));
+    call(
+        &api_a,
+        Method::DELETE,
+        &format!("/tracks/{track}"),
+        Body::None,
+        Some(&forged),
+    )
+    .await
+    .expect_error_code(401, "invalid_token");
+    forged.token = "not.a.jwt".into();
+    call(
+        &api_a,
+        Method::DELETE,
+        &format!("/tracks/{track}"),
+        Body::None,
+        Some(&forged),
+    )
+    .await
+    .expect_error_code(401, "invalid_token");
+    call(
+        &api_a,
+        Method::PATCH,
+        &format!("/tracks/{track}"),
+        meta_only(),
+        Some(&frank),
+    )
+    .await
+    .expect_error_code(403, "forbidden");
+    call(
+        &api_l,
+        Method::DELETE,
+        &format!("/tracks/{track}"),
+        Body::None,
+        Some(&frank),
+    )
+    .await
+    .expect_error_code(403, "forbidden");
+    let add = json!({"user_id": erin.id, "track_id": track});
+    call(
+        &api_a,
+        Method::POST,
+        "/playlist/add",
+        Body::Json(add.clone()),
+        Some(&frank),
+    )
+    .await
+    .expect_error_code(403, "forbidden");
+    call(
+        &api_a,
+        Method::POST,
+        "/playlist/add",
+        Body::Json(add.clone()),
+        None,
+    )
+    .await
+    .expect_error_code(401, "unauthorized");
+    call(
+        &api_a,
+        Method::DELETE,
+        &format!("/users/{}", erin.id),
+        Body::None,
+        Some(&frank),
+    )
+    .await
+    .expect_error_code(403, "forbidden");
+    assert_eq!(
+        c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
+        "Erin's"
+    );
+
+    eprintln!("=== the owner may; then the 1 s token expires everywhere");
+    call(
+        &api_a,
+        Method::POST,
+        "/playlist/add",
+        Body::Json(add),
+        Some(&erin),
+    )
+    .await
+    .expect_status(200);
+    // Polled with a harmless authenticated read, so nothing changes while the token is valid.
+    let profile = format!("/users/{}", erin.id);
+    let expired = eventually(
+        "erin's token to expire",
+        Duration::from_secs(60),
+        async || {
+            let r = call(&api_b, Method::GET, &profile, Body::None, Some(&erin)).await;
+            (r.status == 401).then_some(r)
+        },
+    )
+    .await;
+    expired.expect_error_code(401, "token_expired");
+    call(
+        &api_l,
+        Method::DELETE,
+        &format!("/tracks/{track}"),
+        Body::None,
+        Some(&erin),
+    )
+    .await
+    .expect_error_code(401, "token_expired");
+    assert_eq!(
+        c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
+        "Erin's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let f = c.followers(leader);
+    let (api_f0, api_f1, api_l) = (c.api(f[0]), c.api(f[1]), c.api(leader));
+    let gina = register(&api_f0, "gina").await;
+    let hank = register(&api_f1, "hank").await;
+    let two = fixture("untagged-2s.mp3");
+    let t1 = upload(&api_f0, &gina, Some("One"), &two).await;
+    let t2 = upload(&api_f1, &gina, Some("Two"), &two).await;
+
+    eprintln!("=== playlists: order kept, re-adding is idempotent, track_info as the seed shows");
+    for (user, track) in [(&gina, &t1), (&gina, &t2), (&gina, &t1), (&hank, &t1)] {
+        let add = json!({"user_id": user.id, "track_id": track});
+        let resp = call(
+            &api_f1,
+            Method::POST,
+            "/playlist/add",
+            Body::Json(add),
+            Some(user),
+        )
+        .await;
+        let body = resp.expect_status(200);
+        assert_eq!(body["message"], "Track added to playlist");
+        assert_eq!(body["track_info"]["duration"], "0:02", "{body}");
+        assert_eq!(
+            body["track_info"]["url"],
+            format!("{}/play/{track}", c.url(f[1])),
+            "{body}"
+        );
+    }
+    let list = api_f0.read_ok(&format!("/playlist/{}", gina.id)).await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["tracks"]
+            .as_array()
+            .expect("tracks")
+            .iter()
+            .map(|t| t["track_id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&list), [t1.clone(), t2.clone()]);
+    assert_eq!(list["user_id"], gina.id.as_str());
+
+    eprintln!("=== queue an uploaded track by id; /metadata shows it");
+    let t1_num: u64 = t1.parse().expect("numeric id");
+    let queued = api_l
+        .write_ok("/add_track", Body::Json(json!({"id": t1_num})))
+        .await;
+    assert_eq!(queued["queue"][0]["title"], "One", "{queued}");
+    let meta = api_f0.read_ok(&format!("/metadata/{t1}")).await;
+    assert_eq!(meta["duration"], 2, "{meta}");
+
+    eprintln!("=== edit: both PATCH paths, metadata and audio");
+    let patch = form(&[Part::Json("metadata", json!({"title": "Two (edit)"}))]);
+    call(
+        &api_f0,
+        Method::PATCH,
+        &format!("/tracks/{t2}"),
+        patch,
+        Some(&gina),
+    )
+    .await
+    .expect_status(200);
+    let patch = form(&[Part::Json(
+        "metadata",
+        json!({"track_id": t2, "artist": "New Artist"}),
+    )]);
+    let resp = call(&api_l, Method::PATCH, "/tracks/upload", patch, Some(&gina)).await;
+    assert_eq!(
+        resp.expect_status(200)["message"],
+        "Track info updated successfully"
+    );
+    let old_etag = call(
+        &api_f1,
+        Method::GET,
+        &format!("/play/{t2}"),
+        Body::None,
+        None,
+    )
+    .await
+    .header("etag")
+    .to_string();
+    let three = fixture("tagged-3s.mp3");
+    let patch = form(&[Part::File("file", &three)]);
+    call(
+        &api_f1,
+        Method::PATCH,
+        &format!("/tracks/{t2}"),
+        patch,
+        Some(&gina),
+    )
+    .await
+    .expect_status(200);
+    let meta = api_f0.read_ok(&format!("/tracks/{t2}")).await;
+    assert_eq!(
+        (
+            meta["title"].as_str(),
+            meta["artist"].as_str(),
+            meta["duration"].as_str()
+        ),
+        (Some("Two (edit)"), Some("New Artist"), Some("0:03")),
+        "{meta}"
+    );
+    let played = call(
+        &api_f0,
+        Method::GET,
+        &format!("/play/{t2}"),
+        Body::None,
+        None,
+    )
+    .await;
+    assert!(played.bytes == three, "new audio is served");
+    assert_ne!(
+        played.header("etag"),
+        old_etag,
+        "the ETag changes with the audio"
+    );
+
+    eprintln!("=== deleting a track removes it from every playlist and the queue");
+    let resp = call(
+        &api_f1,
+        Method::DELETE,
+        &format!("/tracks/{t1}"),
+        Body::None,
+        Some(&gina),
+    )
+    .await;
+    assert_eq!(
+        resp.expect_status(200)["message"],
+        "Track deleted successfully"
+    );
+    call(
+        &api_l,
+        Method::GET,
+        &format!("/play/{t1}"),
+        Body::None,
+        None,
+    )
+    .await
+    .expect_error_code(404, "not_found");
+    assert_eq!(
+        ids(&api_l.read_ok(&format!("/playlist/{}", gina.id)).await),
+        std::slice::from_ref(&t2)
+    );
+    assert!(ids(&api_l.read_ok(&format!("/playlist/{}", hank.id)).await).is_empty());
+    assert_eq!(api_l.read_ok("/queue").await, json!([]));
+    let remove = json!({"user_id": gina.id, "track_id": t1});
+    call(
+        &api_f0,
+        Method::DELETE,
+        "/playlist/remove",
+        Body::Json(remove),
+        Some(&gina),
+    )
+    .await
+    .expect_error_code(404, "not_found");
+
+    eprintln!("=== deleting a user removes their playlist; their token stops working");
+    let resp = call(
+        &api_f0,
+        Method::DELETE,
+        &format!("/users/{}", hank.id),
+        Body::None,
+        Some(&hank),
+    )
+    .await;
+    assert_eq!(
+        resp.expect_status(200)["message"],
+        "User deleted successfully"
+    );
+    call(
+        &api_l,
+        Method::GET,
+        &format!("/playlist/{}", hank.id),
+        Body::None,
+        None,
+    )
+    .await
+    .expect_error_code(404, "not_found");
+    call(
+        &api_l,
+        Method::GET,
+        &format!("/users/{}", hank.id),
+        Body::None,
+        None,
+    )
+    .await
+    .expect_error_code(404, "not_found");
+    let add = json!({"user_id": hank.id, "track_id": t2});
+    call(
+        &api_f1,
+        Method::POST,
+        "/playlist/add",
+        Body::Json(add),
+        Some(&hank),
+    )
+    .await
+    .expect_error_code(401, "unauthorized");
+
+    eprintln!("=== full restart: everything above is still true, tokens still valid");
+    for id in c.ids() {
+        c.stop(id).await;
+    }
+    for id in c.ids() {
+        c.restart(id);
+    }
+    c.wait_all_ready().await;
+    for id in c.ids() {
+        let api = c.api(id);
+        assert_eq!(
+            ids(&api.read_ok(&format!("/playlist/{}", gina.id)).await),
+            std::slice::from_ref(&t2),
+            "node {id}"
+        );
+        call(
+            &api,
+            Method::GET,
+            &format!("/playlist/{}", hank.id),
+            Body::None,
+            None,
+        )
+        .await
+        .expect_error_code(404, "not_found");
+        call(
+            &api,
+            Method::GET,
+            &format!("/tracks/{t1}"),
+            Body::None,
+            None,
+        )
+        .await
+        .expect_error_code(404, "not_found");
+        let played = call(&api, Method::GET, &format!("/play/{t2}"), Body::None, None).await;
+        assert!(played.bytes == three, "node {id}: t2's audio after restart");
+        let me = call(
+            &api,
+            Method::GET,
+            &format!("/users/{}", gina.id),
+            Body::None,
+            Some(&gina),
+        )
+        .await;
+        assert_eq!(
+            me.expect_status(200)["email"],
+            "gina@example.com",
+            "node {id}: token survives restart"
+        );
+    }
+}
