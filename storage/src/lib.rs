@@ -58,8 +58,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         // sled's own periodic flush is not what makes writes durable (LogStore flushes
         // explicitly before acknowledging); keep it as a background safety net only.
         .flush_every_ms(Some(1000))
-        // sled's default page cache is 1 GiB; audio chunks would fill it and inflate the RSS of
-        // every node. Recently written and read chunks still hit this cache.
+        // sled's default cache target is 1 GiB. It is only a hint: measured with sled 0.34.7,
+        // values written or read stay resident whatever the setting, so a node's RSS grows with
+        // the audio it has stored or streamed since it started (see ARCHITECTURE.md).
         .cache_capacity(64 * 1024 * 1024)
         .open()
         .map_err(|source| OpenError::Sled {
