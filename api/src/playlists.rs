@@ -18,7 +18,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, ReadOptions};
 use crate::tracks::format_duration;
-use crate::{AppState, ask, respond, write};
+use crate::{AppState, ask, internal, respond, write};
 
 // ---- wire shapes (seed 000) ----
 
@@ -121,20 +121,8 @@ fn own_http_addr(replica: &Replica) -> String {
 type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
 pub enum PlaylistsMsg {
-    Add {
-        user_id: u64,
-        track_id: u64,
-        by: u64,
-        key: Option<String>,
-        reply: Reply<Track>,
-    },
-    Remove {
-        user_id: u64,
-        track_id: u64,
-        by: u64,
-        key: Option<String>,
-        reply: Reply<()>,
-    },
+    /// Applies an add or a remove; answers the added track (`None` for a remove).
+    Change(PlaylistCommand, Option<String>, Reply<Option<Track>>),
     Get(u64, Consistency, Reply<Vec<Track>>),
 }
 
@@ -164,39 +152,22 @@ impl Actor for PlaylistsActor {
     ) -> Result<(), ActorProcessingErr> {
         let r = replica.clone();
         match msg {
-            PlaylistsMsg::Add {
-                user_id,
-                track_id,
-                by,
-                key,
-                reply,
-            } => respond(reply, async move {
-                let cmd = PlaylistCommand::Add {
-                    user_id,
-                    track_id,
-                    by,
+            PlaylistsMsg::Change(cmd, key, reply) => respond(reply, async move {
+                let added = match &cmd {
+                    PlaylistCommand::Add { track_id, .. } => Some(*track_id),
+                    PlaylistCommand::Remove { .. } => None,
                 };
                 write(&r, Command::Playlists(cmd), key).await?;
+                let Some(track_id) = added else {
+                    return Ok(None);
+                };
                 // Applied locally by now (the write waits for it).
                 r.state()
                     .read(|s| s.tracks.get(track_id).cloned())
+                    .map(Some)
                     .ok_or_else(|| {
                         ApiError::not_found(format!("track {track_id} was deleted meanwhile"))
                     })
-            }),
-            PlaylistsMsg::Remove {
-                user_id,
-                track_id,
-                by,
-                key,
-                reply,
-            } => respond(reply, async move {
-                let cmd = PlaylistCommand::Remove {
-                    user_id,
-                    track_id,
-                    by,
-                };
-                write(&r, Command::Playlists(cmd), key).await.map(drop)
             }),
             PlaylistsMsg::Get(user_id, consistency, reply) => respond(reply, async move {
                 crate::read(&r, consistency, |s| {
@@ -243,15 +214,16 @@ pub async fn add(
         body.user_id.parse("user_id")?,
         body.track_id.parse("track_id")?,
     );
-    let key = key.for_user(by);
-    let track = ask(&app.playlists, |reply| PlaylistsMsg::Add {
+    let cmd = PlaylistCommand::Add {
         user_id,
         track_id,
         by,
-        key,
-        reply,
+    };
+    let track = ask(&app.playlists, |reply| {
+        PlaylistsMsg::Change(cmd, key.for_user(by), reply)
     })
-    .await?;
+    .await?
+    .ok_or_else(|| internal("a playlist add answered no track"))?;
     Ok(axum::Json(Added {
         message: "Track added to playlist".into(),
         track_info: info(&track, &base_url(&headers, &app.replica)),
@@ -273,13 +245,13 @@ pub async fn remove(
         body.user_id.parse("user_id")?,
         body.track_id.parse("track_id")?,
     );
-    let key = key.for_user(by);
-    ask(&app.playlists, |reply| PlaylistsMsg::Remove {
+    let cmd = PlaylistCommand::Remove {
         user_id,
         track_id,
         by,
-        key,
-        reply,
+    };
+    ask(&app.playlists, |reply| {
+        PlaylistsMsg::Change(cmd, key.for_user(by), reply)
     })
     .await?;
     Ok(axum::Json(Removed {

@@ -115,6 +115,21 @@ async fn call(api: &NodeApi, method: Method, path: &str, body: Body, user: Optio
         .unwrap_or_else(|e| panic!("{path}: {e:#}"))
 }
 
+/// Sends a request that must fail with `status` and error `code`.
+async fn fails(
+    api: &NodeApi,
+    method: Method,
+    path: &str,
+    body: Body,
+    user: Option<&User>,
+    status: u16,
+    code: &str,
+) {
+    call(api, method, path, body, user)
+        .await
+        .expect_error_code(status, code);
+}
+
 /// Uploads `mp3` with `title` (none: rely on the ID3 tags) and returns the track id.
 async fn upload(api: &NodeApi, user: &User, title: Option<&str>, mp3: &[u8]) -> String {
     let mut parts = vec![Part::File("file", mp3)];
@@ -155,6 +170,20 @@ async fn get_range(api: &NodeApi, path: &str, range: &str) -> Resp {
 /// The storage counts of node `id`'s `/cluster` view.
 async fn storage_counts(c: &TestCluster, id: u64) -> Value {
     c.cluster_view(id).await["storage"].clone()
+}
+
+/// Polls node `id`'s storage counts until `done` holds; returns them.
+async fn storage_when(
+    c: &TestCluster,
+    id: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, CONVERGE_TIMEOUT, async || {
+        let s = storage_counts(c, id).await;
+        done(&s).then_some(s)
+    })
+    .await
 }
 
 /// Stops every node, then counts the audio chunks physically in each node's sled database.
@@ -276,15 +305,16 @@ async fn uploads_stream_back_byte_identical_from_every_node_whole_and_by_ranges(
         .await;
         assert!(small.bytes == tagged, "node {id}: tagged fixture differs");
     }
-    call(
+    fails(
         &c.api(leader),
         Method::GET,
         "/play/999999",
         Body::None,
         None,
+        404,
+        "not_found",
     )
-    .await
-    .expect_error_code(404, "not_found");
+    .await;
 
     eprintln!("=== search");
     let found = c.api(follower).read_ok("/tracks?q=LONG").await;
@@ -349,15 +379,16 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     assert!(text.contains("payload_too_large"), "{text}");
 
     eprintln!("=== no title and no ID3 title");
-    call(
+    fails(
         &api,
         Method::POST,
         "/tracks/upload",
         form(&[Part::File("file", &mp3)]),
         Some(&bob),
+        400,
+        "bad_request",
     )
-    .await
-    .expect_error_code(400, "bad_request");
+    .await;
     eprintln!("=== no file part; not multipart; no token");
     call(
         &api,
@@ -368,24 +399,26 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     )
     .await
     .expect_error_code(400, "bad_request");
-    call(
+    fails(
         &api,
         Method::POST,
         "/tracks/upload",
         Body::Json(meta.clone()),
         Some(&bob),
+        415,
+        "unsupported_media_type",
     )
-    .await
-    .expect_error_code(415, "unsupported_media_type");
-    call(
+    .await;
+    fails(
         &api,
         Method::POST,
         "/tracks/upload",
         form(&[Part::File("file", &mp3)]),
         None,
+        401,
+        "unauthorized",
     )
-    .await
-    .expect_error_code(401, "unauthorized");
+    .await;
     eprintln!("=== a form field instead of JSON metadata works");
     let ok = call(
         &api,
@@ -406,26 +439,16 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
         Part::File("file", &long_mp3(60)),
     ]);
     let conn = start_partial_upload(&api.base, &bob, &body, body.len() / 2).await;
-    eventually(
-        "the partial upload to start replicating",
-        CONVERGE_TIMEOUT,
-        async || {
-            let s = storage_counts(&c, leader).await;
-            (s["pending_uploads"] == 1).then_some(())
-        },
-    )
+    storage_when(&c, leader, "the partial upload to start replicating", |s| {
+        s["pending_uploads"] == 1
+    })
     .await;
     drop(conn);
 
     eprintln!("=== nothing else was kept: one track, no pending upload, only its chunk");
-    let counts = eventually(
-        "failed uploads to be dropped",
-        CONVERGE_TIMEOUT,
-        async || {
-            let s = storage_counts(&c, leader).await;
-            (s["pending_uploads"] == 0).then_some(s)
-        },
-    )
+    let counts = storage_when(&c, leader, "failed uploads to be dropped", |s| {
+        s["pending_uploads"] == 0
+    })
     .await;
     assert_eq!(counts["tracks"], 1, "{counts}");
     assert_eq!(counts["audio_chunks"], 1, "{counts}");
@@ -587,13 +610,11 @@ async fn a_node_killed_mid_upload_leaves_no_track_and_its_chunks_are_dropped() {
 
     eprintln!("=== send 3.5 MiB of a 4.7 MiB upload to node {receiver}, then kill it");
     let _conn = start_partial_upload(&c.url(receiver), &carol, &body, 3 * MIB + MIB / 2).await;
-    let during = eventually(
+    let during = storage_when(
+        &c,
+        leader,
         "chunks of the unfinished upload to replicate",
-        CONVERGE_TIMEOUT,
-        async || {
-            let s = storage_counts(&c, leader).await;
-            (s["audio_chunks"].as_u64() >= Some(3)).then_some(s)
-        },
+        |s| s["audio_chunks"].as_u64() >= Some(3),
     )
     .await;
     assert_eq!(during["pending_uploads"], 1, "{during}");
@@ -601,14 +622,9 @@ async fn a_node_killed_mid_upload_leaves_no_track_and_its_chunks_are_dropped() {
     c.kill9(receiver);
 
     eprintln!("=== the leader drops the idle upload and its chunks");
-    let after = eventually(
-        "the idle upload to be dropped",
-        CONVERGE_TIMEOUT,
-        async || {
-            let s = storage_counts(&c, leader).await;
-            (s["pending_uploads"] == 0).then_some(s)
-        },
-    )
+    let after = storage_when(&c, leader, "the idle upload to be dropped", |s| {
+        s["pending_uploads"] == 0
+    })
     .await;
     assert_eq!(after["audio_chunks"], 0, "{after}");
     assert_eq!(after["tracks"], 0, "{after}");
@@ -617,14 +633,9 @@ async fn a_node_killed_mid_upload_leaves_no_track_and_its_chunks_are_dropped() {
     eprintln!("=== the killed node comes back, catches up, and nobody keeps a chunk on disk");
     c.restart(receiver);
     c.wait_ready(receiver).await;
-    let back = eventually(
-        "the restarted node to catch up",
-        CONVERGE_TIMEOUT,
-        async || {
-            let s = storage_counts(&c, receiver).await;
-            (s["pending_uploads"] == 0 && s["audio_chunks"] == 0).then_some(s)
-        },
-    )
+    let back = storage_when(&c, receiver, "the restarted node to catch up", |s| {
+        s["pending_uploads"] == 0 && s["audio_chunks"] == 0
+    })
     .await;
     assert_eq!(back["tracks"], 0, "{back}");
     assert_eq!(
@@ -752,82 +763,90 @@ async fn auth_tokens_and_ownership_are_enforced_on_every_node() {
 
     eprintln!("=== no token 401, forged token 401, someone else's track or playlist 403");
     let meta_only = || form(&[Part::Json("metadata", json!({"title": "Stolen"}))]);
-    call(
+    fails(
         &api_a,
         Method::PATCH,
         &format!("/tracks/{track}"),
         meta_only(),
         None,
+        401,
+        "unauthorized",
     )
-    .await
-    .expect_error_code(401, "unauthorized");
+    .await;
     let mut forged = frank.clone();
     forged.token = format!("{}x", frank.token.trim_end_matches(|ch: char| ch != '.'));
-    call(
+    fails(
         &api_a,
         Method::DELETE,
         &format!("/tracks/{track}"),
         Body::None,
         Some(&forged),
+        401,
+        "invalid_token",
     )
-    .await
-    .expect_error_code(401, "invalid_token");
+    .await;
     forged.token = "not.a.jwt".into();
-    call(
+    fails(
         &api_a,
         Method::DELETE,
         &format!("/tracks/{track}"),
         Body::None,
         Some(&forged),
+        401,
+        "invalid_token",
     )
-    .await
-    .expect_error_code(401, "invalid_token");
-    call(
+    .await;
+    fails(
         &api_a,
         Method::PATCH,
         &format!("/tracks/{track}"),
         meta_only(),
         Some(&frank),
+        403,
+        "forbidden",
     )
-    .await
-    .expect_error_code(403, "forbidden");
-    call(
+    .await;
+    fails(
         &api_l,
         Method::DELETE,
         &format!("/tracks/{track}"),
         Body::None,
         Some(&frank),
+        403,
+        "forbidden",
     )
-    .await
-    .expect_error_code(403, "forbidden");
+    .await;
     let add = json!({"user_id": erin.id, "track_id": track});
-    call(
+    fails(
         &api_a,
         Method::POST,
         "/playlist/add",
         Body::Json(add.clone()),
         Some(&frank),
+        403,
+        "forbidden",
     )
-    .await
-    .expect_error_code(403, "forbidden");
-    call(
+    .await;
+    fails(
         &api_a,
         Method::POST,
         "/playlist/add",
         Body::Json(add.clone()),
         None,
+        401,
+        "unauthorized",
     )
-    .await
-    .expect_error_code(401, "unauthorized");
-    call(
+    .await;
+    fails(
         &api_a,
         Method::DELETE,
         &format!("/users/{}", erin.id),
         Body::None,
         Some(&frank),
+        403,
+        "forbidden",
     )
-    .await
-    .expect_error_code(403, "forbidden");
+    .await;
     assert_eq!(
         c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
         "Erin's"
@@ -855,15 +874,16 @@ async fn auth_tokens_and_ownership_are_enforced_on_every_node() {
     )
     .await;
     expired.expect_error_code(401, "token_expired");
-    call(
+    fails(
         &api_l,
         Method::DELETE,
         &format!("/tracks/{track}"),
         Body::None,
         Some(&erin),
+        401,
+        "token_expired",
     )
-    .await
-    .expect_error_code(401, "token_expired");
+    .await;
     assert_eq!(
         c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
         "Erin's"
@@ -1002,15 +1022,16 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
         resp.expect_status(200)["message"],
         "Track deleted successfully"
     );
-    call(
+    fails(
         &api_l,
         Method::GET,
         &format!("/play/{t1}"),
         Body::None,
         None,
+        404,
+        "not_found",
     )
-    .await
-    .expect_error_code(404, "not_found");
+    .await;
     assert_eq!(
         ids(&api_l.read_ok(&format!("/playlist/{}", gina.id)).await),
         std::slice::from_ref(&t2)
@@ -1018,15 +1039,16 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
     assert!(ids(&api_l.read_ok(&format!("/playlist/{}", hank.id)).await).is_empty());
     assert_eq!(api_l.read_ok("/queue").await, json!([]));
     let remove = json!({"user_id": gina.id, "track_id": t1});
-    call(
+    fails(
         &api_f0,
         Method::DELETE,
         "/playlist/remove",
         Body::Json(remove),
         Some(&gina),
+        404,
+        "not_found",
     )
-    .await
-    .expect_error_code(404, "not_found");
+    .await;
 
     eprintln!("=== deleting a user removes their playlist; their token stops working");
     let resp = call(
@@ -1041,34 +1063,37 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
         resp.expect_status(200)["message"],
         "User deleted successfully"
     );
-    call(
+    fails(
         &api_l,
         Method::GET,
         &format!("/playlist/{}", hank.id),
         Body::None,
         None,
+        404,
+        "not_found",
     )
-    .await
-    .expect_error_code(404, "not_found");
-    call(
+    .await;
+    fails(
         &api_l,
         Method::GET,
         &format!("/users/{}", hank.id),
         Body::None,
         None,
+        404,
+        "not_found",
     )
-    .await
-    .expect_error_code(404, "not_found");
+    .await;
     let add = json!({"user_id": hank.id, "track_id": t2});
-    call(
+    fails(
         &api_f1,
         Method::POST,
         "/playlist/add",
         Body::Json(add),
         Some(&hank),
+        401,
+        "unauthorized",
     )
-    .await
-    .expect_error_code(401, "unauthorized");
+    .await;
 
     eprintln!("=== full restart: everything above is still true, tokens still valid");
     for id in c.ids() {
@@ -1085,24 +1110,26 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
             std::slice::from_ref(&t2),
             "node {id}"
         );
-        call(
+        fails(
             &api,
             Method::GET,
             &format!("/playlist/{}", hank.id),
             Body::None,
             None,
+            404,
+            "not_found",
         )
-        .await
-        .expect_error_code(404, "not_found");
-        call(
+        .await;
+        fails(
             &api,
             Method::GET,
             &format!("/tracks/{t1}"),
             Body::None,
             None,
+            404,
+            "not_found",
         )
-        .await
-        .expect_error_code(404, "not_found");
+        .await;
         let played = call(&api, Method::GET, &format!("/play/{t2}"), Body::None, None).await;
         assert!(played.bytes == three, "node {id}: t2's audio after restart");
         let me = call(
