@@ -47,16 +47,36 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     let app = api::router(replica.clone(), settings).await?;
     tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "node serving");
 
+    // Stop on SIGTERM/SIGINT, or when the Raft core dies: a node that cannot replicate must not
+    // keep answering /health as if it were fine (its supervisor restarts it).
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let raft_failed = {
+        let replica = replica.clone();
+        async move {
+            let why = replica.failed().await;
+            tracing::error!(node = node_id, reason = %why, "the Raft core stopped; shutting down");
+            let _ = failed_tx.send(why);
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = raft_failed => {}
+            }
+        })
         .await
         .context("http server failed")?;
+    let failure = failed_rx.await.ok();
 
     tracing::info!(node = node_id, "shutting down");
     replica.shutdown().await;
     log.flush()
         .await
         .context("final flush of the store failed")?;
+    if let Some(why) = failure {
+        anyhow::bail!("the Raft core stopped: {why}");
+    }
     tracing::info!(node = node_id, "stopped");
     Ok(())
 }

@@ -470,6 +470,20 @@ impl Replica {
     }
 
     /// Stops Raft; the caller then flushes the store.
+    /// Resolves when the Raft core stops on its own (a fatal storage error or a panic inside
+    /// openraft), with the reason. A node in that state can no longer serve correctly.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core is gone".to_string();
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
