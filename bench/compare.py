@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""chorus side by side with etcd and nginx, in one run on this machine.
+
+    python3 bench/compare.py [--rounds 3] [--seconds 10] [--state-mib 500]
+
+Installs what it needs (etcd-server, etcd-client, nginx-light, wrk, curl from Debian, when run as
+root), builds chorus in release mode, starts a 3-node chorus cluster and a 3-node etcd cluster on
+127.0.0.1 with their data in one temporary directory (same disk), and nginx serving the same MP3
+file chorus stores. Each scenario runs against chorus and against its anchor alternately for
+`--rounds` rounds (wrk, `--seconds` each); the medians go to bench/RESULTS.md with the machine
+and the command, and the latency percentiles to bench/results/latency.svg.
+
+Scenarios: replicated writes (POST /vote vs etcd PUT, on a follower, 1 and 64 clients);
+linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients); audio
+streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and a 1 MiB range);
+recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
+Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
+the busiest node. Everything it starts is stopped, also on failure or Ctrl-C.
+"""
+import argparse, base64, json, os, platform, shutil, signal, subprocess, sys, tempfile, time
+import urllib.request
+from statistics import median
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import BIN, ROOT, Cluster, free_port, http  # noqa: E402
+
+LUA = os.path.join(ROOT, "bench", "request.lua")
+FIXTURE = os.path.join(ROOT, "node", "tests", "fixtures", "untagged-2s.mp3")
+TICK = os.sysconf("SC_CLK_TCK")
+TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client", "nginx": "nginx-light", "wrk": "wrk",
+         "curl": "curl"}
+
+
+# ---- tools and processes ----
+
+def ensure_tools():
+    missing = {tool: pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None
+               and not os.path.exists(f"/usr/sbin/{tool}")}
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install {' '.join(sorted(set(missing.values())))}")
+    print(f"installing {', '.join(sorted(set(missing.values())))} ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", *sorted(set(missing.values()))], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def proc_stat(pid):
+    """(cpu seconds, peak RSS MiB) of a process."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / TICK
+        hwm = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
+        return cpu, hwm / 1024
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def reset_peak(pids):
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def post(url, body, timeout=30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+def b64(s):
+    return base64.b64encode(s if isinstance(s, bytes) else s.encode()).decode()
+
+
+class Etcd:
+    """A 3-member etcd cluster on loopback."""
+
+    def __init__(self, base, n=3):
+        self.base = base
+        self.ports = {i: (free_port(), free_port()) for i in range(1, n + 1)}
+        self.names = {i: f"e{i}" for i in self.ports}
+        self.procs = {}
+        for i in self.ports:
+            self.start(i, "new")
+
+    def url(self, i):
+        return f"http://127.0.0.1:{self.ports[i][0]}"
+
+    def peer(self, i):
+        return f"http://127.0.0.1:{self.ports[i][1]}"
+
+    def initial_cluster(self):
+        return ",".join(f"{self.names[i]}={self.peer(i)}" for i in self.ports)
+
+    def start(self, i, state):
+        log = open(os.path.join(self.base, f"etcd{i}.log"), "a")
+        self.procs[i] = subprocess.Popen(
+            ["etcd", "--name", self.names[i], "--data-dir", os.path.join(self.base, f"etcd{i}"),
+             "--listen-client-urls", self.url(i), "--advertise-client-urls", self.url(i),
+             "--listen-peer-urls", self.peer(i), "--initial-advertise-peer-urls", self.peer(i),
+             "--initial-cluster", self.initial_cluster(), "--initial-cluster-state", state,
+             "--initial-cluster-token", "chorus-bench", "--max-request-bytes", str(2 * 2**20),
+             "--quota-backend-bytes", str(8 * 2**30), "--log-level", "warn"],
+            stdout=log, stderr=log)
+
+    def status(self, i):
+        try:
+            return post(self.url(i) + "/v3/maintenance/status", {}, timeout=2)
+        except Exception:
+            return None
+
+    def wait_ready(self, deadline=60):
+        end = time.time() + deadline
+        for i in self.procs:
+            while not (self.status(i) or {}).get("leader"):
+                if time.time() > end:
+                    sys.exit(f"etcd member {i} not ready; logs in {self.base}")
+                time.sleep(0.1)
+
+    def follower(self):
+        for i in self.procs:
+            s = self.status(i) or {}
+            if s.get("leader") and s["header"]["member_id"] != s["leader"]:
+                return i
+        sys.exit("etcd has no follower")
+
+    def leader(self):
+        for i in self.procs:
+            s = self.status(i) or {}
+            if s.get("leader") and s["header"]["member_id"] == s["leader"]:
+                return i
+        sys.exit("etcd has no leader")
+
+    def pids(self):
+        return [p.pid for p in self.procs.values() if p.poll() is None]
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class Nginx:
+    def __init__(self, base, www):
+        self.port = free_port()
+        self.base = base
+        conf = os.path.join(base, "nginx.conf")
+        open(conf, "w").write(f"""
+daemon off;
+worker_processes 2;
+pid {base}/nginx.pid;
+error_log {base}/nginx-error.log warn;
+user root;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    types {{ audio/mpeg mp3; }}
+    server {{ listen 127.0.0.1:{self.port}; root {www}; }}
+}}
+""")
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", base], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(base, "nginx.log"), "a"))
+        end = time.time() + 20
+        while http("GET", self.url() + "/")[0] is None:
+            if time.time() > end or self.proc.poll() is not None:
+                sys.exit(f"nginx did not start; see {base}/nginx-error.log")
+            time.sleep(0.05)
+
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [self.proc.pid, *map(int, out.split())]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ---- measuring ----
+
+def wrk(url, conns, seconds, method="GET", path="/", body="", range_=""):
+    env = dict(os.environ, WRK_METHOD=method, WRK_PATH=path, WRK_BODY=body, WRK_RANGE=range_)
+    threads = min(conns, 2)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
+                          "-s", LUA, url], capture_output=True, text=True, env=env).stdout
+    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"wrk gave no result for {url}{path}:\n{out}")
+    r = json.loads(line[len("RESULT "):])
+    secs = r["duration_us"] / 1e6
+    r["rps"] = r["requests"] / secs
+    r["mib_s"] = r["bytes"] / secs / 2**20
+    return r
+
+
+def measured(pids, fn):
+    """Runs fn() and adds the CPU seconds of `pids` and their highest peak RSS."""
+    reset_peak(pids)
+    before = sum(proc_stat(p)[0] for p in pids)
+    r = fn()
+    after = [proc_stat(p) for p in pids]
+    r["cpu_s"] = sum(c for c, _ in after) - before
+    r["rss_mib"] = max((m for _, m in after), default=0.0)
+    return r
+
+
+def make_mp3(path, mib):
+    block = open(FIXTURE, "rb").read()
+    with open(path, "wb") as out:
+        for _ in range(-(-mib * 2**20 // len(block))):
+            out.write(block)
+
+
+def chorus_token(base):
+    post(base + "/users/register", {"username": "bench", "password": "bench-password", "email": "b@example.com"})
+    return post(base + "/users/login", {"username": "bench", "password": "bench-password"})["token"]
+
+
+def chorus_upload(base, token, path, title):
+    out = subprocess.run(["curl", "-s", "-f", "-H", f"Authorization: Bearer {token}",
+                          "-F", f'metadata={{"title":"{title}"}};type=application/json',
+                          "-F", f"file=@{path};type=audio/mpeg", base + "/tracks/upload"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"upload failed: {out.stdout} {out.stderr}")
+    return json.loads(out.stdout)["track_id"]
+
+
+def chorus_catch_up(c, token, mp3, state_mib):
+    """Uploads state_mib MiB of tracks, wipes a follower, and times its catch-up."""
+    leader = c.leader()
+    for n in range(max(1, state_mib // 10)):
+        chorus_upload(c.url(leader), token, mp3, f"state {n}")
+    follower = next(i for i in c.procs if i != leader)
+    target = http("GET", c.url(leader) + "/cluster")[1]["commit_index"]
+    c.procs[follower].send_signal(signal.SIGTERM)
+    c.procs[follower].wait(timeout=30)
+    shutil.rmtree(os.path.join(c.dir, f"n{follower}"))
+    start = time.time()
+    c.start(follower)
+    while True:
+        view = http("GET", c.url(follower) + "/cluster")[1] or {}
+        if (view.get("applied_index") or 0) >= target:
+            break
+        if time.time() - start > 900:
+            sys.exit("chorus follower did not catch up within 900 s")
+        time.sleep(0.05)
+    secs = time.time() - start
+    cpu, rss = proc_stat(c.procs[follower].pid)
+    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss}
+
+
+def etcd_catch_up(e, state_mib):
+    """Writes state_mib MiB (1 MiB values), replaces a follower by an empty one, times catch-up."""
+    leader = e.leader()
+    value = b64(os.urandom(2**20 - 1024))
+    for n in range(state_mib):
+        post(e.url(leader) + "/v3/kv/put", {"key": b64(f"state/{n}"), "value": value}, timeout=60)
+    follower = next(i for i in e.procs if i != leader)
+    member = e.status(follower)["header"]["member_id"]
+    e.procs[follower].send_signal(signal.SIGTERM)
+    e.procs[follower].wait(timeout=30)
+    ctl = ["etcdctl", "--endpoints", e.url(leader)]
+    subprocess.run([*ctl, "member", "remove", format(int(member), "x")], check=True, capture_output=True)
+    shutil.rmtree(os.path.join(e.base, f"etcd{follower}"))
+    e.names[follower] = f"e{follower}b"
+    subprocess.run([*ctl, "member", "add", e.names[follower], f"--peer-urls={e.peer(follower)}"], check=True,
+                   capture_output=True)
+    target = e.status(leader)["raftIndex"]
+    start = time.time()
+    e.start(follower, "existing")
+    while True:
+        s = e.status(follower) or {}
+        if int(s.get("raftAppliedIndex", s.get("raftIndex", 0)) or 0) >= int(target):
+            break
+        if time.time() - start > 900:
+            sys.exit("etcd follower did not catch up within 900 s")
+        time.sleep(0.05)
+    secs = time.time() - start
+    cpu, rss = proc_stat(e.procs[follower].pid)
+    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss}
+
+
+# ---- report ----
+
+def fmt_lat(us):
+    return f"{us / 1000:.2f} ms" if us < 1e6 else f"{us / 1e6:.2f} s"
+
+
+def write_results(rows, recovery, args, started):
+    lines = ["# chorus side by side: results", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} with "
+             f"`python3 bench/compare.py --rounds {args.rounds} --seconds {args.seconds} --state-mib {args.state_mib}` "
+             f"on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Linux {platform.release()}; "
+             f"3-node clusters on 127.0.0.1, data in one temporary directory. Medians of {args.rounds} "
+             "alternating rounds. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
+             "for latency (lower is better for chorus).", "",
+             "| scenario | metric | chorus | anchor | ratio |", "|---|---|---|---|---|"]
+    for name, unit, c, a in rows:
+        key = "mib_s" if unit == "MiB/s" else "rps"
+        cm, am = median(r[key] for r in c), median(r[key] for r in a)
+        lines.append(f"| {name} | throughput ({unit}) | {cm:,.0f} | {am:,.0f} | {cm / am:.2f} |")
+        for p in ("p50", "p99", "p999"):
+            cl, al = median(r[f"{p}_us"] for r in c), median(r[f"{p}_us"] for r in a)
+            lines.append(f"| | {p} | {fmt_lat(cl)} | {fmt_lat(al)} | {cl / al:.2f} |")
+        cc, ac = median(r["cpu_s"] for r in c), median(r["cpu_s"] for r in a)
+        cr, ar = median(r["rss_mib"] for r in c), median(r["rss_mib"] for r in a)
+        lines.append(f"| | CPU s (all nodes) | {cc:.1f} | {ac:.1f} | {cc / ac if ac else float('nan'):.2f} |")
+        lines.append(f"| | peak RSS, busiest node (MiB) | {cr:.0f} | {ar:.0f} | {cr / ar if ar else float('nan'):.2f} |")
+        errors = sum(r["errors"] + r["non2xx"] for r in c + a)
+        if errors:
+            lines.append(f"| | errors or non-2xx (all rounds) | {sum(r['errors'] + r['non2xx'] for r in c)} | "
+                         f"{sum(r['errors'] + r['non2xx'] for r in a)} | |")
+    if recovery:
+        c, a = recovery
+        lines.append(f"| catch-up of {args.state_mib} MiB, empty follower vs etcd | seconds | {c['secs']:.1f} | "
+                     f"{a['secs']:.1f} | {c['secs'] / a['secs']:.2f} |")
+        lines.append(f"| | CPU s / peak RSS of the new follower | {c['cpu_s']:.1f} s / {c['rss_mib']:.0f} MiB | "
+                     f"{a['cpu_s']:.1f} s / {a['rss_mib']:.0f} MiB | |")
+    lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for writes, reads and catch-up; nginx (sendfile) "
+              "for streaming. Latency plot: [results/latency.svg](results/latency.svg).", ""]
+    open(os.path.join(ROOT, "bench", "RESULTS.md"), "w").write("\n".join(lines))
+    write_plot(rows)
+
+
+def write_plot(rows):
+    """Horizontal bars of p50/p99/p999 per scenario, chorus above anchor, log scale."""
+    import math
+    bar_h, gap, left, width = 9, 16, 330, 560
+    lo, hi = 1e2, 1e7  # 0.1 ms .. 10 s
+    x = lambda us: left + width * (math.log10(max(lo, min(hi, us))) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+    colors = {"p50": "#4c78a8", "p99": "#f58518", "p999": "#e45756"}
+    y, parts = 40, []
+    for name, _, c, a in rows:
+        parts.append(f'<text x="8" y="{y + 12}" font-size="12">{name}</text>')
+        for label, runs in (("chorus", c), ("anchor", a)):
+            parts.append(f'<text x="{left - 8}" y="{y + 8}" font-size="10" text-anchor="end">{label}</text>')
+            for p in ("p999", "p99", "p50"):
+                us = median(r[f"{p}_us"] for r in runs)
+                parts.append(f'<rect x="{left}" y="{y}" width="{x(us) - left:.1f}" height="{bar_h}" '
+                             f'fill="{colors[p]}"><title>{label} {name} {p}: {fmt_lat(us)}</title></rect>')
+            y += bar_h + 2
+        y += gap
+    ticks = "".join(f'<line x1="{x(t)}" y1="30" x2="{x(t)}" y2="{y}" stroke="#ddd"/>'
+                    f'<text x="{x(t)}" y="24" font-size="10" text-anchor="middle">{fmt_lat(t)}</text>'
+                    for t in (1e2, 1e3, 1e4, 1e5, 1e6, 1e7))
+    legend = "".join(f'<rect x="{left + 170 * i}" y="{y}" width="10" height="10" fill="{col}"/>'
+                     f'<text x="{left + 14 + 170 * i}" y="{y + 9}" font-size="11">{p}</text>'
+                     for i, (p, col) in enumerate(colors.items()))
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" height="{y + 30}" '
+           f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
+           f'<text x="8" y="14" font-size="13" font-weight="bold">Latency percentiles (log scale)</text>'
+           f'{ticks}{"".join(parts)}{legend}</svg>')
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    open(os.path.join(ROOT, "bench", "results", "latency.svg"), "w").write(svg)
+
+
+# ---- main ----
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    ap.add_argument("--state-mib", type=int, default=500, help="state for the catch-up scenario (0 skips it)")
+    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/chorus")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    started = time.time()
+    ensure_tools()
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "node"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="chorus-compare-")
+    os.chmod(work, 0o755)
+    c = e = ng = None
+    try:
+        c = Cluster(3, extra=["[tracks]", "max_upload_mb = 64"])
+        e = Etcd(work)
+        c.wait_ready()
+        e.wait_ready()
+        www = os.path.join(work, "www")
+        os.makedirs(www)
+        mp3 = os.path.join(www, "song.mp3")
+        make_mp3(mp3, 10)
+        ng = Nginx(work, www)
+
+        leader = c.leader()
+        cf = next(i for i in c.procs if i != leader)
+        token = chorus_token(c.url(leader))
+        track = chorus_upload(c.url(leader), token, mp3, "bench")
+        http("POST", c.url(leader) + "/add_track", {"id": int(track)})
+        post(e.url(e.leader()) + "/v3/kv/put", {"key": b64("k"), "value": b64("v")})
+        ef = e.follower()
+        cpids = lambda: [p.pid for p in c.procs.values()]
+        print(f"chorus follower {cf}, etcd follower {ef}, nginx on {ng.url()}", flush=True)
+
+        put = json.dumps({"key": b64("k"), "value": b64("v")})
+        rng = json.dumps({"key": b64("k")})
+        scenarios = [
+            ("replicated writes, 1 client", "req/s",
+             lambda: wrk(c.url(cf), 1, args.seconds, "POST", f"/vote?id={track}&up=true"),
+             lambda: wrk(e.url(ef), 1, args.seconds, "POST", "/v3/kv/put", put)),
+            ("replicated writes, 64 clients", "req/s",
+             lambda: wrk(c.url(cf), 64, args.seconds, "POST", f"/vote?id={track}&up=true"),
+             lambda: wrk(e.url(ef), 64, args.seconds, "POST", "/v3/kv/put", put)),
+            ("linearizable reads, 64 clients", "req/s",
+             lambda: wrk(c.url(cf), 64, args.seconds, "GET", f"/metadata/{track}"),
+             lambda: wrk(e.url(ef), 64, args.seconds, "POST", "/v3/kv/range", rng)),
+            ("streaming 10 MiB, 1 client", "MiB/s",
+             lambda: wrk(c.url(cf), 1, args.seconds, "GET", f"/play/{track}"),
+             lambda: wrk(ng.url(), 1, args.seconds, "GET", "/song.mp3")),
+            ("streaming 10 MiB, 16 clients", "MiB/s",
+             lambda: wrk(c.url(cf), 16, args.seconds, "GET", f"/play/{track}"),
+             lambda: wrk(ng.url(), 16, args.seconds, "GET", "/song.mp3")),
+            ("streaming a 1 MiB range, 16 clients", "MiB/s",
+             lambda: wrk(c.url(cf), 16, args.seconds, "GET", f"/play/{track}", range_="bytes=4194304-5242879"),
+             lambda: wrk(ng.url(), 16, args.seconds, "GET", "/song.mp3", range_="bytes=4194304-5242879")),
+        ]
+        rows = []
+        for name, unit, run_chorus, run_anchor in scenarios:
+            cr, ar = [], []
+            for rnd in range(args.rounds):
+                # Alternate which system goes first, so drift on a noisy machine hits both.
+                order = [(cr, cpids(), run_chorus), (ar, e.pids() if "stream" not in name else ng.pids(), run_anchor)]
+                for results, pids, fn in (order if rnd % 2 == 0 else order[::-1]):
+                    results.append(measured(pids, fn))
+            unit_key = "mib_s" if unit == "MiB/s" else "rps"
+            print(f"{name}: chorus {median(r[unit_key] for r in cr):,.0f} {unit}, "
+                  f"anchor {median(r[unit_key] for r in ar):,.0f} {unit}", flush=True)
+            rows.append((name, unit, cr, ar))
+        recovery = None
+        if args.state_mib > 0:
+            recovery = (chorus_catch_up(c, token, mp3, args.state_mib), etcd_catch_up(e, args.state_mib))
+            print(f"catch-up of {args.state_mib} MiB: chorus {recovery[0]['secs']:.1f} s, "
+                  f"etcd {recovery[1]['secs']:.1f} s", flush=True)
+        write_results(rows, recovery, args, started)
+        print("wrote bench/RESULTS.md and bench/results/latency.svg")
+    finally:
+        for system in (ng, e, c):
+            if system is not None:
+                try:
+                    system.stop()
+                except Exception as err:  # keep stopping the others
+                    print(f"stopping {type(system).__name__}: {err}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
