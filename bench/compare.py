@@ -309,7 +309,8 @@ def fmt_lat(us):
 def write_results(rows, recovery, args, started):
     lines = ["# chorus side by side: results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} with "
-             f"`python3 bench/compare.py --rounds {args.rounds} --seconds {args.seconds} --state-mib {args.state_mib}` "
+             f"`python3 bench/compare.py --rounds {args.rounds} --seconds {args.seconds} --state-mib {args.state_mib}"
+             f"{' --only ' + repr(args.only) if args.only else ''}` "
              f"on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Linux {platform.release()}; "
              f"3-node clusters on 127.0.0.1, data in one temporary directory. Medians of {args.rounds} "
              "alternating rounds. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
@@ -338,8 +339,9 @@ def write_results(rows, recovery, args, started):
                      f"{a['cpu_s']:.1f} s / {a['rss_mib']:.0f} MiB | |")
     lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for writes, reads and catch-up; nginx (sendfile) "
               "for streaming. Latency plot: [results/latency.svg](results/latency.svg).", ""]
-    open(os.path.join(ROOT, "bench", "RESULTS.md"), "w").write("\n".join(lines))
-    write_plot(rows)
+    open(args.out, "w").write("\n".join(lines))
+    if args.out == os.path.join(ROOT, "bench", "RESULTS.md"):
+        write_plot(rows)
 
 
 def write_plot(rows):
@@ -382,6 +384,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     ap.add_argument("--state-mib", type=int, default=500, help="state for the catch-up scenario (0 skips it)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/chorus")
+    ap.add_argument("--only", default="", help="run only scenarios whose name contains this (e.g. writes)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"), help="where to write the table")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     started = time.time()
@@ -436,6 +440,8 @@ def main():
         ]
         rows = []
         for name, unit, run_chorus, run_anchor in scenarios:
+            if args.only not in name:
+                continue
             cr, ar = [], []
             for rnd in range(args.rounds):
                 # Alternate which system goes first, so drift on a noisy machine hits both.
@@ -447,12 +453,12 @@ def main():
                   f"anchor {median(r[unit_key] for r in ar):,.0f} {unit}", flush=True)
             rows.append((name, unit, cr, ar))
         recovery = None
-        if args.state_mib > 0:
+        if args.state_mib > 0 and args.only in "catch-up":
             recovery = (chorus_catch_up(c, token, mp3, args.state_mib), etcd_catch_up(e, args.state_mib))
             print(f"catch-up of {args.state_mib} MiB: chorus {recovery[0]['secs']:.1f} s, "
                   f"etcd {recovery[1]['secs']:.1f} s", flush=True)
         write_results(rows, recovery, args, started)
-        print("wrote bench/RESULTS.md and bench/results/latency.svg")
+        print(f"wrote {args.out}")
     finally:
         for system in (ng, e, c):
             if system is not None:

@@ -1,10 +1,11 @@
 //! The Raft log in sled: tree `raft_log` (index → entry) and tree `raft_meta` (vote, committed,
 //! last purged).
 //!
-//! Durability (what keeps Raft safe across crashes): `append` calls the `LogFlushed` callback
-//! only after one `flush` of the whole database has made the batch durable (group commit: one
-//! fsync per appended batch, however many entries it holds), and `save_vote` returns only after
-//! the vote is flushed.
+//! Durability (what keeps Raft safe across crashes): `append` writes the batch and hands its
+//! `LogFlushed` callback to the [`Flusher`] thread, which calls it only after a `flush` of the
+//! whole database has made the batch durable. The flusher takes every batch waiting, flushes
+//! once and acknowledges them all (group commit: concurrent appends share one fsync, and the Raft
+//! core never blocks on the disk). `save_vote` returns only after the vote is flushed.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -24,6 +25,42 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    flusher: Flusher,
+}
+
+/// The group-commit thread (see the module docs).
+#[derive(Clone, Debug)]
+struct Flusher {
+    waiting: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> std::io::Result<Self> {
+        let (waiting, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || {
+                // Ends when every LogStore (and so every sender) is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let flushed = db.flush().map(drop).map_err(|e| e.to_string());
+                    for callback in batch {
+                        let result = flushed.clone().map_err(std::io::Error::other);
+                        callback.log_io_completed(result);
+                    }
+                }
+            })?;
+        Ok(Self { waiting })
+    }
+
+    /// Acknowledges `callback` once everything written before this call is durable.
+    fn after_next_flush(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(std::sync::mpsc::SendError(callback)) = self.waiting.send(callback) {
+            let gone = std::io::Error::other("the log flusher thread has stopped");
+            callback.log_io_completed(Err(gone));
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -44,6 +81,7 @@ impl LogStore {
             db: db.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
+            flusher: Flusher::start(db.clone()).map_err(sled::Error::Io)?,
         })
     }
 
@@ -177,9 +215,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Group commit: one fsync for the whole batch, and only then tell openraft it is durable.
-        let flushed = self.flush().await.map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        // Durable (and acknowledged) with the next group flush; openraft goes on meanwhile.
+        self.flusher.after_next_flush(callback);
         Ok(())
     }
 
