@@ -1,0 +1,218 @@
+//! The `chorus` processes under test: their configuration, start, kill -9, pause and restart,
+//! each inside its own network namespace, and what the harness asks them about (the leader,
+//! readiness). chorus is a black box here: only its binary, its config file and its HTTP API.
+
+use crate::net::{self, Net};
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const HTTP_PORT: u16 = 8000;
+const RAFT_PORT: u16 = 9000;
+
+pub fn http_base(i: usize) -> String {
+    format!("http://{}:{HTTP_PORT}", net::node_ip(i))
+}
+
+/// Node ids in chorus are 1-based; indices in the harness are 0-based.
+pub fn node_id(i: usize) -> u64 {
+    i as u64 + 1
+}
+
+/// Raft timings of the cluster under test. Snapshots are taken often so that restarts and
+/// lagging followers exercise snapshot installation, not only log replication.
+pub struct RaftTuning {
+    pub snapshot_every: u64,
+}
+
+/// Writes the `cluster.toml` of the cluster under test into the run directory.
+pub fn write_config(run_dir: &Path, nodes: usize, tuning: &RaftTuning) -> Result<PathBuf> {
+    let mut text = format!(
+        r#"# Written by jepsen-style for one run.
+cluster_name = "jepsen"
+secret = "jepsen-style-secret"
+admin_token = "jepsen-style-admin"
+
+[queue]
+allow_anonymous_clear = true
+
+[raft]
+heartbeat_ms = 250
+election_timeout_min_ms = 1000
+election_timeout_max_ms = 2000
+snapshot_every = {}
+keep_logs_after_snapshot = {}
+request_timeout_ms = 5000
+"#,
+        tuning.snapshot_every,
+        tuning.snapshot_every / 4
+    );
+    for i in 0..nodes {
+        let ip = net::node_ip(i);
+        text += &format!(
+            "\n[[nodes]]\nid = {}\nhttp_addr = \"{ip}:{HTTP_PORT}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\ndata_dir = \"n{}/data\"\n",
+            node_id(i),
+            i + 1
+        );
+    }
+    let path = run_dir.join("cluster.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub struct Cluster {
+    pub net: Net,
+    binary: PathBuf,
+    config: PathBuf,
+    run_dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    pub fn new(net: Net, binary: PathBuf, config: PathBuf, run_dir: PathBuf) -> Self {
+        let children = (0..net.nodes).map(|_| None).collect();
+        Self {
+            net,
+            binary,
+            config,
+            run_dir,
+            children,
+        }
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.net.nodes
+    }
+
+    /// Starts node `i` (again, after a kill) with its data directory; its output is appended to
+    /// `n{i+1}.log` in the run directory.
+    pub fn start(&mut self, i: usize) -> Result<()> {
+        let log_path = self.run_dir.join(format!("n{}.log", i + 1));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        // `ip netns exec` execs the node, so the child's pid is the node's pid.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.net.node_ns(i)])
+            .arg(&self.binary)
+            .args(["start", "--node", &node_id(i).to_string(), "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} in {}",
+                    self.binary.display(),
+                    self.net.node_ns(i)
+                )
+            })?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// kill -9: the node gets no chance to flush or say goodbye.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, i: usize, signal: i32) -> Result<()> {
+        let Some(child) = &self.children[i] else {
+            bail!("node {} is not running", node_id(i));
+        };
+        // SAFETY: kill(2) on the pid of a child we have not reaped.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!(
+                "signal {signal} to node {}: {}",
+                node_id(i),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGSTOP)
+    }
+
+    pub fn resume(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGCONT)
+    }
+
+    /// Leaves nothing running: every node (paused ones too) and every namespace.
+    pub fn teardown(&mut self) {
+        for i in 0..self.nodes() {
+            let _ = self.resume(i);
+            self.kill(i);
+        }
+        self.net.delete();
+    }
+}
+
+/// What one node says about the cluster, from `GET /cluster` (`None` when it does not answer).
+pub async fn leader_seen_by(http: &reqwest::Client, i: usize) -> Option<(u64, u64)> {
+    let resp = http
+        .get(format!("{}/cluster", http_base(i)))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = resp.json().await.ok()?;
+    Some((v["leader_id"].as_u64()?, v["term"].as_u64()?))
+}
+
+/// The leader as the nodes report it (the one of the highest term), as a node index.
+pub async fn find_leader(http: &reqwest::Client, nodes: usize) -> Option<usize> {
+    let mut best: Option<(u64, u64)> = None;
+    for i in 0..nodes {
+        if let Some((leader, term)) = leader_seen_by(http, i).await
+            && best.is_none_or(|(_, t)| term > t)
+        {
+            best = Some((leader, term));
+        }
+    }
+    let (leader, _) = best?;
+    (1..=nodes as u64)
+        .contains(&leader)
+        .then(|| leader as usize - 1)
+}
+
+/// Waits until every node answers `GET /ready` with 200 (knows a leader, has applied what it
+/// knows to be committed).
+pub async fn wait_ready(http: &reqwest::Client, nodes: usize, deadline: Duration) -> Result<()> {
+    let until = Instant::now() + deadline;
+    for i in 0..nodes {
+        loop {
+            let ok = http
+                .get(format!("{}/ready", http_base(i)))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "node {} is not ready after {} s (see its log n{}.log)",
+                    node_id(i),
+                    deadline.as_secs(),
+                    i + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Carries out the fault schedule on the running cluster: cuts and heals links, kills and
+//! restarts, pauses and resumes, adds loss and delay. Every fault is healed when its window
+//! ends, and [`Nemesis::heal_all`] undoes whatever is still in force at the end of the run.
+
+use crate::cluster::{self, Cluster, node_id};
+use crate::schedule::{Fault, Nemesis as Kind};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// A fault as it was carried out (targets resolved: "the leader" is known only then).
+#[derive(Clone, Debug, Serialize)]
+pub struct AppliedFault {
+    pub kind: Kind,
+    /// Node ids (1-based) the fault was aimed at: the minority, the isolated or killed node...
+    pub targets: Vec<u64>,
+    pub param: u32,
+    pub applied_us: u64,
+    pub healed_us: Option<u64>,
+    /// What was done, in words, for the log and the report.
+    pub description: String,
+}
+
+/// What is in force now and must be undone.
+#[derive(Default)]
+struct Active {
+    killed: Vec<usize>,
+    paused: Vec<usize>,
+    delayers: Vec<Child>,
+    rules: bool,
+}
+
+pub struct Nemesis {
+    pub cluster: Arc<Mutex<Cluster>>,
+    http: reqwest::Client,
+    delayer_script: PathBuf,
+    active: Active,
+}
+
+impl Nemesis {
+    pub fn new(
+        cluster: Arc<Mutex<Cluster>>,
+        http: reqwest::Client,
+        delayer_script: PathBuf,
+    ) -> Self {
+        Self {
+            cluster,
+            http,
+            delayer_script,
+            active: Active::default(),
+        }
+    }
+
+    async fn leader_or(&self, fallback: usize) -> usize {
+        let nodes = self.cluster.lock().await.nodes();
+        cluster::find_leader(&self.http, nodes)
+            .await
+            .unwrap_or(fallback)
+    }
+
+    /// Applies `fault`; returns its targets and a description.
+    pub async fn apply(&mut self, fault: &Fault) -> Result<(Vec<u64>, String)> {
+        let mut c = self.cluster.lock().await;
+        let n = c.nodes();
+        let order = &fault.order;
+        let ids = |v: &[usize]| v.iter().map(|&i| node_id(i)).collect::<Vec<_>>();
+        // Blocks every link between the two groups, both ways.
+        let cut = |c: &Cluster, a: &[usize], b: &[usize]| -> Result<()> {
+            for &i in a {
+                c.net.set_rules(i, b, None, &[])?;
+            }
+            for &j in b {
+                c.net.set_rules(j, a, None, &[])?;
+            }
+            Ok(())
+        };
+        let result = match fault.kind {
+            Kind::Partition => {
+                let (minority, majority) = order.split_at(n / 2);
+                cut(&c, minority, majority)?;
+                self.active.rules = true;
+                (
+                    ids(minority),
+                    format!("partition {:?} | {:?}", ids(minority), ids(majority)),
+                )
+            }
+            Kind::IsolateLeader => {
+                drop(c);
+                let leader = self.leader_or(order[0]).await;
+                c = self.cluster.lock().await;
+                let rest: Vec<usize> = (0..n).filter(|&j| j != leader).collect();
+                cut(&c, &[leader], &rest)?;
+                self.active.rules = true;
+                (
+                    ids(&[leader]),
+                    format!("isolate leader {}", node_id(leader)),
+                )
+            }
+            Kind::Bridge => {
+                let bridge = order[0];
+                let (a, b) = order[1..].split_at((n - 1) / 2);
+                cut(&c, a, b)?;
+                self.active.rules = true;
+                (
+                    ids(&[bridge]),
+                    format!(
+                        "bridge: {:?} | {:?}, node {} sees both",
+                        ids(a),
+                        ids(b),
+                        node_id(bridge)
+                    ),
+                )
+            }
+            Kind::OneWay => {
+                // The target ignores every packet from the others; they still hear it. Its
+                // messages arrive, their answers do not.
+                let target = order[0];
+                let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
+                c.net.set_rules(target, &rest, None, &[])?;
+                self.active.rules = true;
+                (
+                    ids(&[target]),
+                    format!("node {} hears no one (one-way)", node_id(target)),
+                )
+            }
+            Kind::Kill | Kind::KillLeader => {
+                let target = if fault.kind == Kind::Kill {
+                    order[0]
+                } else {
+                    drop(c);
+                    let leader = self.leader_or(order[0]).await;
+                    c = self.cluster.lock().await;
+                    leader
+                };
+                c.kill(target);
+                self.active.killed.push(target);
+                (ids(&[target]), format!("kill -9 node {}", node_id(target)))
+            }
+            Kind::Pause => {
+                drop(c);
+                let target = self.leader_or(order[0]).await;
+                c = self.cluster.lock().await;
+                c.pause(target)?;
+                self.active.paused.push(target);
+                (
+                    ids(&[target]),
+                    format!("SIGSTOP node {} (the leader)", node_id(target)),
+                )
+            }
+            Kind::Loss => {
+                for i in 0..n {
+                    c.net.set_rules(i, &[], Some(fault.param), &[])?;
+                }
+                self.active.rules = true;
+                (
+                    ids(order),
+                    format!("{} % packet loss between all nodes", fault.param),
+                )
+            }
+            Kind::Delay => {
+                let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
+                for i in 0..n {
+                    c.net.queue_outgoing(i)?;
+                    let child = Command::new("ip")
+                        .args(["netns", "exec", &c.net.node_ns(i), "python3"])
+                        .arg(&self.delayer_script)
+                        .args(["0", &fault.param.to_string(), &secs.to_string()])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting the NFQUEUE delayer (python3)")?;
+                    self.active.delayers.push(child);
+                }
+                self.active.rules = true;
+                (
+                    ids(order),
+                    format!("{} ms delay on every node's outgoing packets", fault.param),
+                )
+            }
+        };
+        Ok(result)
+    }
+
+    /// Undoes everything in force: links healed, delayers stopped, paused nodes resumed,
+    /// killed nodes restarted.
+    pub async fn heal_all(&mut self) -> Result<()> {
+        let mut c = self.cluster.lock().await;
+        if self.active.rules {
+            c.net.heal()?;
+            self.active.rules = false;
+        }
+        for mut d in self.active.delayers.drain(..) {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for i in self.active.paused.drain(..) {
+            c.resume(i)?;
+        }
+        for i in self.active.killed.drain(..) {
+            c.start(i)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! Run outputs that are derived from the history: the latency/availability SVG and the
+//! unavailability windows after faults.
+
+use crate::checks::Outcome;
+use crate::{AppliedFault, Op};
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Debug, Serialize)]
+pub struct Unavailability {
+    pub fault: String,
+    pub targets: Vec<u64>,
+    pub start_s: f64,
+    /// Longest stretch, from the fault's start until the next fault (or the end of the
+    /// workload), in which no operation that needs a quorum completed ok.
+    pub longest_gap_s: f64,
+    pub gap_from_s: f64,
+}
+
+/// An op "needs a quorum" unless it is a stale read (those stay available in a minority).
+fn counts_for_availability(op: &Op) -> bool {
+    op.outcome == Outcome::Ok && !(op.f == "read" && op.stale)
+}
+
+pub fn unavailability(ops: &[Op], faults: &[AppliedFault], end_us: u64) -> Vec<Unavailability> {
+    let mut ok: Vec<u64> = ops
+        .iter()
+        .filter(|o| counts_for_availability(o))
+        .map(|o| o.complete_us)
+        .collect();
+    ok.sort_unstable();
+    let mut out = Vec::new();
+    for (k, f) in faults.iter().enumerate() {
+        if !f.kind.disrupts_leader() {
+            continue;
+        }
+        let start = f.applied_us;
+        let horizon = faults
+            .get(k + 1)
+            .map(|n| n.applied_us)
+            .unwrap_or(end_us)
+            .max(start);
+        let mut prev = start;
+        let mut best = (0u64, start);
+        for &t in ok.iter().filter(|&&t| t > start && t <= horizon) {
+            if t - prev > best.0 {
+                best = (t - prev, prev);
+            }
+            prev = t;
+        }
+        if horizon - prev > best.0 {
+            best = (horizon - prev, prev);
+        }
+        out.push(Unavailability {
+            fault: f.kind.name().to_string(),
+            targets: f.targets.clone(),
+            start_s: start as f64 / 1e6,
+            longest_gap_s: best.0 as f64 / 1e6,
+            gap_from_s: best.1 as f64 / 1e6,
+        });
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Per-op latency (log scale) against invocation time, coloured by outcome, fault windows
+/// shaded and labelled, plus a strip of ok ops per second underneath.
+pub fn svg(ops: &[Op], faults: &[AppliedFault], end_us: u64, title: &str) -> String {
+    let (w, h) = (1200.0, 560.0);
+    let (l, r, t, b) = (70.0, 20.0, 40.0, 150.0);
+    let pw = w - l - r;
+    let ph = h - t - b;
+    let end_s = (end_us as f64 / 1e6).max(1.0);
+    let x = |s: f64| l + pw * (s / end_s).clamp(0.0, 1.0);
+    // Latency axis: 0.1 ms .. 30 s, log10.
+    let (lo, hi) = (-1.0f64, 30_000f64.log10());
+    let y = |ms: f64| t + ph * (1.0 - ((ms.max(0.1).log10() - lo) / (hi - lo)).clamp(0.0, 1.0));
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">
+<rect width="{w}" height="{h}" fill="white"/>
+<text x="{l}" y="20" font-size="14">{}</text>
+"#,
+        esc(title)
+    );
+    for f in faults {
+        let x0 = x(f.applied_us as f64 / 1e6);
+        let x1 = x(f.healed_us.unwrap_or(end_us) as f64 / 1e6);
+        let targets: Vec<String> = f.targets.iter().map(|n| format!("n{n}")).collect();
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0:.1}" y="{t}" width="{:.1}" height="{ph}" fill="#f4c0c0" fill-opacity="0.45"/><text x="{:.1}" y="{:.1}" font-size="10" fill="#900">{} {}</text>"##,
+            (x1 - x0).max(1.0),
+            x0 + 2.0,
+            t + 12.0,
+            f.kind.name(),
+            targets.join(",")
+        );
+    }
+    for ms in [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0] {
+        let yy = y(ms);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            l + pw,
+            l - 5.0,
+            yy + 4.0,
+            if ms < 1.0 {
+                format!("{ms} ms")
+            } else if ms < 1000.0 {
+                format!("{ms:.0} ms")
+            } else {
+                format!("{:.0} s", ms / 1000.0)
+            }
+        );
+    }
+    let step = if end_s > 300.0 { 60.0 } else { 10.0 };
+    let mut tick = 0.0;
+    while tick <= end_s {
+        let xx = x(tick);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{t}" y2="{}" stroke="#eee"/><text x="{xx:.1}" y="{}" text-anchor="middle">{tick:.0}s</text>"##,
+            t + ph,
+            t + ph + 14.0
+        );
+        tick += step;
+    }
+    // A long run has hundreds of thousands of ops: draw every failed and unknown one but only
+    // a sample of the ok ones, so the file stays small enough for a browser.
+    let ok_stride = (ops.len() / 20_000).max(1);
+    let drawn = ops
+        .iter()
+        .enumerate()
+        .filter(|(k, o)| o.outcome != Outcome::Ok || k % ok_stride == 0)
+        .map(|(_, o)| o);
+    for o in drawn {
+        let col = match o.outcome {
+            Outcome::Ok => "#2a9d3a",
+            Outcome::Fail => "#d62728",
+            Outcome::Info => "#ff9900",
+        };
+        let lat = (o.complete_us.saturating_sub(o.invoke_us)) as f64 / 1000.0;
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="{col}" fill-opacity="0.7"/>"#,
+            x(o.invoke_us as f64 / 1e6),
+            y(lat)
+        );
+    }
+    // Availability strip: ok quorum ops completed per second.
+    let secs = end_s.ceil() as usize + 1;
+    let mut per = vec![0u32; secs];
+    for o in ops.iter().filter(|o| counts_for_availability(o)) {
+        let k = (o.complete_us / 1_000_000) as usize;
+        if k < secs {
+            per[k] += 1;
+        }
+    }
+    let top = t + ph + 30.0;
+    let sh = 80.0;
+    let max = per.iter().copied().max().unwrap_or(1).max(1) as f64;
+    for (k, c) in per.iter().enumerate() {
+        let x0 = x(k as f64);
+        let bw = (x(k as f64 + 1.0) - x0).max(0.5);
+        let bh = sh * (*c as f64) / max;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0:.1}" y="{:.1}" width="{bw:.1}" height="{bh:.1}" fill="#4a78c2"/>"##,
+            top + sh - bh
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{:.1}" text-anchor="end">ok/s</text><text x="{}" y="{:.1}" text-anchor="end">max {max:.0}</text>
+<line x1="{l}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#333"/>
+<text x="{l}" y="{}" >latency (log) of each op at its invocation time: </text>
+<circle cx="{}" cy="{}" r="4" fill="#2a9d3a"/><text x="{}" y="{}">ok</text>
+<circle cx="{}" cy="{}" r="4" fill="#d62728"/><text x="{}" y="{}">failed</text>
+<circle cx="{}" cy="{}" r="4" fill="#ff9900"/><text x="{}" y="{}">unknown (timeout)</text>
+<rect x="{}" y="{}" width="12" height="8" fill="#f4c0c0"/><text x="{}" y="{}">fault window</text>
+<text x="{}" y="{}">blue bars: ok ops needing a quorum, per second (stale reads excluded)</text>
+</svg>
+"##,
+        l - 5.0,
+        top + 10.0,
+        l - 5.0,
+        top + 22.0,
+        l + pw,
+        top + sh,
+        top + sh,
+        h - 12.0,
+        l + 300.0,
+        h - 16.0,
+        l + 308.0,
+        h - 12.0,
+        l + 340.0,
+        h - 16.0,
+        l + 348.0,
+        h - 12.0,
+        l + 400.0,
+        h - 16.0,
+        l + 408.0,
+        h - 12.0,
+        l + 520.0,
+        h - 20.0,
+        l + 536.0,
+        h - 12.0,
+        l + 640.0,
+        h - 12.0,
+    );
+    s
+}
