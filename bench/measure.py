@@ -38,9 +38,8 @@ class Cluster:
         self.dir = tempfile.mkdtemp(prefix="chorus-bench-")
         self.nodes = {i: (free_port(), free_port()) for i in range(1, n + 1)}
         lines = ['cluster_name = "bench"', 'secret = "bench-secret-123"', 'admin_token = "bench"',
-                 "[queue]", "allow_anonymous_clear = true", "[raft]", "heartbeat_ms = 250",
-                 "election_timeout_min_ms = 1000", "election_timeout_max_ms = 2000",
-                 "snapshot_every = 5000", "keep_logs_after_snapshot = 1000", "request_timeout_ms = 5000",
+                 "[queue]", "allow_anonymous_clear = true", "[raft]",  # chorus's default timings
+                 "snapshot_every = 5000", "keep_logs_after_snapshot = 1000",
                  *extra]
         for i, (h, r) in self.nodes.items():
             lines += ["[[nodes]]", f"id = {i}", f'http_addr = "127.0.0.1:{h}"', f'raft_addr = "127.0.0.1:{r}"',

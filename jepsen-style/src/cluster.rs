@@ -23,8 +23,9 @@ pub fn node_id(i: usize) -> u64 {
     i as u64 + 1
 }
 
-/// Raft timings of the cluster under test. Snapshots are taken often so that restarts and
-/// lagging followers exercise snapshot installation, not only log replication.
+/// Raft settings of the cluster under test that differ from chorus's defaults: snapshots are
+/// taken often so that restarts and lagging followers exercise snapshot installation, not only
+/// log replication.
 pub struct RaftTuning {
     pub snapshot_every: u64,
 }
@@ -40,13 +41,10 @@ admin_token = "jepsen-style-admin"
 [queue]
 allow_anonymous_clear = true
 
+# Timings are chorus's defaults: the run tests what users get.
 [raft]
-heartbeat_ms = 250
-election_timeout_min_ms = 1000
-election_timeout_max_ms = 2000
 snapshot_every = {}
 keep_logs_after_snapshot = {}
-request_timeout_ms = 5000
 "#,
         tuning.snapshot_every,
         tuning.snapshot_every / 4
