@@ -7,7 +7,7 @@
 //!   until this node has applied the entry, so the caller reads its own write locally.
 //! - `read_barrier` makes the next local read linearizable: it gets a read index from the leader
 //!   (which confirms it still leads with a heartbeat round) and waits until this node has
-//!   applied up to it.
+//!   applied up to it. Concurrent reads share one such round ([`ReadRounds`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Adding a member waits for it to catch up as a learner first.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplicaError {
     #[error(
         "no leader is reachable: the cluster may be electing one, or this node is cut off from a majority"
@@ -92,6 +92,28 @@ struct Inner {
     boot: u64,
     seq: AtomicU64,
     timeout: Duration,
+    reads: ReadRounds,
+}
+
+/// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
+/// its leadership with a heartbeat to a majority) answers every read that arrived before it
+/// started. A read waits for the round in flight, if any, to finish, then joins the next one, so
+/// under load a node has at most one round in flight and each round serves a whole batch.
+struct ReadRounds {
+    /// Rounds started so far (round n is the n-th to start).
+    started: AtomicU64,
+    /// Held while a round is in flight: the number and outcome of the last finished round.
+    last: tokio::sync::Mutex<(u64, Result<u64, ReplicaError>)>,
+}
+
+impl Default for ReadRounds {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            // Round 0 never ran: no read arrives before it, so its outcome is never used.
+            last: tokio::sync::Mutex::new((0, Ok(0))),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -146,6 +168,7 @@ impl Replica {
                 boot: rand::random(),
                 seq: AtomicU64::new(0),
                 timeout,
+                reads: ReadRounds::default(),
             }),
         }
     }
@@ -207,14 +230,30 @@ impl Replica {
 
     /// Waits until a read of the local state reflects every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
-        let started = Instant::now();
-        let index = self
-            .route(PeerRequest::ReadIndex, self.inner.timeout, |r| match r {
-                PeerResponse::ReadIndex(r) => Some(r),
-                _ => None,
-            })
-            .await?;
-        self.wait_applied(index, started + self.inner.timeout).await
+        let deadline = Instant::now() + self.inner.timeout;
+        let rounds = &self.inner.reads;
+        // Any round numbered above this one starts after this read arrived, so its read index
+        // covers every write acknowledged before the read.
+        let arrived = rounds.started.load(Ordering::Acquire);
+        let mut last = tokio::time::timeout_at(deadline.into(), rounds.last.lock())
+            .await
+            .map_err(|_| ReplicaError::NoLeader)?;
+        let index = if last.0 > arrived {
+            last.1.clone()?
+        } else {
+            let round = rounds.started.fetch_add(1, Ordering::AcqRel) + 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = self
+                .route(PeerRequest::ReadIndex, remaining, |r| match r {
+                    PeerResponse::ReadIndex(r) => Some(r),
+                    _ => None,
+                })
+                .await;
+            *last = (round, result.clone());
+            result?
+        };
+        drop(last);
+        self.wait_applied(index, deadline).await
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
