@@ -11,7 +11,8 @@
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
 //! - A snapshot is streamed from the tree to a file (under the read lock, so it is consistent)
 //!   and installed by streaming the file back. An install interrupted by a crash is redone from
-//!   `current.snap` on the next start (the `m/installing` marker says so).
+//!   `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
+//!   it lives outside `sm` because the install clears `sm`).
 
 use std::fs::{self, File};
 use std::io;
@@ -36,7 +37,10 @@ use crate::types::{
 const M_PREFIX: &[u8] = b"m/";
 const M_APPLIED: &[u8] = b"m/applied";
 const M_MEMBERSHIP: &[u8] = b"m/membership";
-const M_INSTALLING: &[u8] = b"m/installing";
+/// Where an older version kept the install marker (inside `sm`, which the install clears).
+const M_INSTALLING_LEGACY: &[u8] = b"m/installing";
+/// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
+const INSTALLING: &[u8] = b"installing";
 const CURRENT: &str = "current.snap";
 
 /// The state as of `last_applied`.
@@ -52,6 +56,8 @@ struct Inner {
     db: sled::Db,
     sm: sled::Tree,
     audio: sled::Tree,
+    /// Holds the install marker. Not `sm`: an install clears `sm`, and with it the marker.
+    control: sled::Tree,
     applied: RwLock<Applied>,
     dir: PathBuf,
     /// The file most recently handed out by `begin_receiving_snapshot`.
@@ -178,7 +184,9 @@ impl Inner {
             ));
         }
         let mut guard = self.write_lock();
-        self.sm.insert(M_INSTALLING, &[1u8]).map_err(sled_io)?;
+        // Durable before anything is cleared: a crash from here on is repaired at the next open
+        // by installing `current.snap` again.
+        self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         self.sm.clear().map_err(sled_io)?;
         self.audio.clear().map_err(sled_io)?;
@@ -212,8 +220,10 @@ impl Inner {
         }
         batch.insert(M_APPLIED, encode_io(&meta.last_log_id)?);
         batch.insert(M_MEMBERSHIP, encode_io(&meta.last_membership)?);
-        batch.remove(M_INSTALLING);
+        batch.remove(M_INSTALLING_LEGACY);
         self.sm.apply_batch(batch).map_err(sled_io)?;
+        self.db.flush().map_err(sled_io)?;
+        self.control.remove(INSTALLING).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
         guard.last_applied = meta.last_log_id;
@@ -253,21 +263,25 @@ impl StateMachineStore {
         }
         let sm = db.open_tree("sm").map_err(|e| corrupt(e.to_string()))?;
         let audio = db.open_tree("audio").map_err(|e| corrupt(e.to_string()))?;
+        let control = db
+            .open_tree("sm_control")
+            .map_err(|e| corrupt(e.to_string()))?;
         let inner = Inner {
             db,
             sm,
             audio,
+            control,
             applied: RwLock::new(Applied::default()),
             dir: dir.to_path_buf(),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
             file_seq: AtomicU64::new(0),
         };
-        if inner
-            .sm
-            .contains_key(M_INSTALLING)
-            .map_err(|e| corrupt(e.to_string()))?
-        {
+        let marked = |tree: &sled::Tree, key: &[u8]| tree.contains_key(key);
+        let interrupted = marked(&inner.control, INSTALLING)
+            .and_then(|a| Ok(a || marked(&inner.sm, M_INSTALLING_LEGACY)?))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if interrupted {
             tracing::warn!("a snapshot install was interrupted; installing it again");
             inner
                 .install_blocking(None)
@@ -474,5 +488,69 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e))?;
         Ok(Some(snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, QueueCommand, Request};
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+
+    fn add(index: u64, id: u64) -> Entry {
+        RaftEntry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                dedupe_key: None,
+                at_ms: 0,
+                command: Command::Queue(QueueCommand::Add {
+                    id,
+                    title: Some(format!("t{id}")),
+                    artist: Some("a".into()),
+                    duration: Some(60),
+                }),
+            }),
+        }
+    }
+
+    /// Found by jepsen-style: a node killed while installing a snapshot came back with an empty
+    /// state machine and no marker (clearing `sm` had removed it), and could never start again
+    /// because its log had been purged up to the snapshot.
+    #[tokio::test]
+    async fn an_install_interrupted_after_clearing_is_redone_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let last = {
+            let (_log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.apply((1..=3).map(|i| add(i, 100 + i)))
+                .await
+                .expect("apply");
+            let snapshot = sm.build_snapshot().await.expect("build");
+            // What install_blocking has done when the process dies mid-install.
+            let inner = &sm.inner;
+            inner.control.insert(INSTALLING, &[1u8]).expect("marker");
+            inner.sm.clear().expect("clear");
+            inner.db.flush().expect("flush");
+            snapshot.meta.last_log_id
+        };
+        // The log's flusher thread lets go of the database shortly after the log store is
+        // dropped; until then sled's file lock is held.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (_log, mut sm) = loop {
+            match crate::open(dir.path()) {
+                Ok(opened) => break opened,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied, last);
+        let queued = sm.reader().read(|s| s.queue.len());
+        assert_eq!(queued, 3);
+        assert!(
+            !sm.inner
+                .control
+                .contains_key(INSTALLING)
+                .expect("read marker")
+        );
     }
 }
