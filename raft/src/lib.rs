@@ -92,9 +92,9 @@ pub async fn start(
         election_timeout_max: s.election_timeout_max.as_millis() as u64,
         // Snapshot chunks and append batches stay well under ractor_cluster's frame limit.
         snapshot_max_chunk_size: 4 * 1024 * 1024,
-        // Audio chunks are 1 MiB entries: 16 of them keep an AppendEntries frame far under the
-        // transport's 64 MiB frame limit and bound the memory a catching-up follower costs.
-        max_payload_entries: 16,
+        // Small writes replicate in batches of up to this many entries; frames carrying audio
+        // chunks (1 MiB entries) are cut by size in `network` (`MAX_APPEND_BYTES`).
+        max_payload_entries: 512,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_every),
         max_in_snapshot_log_to_keep: s.keep_logs_after_snapshot,

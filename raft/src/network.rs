@@ -1,6 +1,8 @@
-//! openraft's network, carried by [`Transport`]. A transport failure (no session, timeout, lost
+//! openraft's network, carried by [`Transport`]. AppendEntries frames are cut at
+//! [`MAX_APPEND_BYTES`] (openraft's `PartialSuccess` lets the network send a prefix). A transport failure (no session, timeout, lost
 //! session) is reported as `Unreachable`, so openraft backs off instead of hammering the peer.
 
+use openraft::EntryPayload;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -9,10 +11,30 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use storage::{ChorusNode, TypeConfig};
+use storage::{ChorusNode, Entry, TypeConfig};
 
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::transport::{Transport, TransportError};
+
+/// Bytes of entries per AppendEntries frame. openraft bounds a frame by entry count only
+/// (`max_payload_entries`, high so that small writes replicate in large batches); audio chunk
+/// entries are 1 MiB each, so frames are also cut by size here, and the rest goes in the next.
+const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many of `entries` (at least one, if any) fit in `budget` bytes.
+fn entries_within(entries: &[Entry], budget: usize) -> usize {
+    let mut used = 0;
+    for (k, entry) in entries.iter().enumerate() {
+        used += match &entry.payload {
+            EntryPayload::Normal(req) => req.approx_size(),
+            _ => 256,
+        };
+        if used > budget {
+            return k.max(1);
+        }
+    }
+    entries.len()
+}
 
 pub struct Network {
     transport: Transport,
@@ -75,11 +97,24 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
-        self.send(PeerRequest::AppendEntries(rpc), &option, |r| match r {
-            PeerResponse::AppendEntries(r) => Some(r),
-            _ => None,
+        let mut rpc = rpc;
+        let all = rpc.entries.len();
+        let fits = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        rpc.entries.truncate(fits);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let resp = self
+            .send(PeerRequest::AppendEntries(rpc), &option, |r| match r {
+                PeerResponse::AppendEntries(r) => Some(r),
+                _ => None,
+            })
+            .await?;
+        // openraft sends the rest next, after the last entry the follower took.
+        Ok(match resp {
+            AppendEntriesResponse::Success if fits < all => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
         })
-        .await
     }
 
     async fn install_snapshot(
@@ -104,5 +139,56 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             _ => None,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId};
+    use storage::{Command, QueueCommand, Request, TrackCommand};
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                dedupe_key: None,
+                at_ms: 0,
+                command,
+            }),
+        }
+    }
+
+    fn chunk(index: u64) -> Entry {
+        let command = Command::Tracks(TrackCommand::PutChunk {
+            upload_id: 1,
+            index: index as u32,
+            bytes: vec![0; 1024 * 1024],
+        });
+        entry(index, command)
+    }
+
+    #[test]
+    fn frames_are_cut_by_audio_bytes_not_by_small_writes() {
+        let small: Vec<Entry> = (0..512)
+            .map(|i| entry(i, Command::Queue(QueueCommand::Clear)))
+            .collect();
+        assert_eq!(entries_within(&small, MAX_APPEND_BYTES), 512);
+
+        let chunks: Vec<Entry> = (0..20).map(chunk).collect();
+        let fits = entries_within(&chunks, MAX_APPEND_BYTES);
+        assert!((1..20).contains(&fits), "{fits}");
+        let bytes: usize = chunks[..fits]
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(r) => r.approx_size(),
+                _ => 0,
+            })
+            .sum();
+        assert!(bytes <= MAX_APPEND_BYTES);
+
+        // One entry larger than the budget still goes (alone), or replication would stall.
+        assert_eq!(entries_within(&chunks, 1000), 1);
+        assert_eq!(entries_within(&[], 1000), 0);
     }
 }

@@ -38,6 +38,19 @@ pub enum Command {
     Playlists(PlaylistCommand),
 }
 
+impl Request {
+    /// Roughly how many bytes this write takes on the wire: the audio it carries plus a small
+    /// allowance for everything else (which is a few hundred bytes at most). Used to keep
+    /// replication frames small without encoding entries twice.
+    pub fn approx_size(&self) -> usize {
+        const SMALL: usize = 256;
+        match &self.command {
+            Command::Tracks(TrackCommand::PutChunk { bytes, .. }) => bytes.len() + SMALL,
+            _ => SMALL,
+        }
+    }
+}
+
 /// The voting queue's writes (seed 004).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueCommand {

@@ -34,7 +34,7 @@ pub use state::queue::{PlayedTrack, QueuedTrack};
 pub use state::tracks::{AudioInfo, CHUNK_SIZE, Track, TrackMeta, Upload};
 pub use state::users::User;
 pub use state_machine::{StateMachineStore, StateReader};
-pub use types::{ChorusNode, TypeConfig};
+pub use types::{ChorusNode, Entry, TypeConfig};
 
 /// Errors opening the store.
 #[derive(Debug, thiserror::Error)]
