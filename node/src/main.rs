@@ -57,7 +57,22 @@ fn init_logging() {
         .init();
 }
 
+/// glibc's malloc gives each allocation above a (dynamically raised, at most 32 MiB) threshold
+/// its own mmap, and returns free memory at the heap's top to the kernel above 128 KiB. Audio moves
+/// through chorus in 1 MiB chunks and multi-MiB replication frames, so by default every one of
+/// them costs fresh pages: page faults, zeroing and unmapping were half of a catching-up leader's
+/// CPU. Fixing both thresholds keeps those buffers in the heap for reuse (measured: catching up
+/// 300 MiB of audio 5.9-7.5 s -> 4.3-5.4 s). Set before any thread starts.
+fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    tune_malloc();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
