@@ -72,5 +72,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         source,
     })?;
     let sm = StateMachineStore::open(db, &dir.join("snapshots"))?;
+    let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
+        path: db_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    sm.repair_if_behind(purged)?;
     Ok((log, sm))
 }

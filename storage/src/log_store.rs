@@ -126,6 +126,11 @@ impl LogStore {
         Ok(())
     }
 
+    /// The last log id removed by a purge, if any.
+    pub(crate) fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(LAST_PURGED)
+    }
+
     /// True when this node has never taken part in a cluster: no vote, no log, nothing purged.
     pub fn is_pristine(&self) -> Result<bool, StorageError> {
         let vote: Option<Vote> = self.read_meta(VOTE)?;

@@ -307,6 +307,46 @@ impl StateMachineStore {
         })
     }
 
+    /// Repairs a state machine that is behind the log's purge point. openraft 0.9 purges the log
+    /// up to a received snapshot while the snapshot is still being installed, so a crash in
+    /// between leaves entries missing that neither the log nor the state machine has. If
+    /// `current.snap` covers them it is installed again; otherwise the node cannot recover by
+    /// itself, and says so instead of letting openraft fail on the missing entries.
+    pub(crate) fn repair_if_behind(&self, purged: Option<LogId>) -> Result<(), OpenError> {
+        let applied = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_applied;
+        if purged <= applied {
+            return Ok(());
+        }
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: self.inner.dir.display().to_string(),
+            message,
+        };
+        let snapshot = File::open(self.inner.current_path())
+            .and_then(|f| Ok(SnapshotReader::new(f)?.meta))
+            .ok();
+        match snapshot {
+            Some(meta) if meta.last_log_id >= purged => {
+                tracing::warn!(
+                    ?applied,
+                    ?purged,
+                    "state machine behind the purged log; installing current.snap again"
+                );
+                self.inner
+                    .install_blocking(None)
+                    .map(drop)
+                    .map_err(|e| corrupt(format!("re-install current.snap: {e}")))
+            }
+            _ => Err(corrupt(format!(
+                "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
+            ))),
+        }
+    }
+
     pub fn reader(&self) -> StateReader {
         StateReader {
             inner: self.inner.clone(),
@@ -511,6 +551,36 @@ mod tests {
                 }),
             }),
         }
+    }
+
+    /// openraft purged the log up to a received snapshot, then the node died before installing
+    /// it: on the next open the state machine is brought up to the purge point from
+    /// `current.snap`, or the open fails with advice instead of openraft failing later.
+    #[tokio::test]
+    async fn a_state_machine_behind_the_purged_log_is_repaired_or_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply((1..=3).map(|i| add(i, 100 + i)))
+            .await
+            .expect("apply");
+        let covered = sm.build_snapshot().await.expect("build").meta.last_log_id;
+        // Pretend the snapshot was received but its install never ran: the state is back at
+        // index 1, the log purged up to the snapshot.
+        sm.inner.sm.clear().expect("clear");
+        let purged_at_1 = Some(openraft::LogId::new(CommittedLeaderId::new(1, 1), 1));
+        sm.inner.write_lock().last_applied = purged_at_1;
+        sm.repair_if_behind(covered)
+            .expect("repaired from current.snap");
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied, covered);
+        assert_eq!(sm.reader().read(|s| s.queue.len()), 3);
+
+        // A purge beyond every snapshot cannot be repaired here: a clear error, not a panic.
+        let beyond = Some(openraft::LogId::new(CommittedLeaderId::new(1, 1), 99));
+        let err = sm
+            .repair_if_behind(beyond)
+            .expect_err("nothing covers index 99");
+        assert!(err.to_string().contains("unreadable"), "{err}");
     }
 
     /// Found by jepsen-style: a node killed while installing a snapshot came back with an empty
