@@ -188,7 +188,6 @@ fn run(args: Args) -> Result<bool> {
     let seed = args.seed.unwrap_or_else(rand::random);
     println!("jepsen-style: seed {seed} (replay with --seed {seed})");
 
-    let binary = chorus_binary(args.chorus.clone())?;
     let run_dir = match &args.out {
         Some(dir) => dir.clone(),
         None => {
@@ -201,9 +200,18 @@ fn run(args: Args) -> Result<bool> {
                 .join(format!("{now}-seed{seed}"))
         }
     };
+    // A used directory would hold the last run's data directories, and the cluster would start
+    // from that state: every checker would (rightly) report what it never saw attempted.
+    if std::fs::read_dir(&run_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "--out {}: the directory is not empty (an earlier run?); give a new one or delete it",
+            run_dir.display()
+        );
+    }
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
     let run_dir = std::fs::canonicalize(&run_dir)?;
+    let binary = chorus_binary(args.chorus.clone())?;
     println!("jepsen-style: outputs in {}", run_dir.display());
     let delayer = run_dir.join("nfq_delay.py");
     std::fs::write(&delayer, DELAYER)?;
