@@ -21,14 +21,7 @@ fn config() -> impl bincode::config::Config {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    // bincode's serde `encode_to_vec` grows its Vec by doubling: for a frame of audio chunks that
-    // is a dozen reallocations and copies of megabytes. Measuring first costs a walk of the value
-    // and no copy of its bytes.
-    let mut size = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(value, &mut size, config())?;
-    let mut out = Vec::with_capacity(size.bytes_written);
-    bincode::serde::encode_into_std_write(value, &mut out, config())?;
-    Ok(out)
+    Ok(bincode::serde::encode_to_vec(value, config())?)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
