@@ -1,6 +1,7 @@
 //! openraft's network, carried by [`Transport`]. AppendEntries frames are cut at
-//! [`MAX_APPEND_BYTES`] (openraft's `PartialSuccess` lets the network send a prefix). A transport failure (no session, timeout, lost
-//! session) is reported as `Unreachable`, so openraft backs off instead of hammering the peer.
+//! [`MAX_APPEND_BYTES`] (openraft's `PartialSuccess` lets the network send a prefix). A transport
+//! failure (no session, timeout, lost session) is reported as `Unreachable`, so openraft backs off
+//! instead of hammering the peer.
 
 use openraft::EntryPayload;
 use openraft::error::{
@@ -24,14 +25,19 @@ use crate::transport::{Transport, TransportError};
 /// again and again and replication stalls (seen: a catch-up taking 42 s instead of 5).
 const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 
+/// Roughly how many bytes `entry` takes in a frame (blank and membership entries are small).
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(req) => req.approx_size(),
+        _ => 256,
+    }
+}
+
 /// How many of `entries` (at least one, if any) fit in `budget` bytes.
 fn entries_within(entries: &[Entry], budget: usize) -> usize {
     let mut used = 0;
     for (k, entry) in entries.iter().enumerate() {
-        used += match &entry.payload {
-            EntryPayload::Normal(req) => req.approx_size(),
-            _ => 256,
-        };
+        used += entry_size(entry);
         if used > budget {
             return k.max(1);
         }
@@ -181,13 +187,7 @@ mod tests {
         let chunks: Vec<Entry> = (0..20).map(chunk).collect();
         let fits = entries_within(&chunks, MAX_APPEND_BYTES);
         assert!((1..20).contains(&fits), "{fits}");
-        let bytes: usize = chunks[..fits]
-            .iter()
-            .map(|e| match &e.payload {
-                EntryPayload::Normal(r) => r.approx_size(),
-                _ => 0,
-            })
-            .sum();
+        let bytes: usize = chunks[..fits].iter().map(entry_size).sum();
         assert!(bytes <= MAX_APPEND_BYTES);
 
         // One entry larger than the budget still goes (alone), or replication would stall.

@@ -277,10 +277,11 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             file_seq: AtomicU64::new(0),
         };
-        let marked = |tree: &sled::Tree, key: &[u8]| tree.contains_key(key);
-        let interrupted = marked(&inner.control, INSTALLING)
-            .and_then(|a| Ok(a || marked(&inner.sm, M_INSTALLING_LEGACY)?))
-            .map_err(|e| corrupt(e.to_string()))?;
+        let marked = |tree: &sled::Tree, key: &[u8]| {
+            tree.contains_key(key).map_err(|e| corrupt(e.to_string()))
+        };
+        let interrupted =
+            marked(&inner.control, INSTALLING)? || marked(&inner.sm, M_INSTALLING_LEGACY)?;
         if interrupted {
             tracing::warn!("a snapshot install was interrupted; installing it again");
             inner
@@ -313,12 +314,7 @@ impl StateMachineStore {
     /// `current.snap` covers them it is installed again; otherwise the node cannot recover by
     /// itself, and says so instead of letting openraft fail on the missing entries.
     pub(crate) fn repair_if_behind(&self, purged: Option<LogId>) -> Result<(), OpenError> {
-        let applied = self
-            .inner
-            .applied
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_applied;
+        let applied = self.reader().last_applied();
         if purged <= applied {
             return Ok(());
         }
