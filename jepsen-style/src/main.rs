@@ -451,6 +451,14 @@ async fn drive(
     Ok(results.valid)
 }
 
+/// `(key, outcome)` of every operation `f` in the history.
+fn keyed_outcomes(ops: &[Op], f: &str) -> Vec<(u64, Outcome)> {
+    ops.iter()
+        .filter(|o| o.f == f)
+        .filter_map(|o| Some((o.key?, o.outcome)))
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check(
     args: &Args,
@@ -517,11 +525,7 @@ fn check(
 
     let mut attempted: HashSet<u64> = fixture.counter_keys.iter().copied().collect();
     if workloads.contains(&Workload::Set) {
-        let mut adds: Vec<(u64, Outcome)> = ops
-            .iter()
-            .filter(|o| o.f == "add")
-            .filter_map(|o| Some((o.key?, o.outcome)))
-            .collect();
+        let mut adds = keyed_outcomes(ops, "add");
         adds.extend(fixture.counter_keys.iter().map(|&k| (k, Outcome::Ok)));
         attempted.extend(adds.iter().map(|a| a.0));
         let final_ids: HashSet<u64> = queued.iter().chain(&played).copied().collect();
@@ -531,11 +535,7 @@ fn check(
     }
 
     if workloads.contains(&Workload::Counter) {
-        let mut incs: Vec<(u64, Outcome)> = ops
-            .iter()
-            .filter(|o| o.f == "vote")
-            .filter_map(|o| Some((o.key?, o.outcome)))
-            .collect();
+        let mut incs = keyed_outcomes(ops, "vote");
         // The setup's acknowledged down-vote on each.
         incs.extend(fixture.counter_keys.iter().map(|&k| (k, Outcome::Ok)));
         // Down-votes: the count of votes is minus the track's score. A counter track that was

@@ -205,6 +205,12 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// Completes a write with the outcome its answer implies (see [`write_outcome`]).
+    fn complete_write(self, answer: &Answer) {
+        let (outcome, error) = write_outcome(answer);
+        self.complete(outcome, error);
+    }
+
     fn complete(mut self, outcome: Outcome, error: Option<String>) {
         self.op.outcome = outcome;
         self.op.error = error;
@@ -267,23 +273,33 @@ pub async fn run_client(
     }
 }
 
-fn track_form(boundary: &str, metadata: &Value, audio: Option<&[u8]>) -> Vec<u8> {
+/// A multipart body as chorus's upload and edit endpoints take it: `metadata` as JSON and,
+/// optionally, the audio file. Send it with [`with_form`].
+fn track_form(metadata: &Value, audio: Option<&[u8]>) -> Vec<u8> {
     let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{metadata}\r\n"
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{metadata}\r\n"
     )
     .into_bytes();
     if let Some(audio) = audio {
         body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"register.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"register.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
         );
         body.extend_from_slice(audio);
         body.extend_from_slice(b"\r\n");
     }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     body
 }
 
 const BOUNDARY: &str = "jepsen-style-boundary-7f3a";
+
+fn with_form(req: reqwest::RequestBuilder, form: Vec<u8>) -> reqwest::RequestBuilder {
+    req.header(
+        "Content-Type",
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+    )
+    .body(form)
+}
 
 async fn register_write(
     ctx: &Ctx,
@@ -297,20 +313,13 @@ async fn register_write(
     let mut rec = Recorder::invoke(ctx, Workload::Register, process, node, "write");
     rec.op.key = Some(key);
     rec.op.value = Some(value);
-    let body = track_form(BOUNDARY, &json!({"title": value.to_string()}), None);
-    let answer = send(
-        ctx.http
-            .patch(format!("{base}/tracks/{key}"))
-            .bearer_auth(token)
-            .header(
-                "Content-Type",
-                format!("multipart/form-data; boundary={BOUNDARY}"),
-            )
-            .body(body),
-    )
-    .await;
-    let (outcome, error) = write_outcome(&answer);
-    rec.complete(outcome, error);
+    let form = track_form(&json!({"title": value.to_string()}), None);
+    let req = ctx
+        .http
+        .patch(format!("{base}/tracks/{key}"))
+        .bearer_auth(token);
+    let answer = send(with_form(req, form)).await;
+    rec.complete_write(&answer);
 }
 
 async fn register_read(ctx: &Ctx, process: u32, node: usize, base: &str, key: u64, stale: bool) {
@@ -360,8 +369,7 @@ async fn vote_down(ctx: &Ctx, process: u32, node: usize, base: &str, key: u64) {
     rec.op.key = Some(key);
     // Down-votes keep the counter tracks at the bottom of the queue, out of play_next's way.
     let answer = send(ctx.http.post(format!("{base}/vote?id={key}&up=false"))).await;
-    let (outcome, error) = write_outcome(&answer);
-    rec.complete(outcome, error);
+    rec.complete_write(&answer);
 }
 
 async fn play_next(ctx: &Ctx, process: u32, node: usize, base: &str) {
@@ -380,8 +388,7 @@ async fn play_next(ctx: &Ctx, process: u32, node: usize, base: &str) {
         }
         return;
     }
-    let (outcome, error) = write_outcome(&answer);
-    rec.complete(outcome, error);
+    rec.complete_write(&answer);
 }
 
 // ---- setup and final reads (the cluster is healthy then; retried until a deadline) ----
@@ -448,23 +455,13 @@ pub async fn setup(
             .context("login answer without token")?
             .to_string();
         for k in 0..keys {
-            let form = track_form(
-                BOUNDARY,
-                &json!({"title": "0", "artist": "jepsen"}),
-                Some(audio),
-            );
+            let form = track_form(&json!({"title": "0", "artist": "jepsen"}), Some(audio));
             let body = retry("uploading a register track", deadline, || {
-                json_ok(
-                    http.post(format!("{base}/tracks/upload"))
-                        .bearer_auth(&fixture.token)
-                        .header("Idempotency-Key", format!("jepsen-setup-track-{k}"))
-                        .header(
-                            "Content-Type",
-                            format!("multipart/form-data; boundary={BOUNDARY}"),
-                        )
-                        .body(form.clone()),
-                    201,
-                )
+                let req = http
+                    .post(format!("{base}/tracks/upload"))
+                    .bearer_auth(&fixture.token)
+                    .header("Idempotency-Key", format!("jepsen-setup-track-{k}"));
+                json_ok(with_form(req, form.clone()), 201)
             })
             .await?;
             let id = body["track_id"]
