@@ -611,9 +611,17 @@ fn print_summary(r: &Results, run_dir: &Path) {
             if ok { "valid" } else { "INVALID" }
         );
     }
+    if r.unavailability.is_empty() {
+        println!("  no leader-disrupting fault in this run, so no unavailability measured");
+    } else {
+        println!(
+            "  longest unavailability after a leader-disrupting fault: {:.1} s",
+            r.longest_unavailability_s
+        );
+    }
     println!(
-        "  longest unavailability after a leader-disrupting fault: {:.1} s; recovery after the final heal: {:.1} s",
-        r.longest_unavailability_s, r.recovery_after_heal_s
+        "  recovery after the final heal: {:.1} s",
+        r.recovery_after_heal_s
     );
     println!(
         "  {}: details in {}/results.json, timeline.svg, history.jsonl",
