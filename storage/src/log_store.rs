@@ -4,8 +4,9 @@
 //! Durability (what keeps Raft safe across crashes): `append` writes the batch and hands its
 //! `LogFlushed` callback to the [`Flusher`] thread, which calls it only after a `flush` of the
 //! whole database has made the batch durable. The flusher takes every batch waiting, flushes
-//! once and acknowledges them all (group commit: concurrent appends share one fsync, and the Raft
-//! core never blocks on the disk). `save_vote` returns only after the vote is flushed.
+//! once and acknowledges them all (group commit: concurrent appends share one flush, and the Raft
+//! core never blocks on the disk). sled 0.34's flush ends in `sync_file_range`, not `fsync`:
+//! see ARCHITECTURE.md for what that does and does not cover. `save_vote` returns only after the vote is flushed.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
