@@ -5,13 +5,17 @@
 //! - [`transport`]: the ractor_cluster node server, the endpoint actor that answers peers, the
 //!   supervisor actor that (re)connects to peers and drops dead sessions, and `call` with a
 //!   timeout on every remote request.
+//! - [`forward`]: batching of the writes a follower forwards to the leader.
 //! - [`network`]: openraft's `RaftNetwork` on top of the transport.
 //! - [`replica`]: [`Replica`], the handle the API uses: `write` (forwarded to the leader, retried
 //!   safely across leader changes), `read_barrier` (linearizable reads on any node), membership.
 //! - [`bootstrap`]: initialising a brand-new cluster exactly once.
 
+mod batch;
 pub mod bootstrap;
+mod forward;
 pub mod network;
+mod propose;
 pub mod protocol;
 pub mod replica;
 pub mod transport;

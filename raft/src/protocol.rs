@@ -27,6 +27,9 @@ pub enum PeerRequest {
     RemoveMember {
         id: u64,
     },
+    /// Client writes forwarded together (see `crate::forward`); answered in the same order.
+    /// Added after the others so that the existing variants keep their encoding.
+    ClientWrites(Vec<Request>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +43,8 @@ pub enum PeerResponse {
     Membership(Result<(), ForwardError>),
     /// The request could not be decoded.
     Malformed(String),
+    /// One result per write of a `ClientWrites`, in order.
+    ClientWrites(Vec<Result<WriteReply, ForwardError>>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

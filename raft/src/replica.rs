@@ -19,6 +19,8 @@ use openraft::{ChangeMembers, TryAsRef};
 use storage::{ChorusNode, Command, LogStore, Request, Response, StateReader};
 
 use crate::Raft;
+use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
+use crate::propose::Proposer;
 use crate::protocol::{ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReply};
 use crate::transport::{Transport, TransportError};
 
@@ -93,6 +95,8 @@ struct Inner {
     seq: AtomicU64,
     timeout: Duration,
     reads: ReadRounds,
+    forwarder: Forwarder,
+    proposer: Proposer,
 }
 
 /// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
@@ -129,14 +133,14 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Maps a local Raft error to what a forwarding node needs to know.
-fn forward_error<E>(e: RaftError<u64, E>) -> ForwardError
+pub(crate) fn forward_error<E>(e: RaftError<u64, E>) -> ForwardError
 where
     E: TryAsRef<ForwardToLeader<u64, ChorusNode>> + std::error::Error,
 {
@@ -160,15 +164,17 @@ impl Replica {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                proposer: Proposer::start(raft.clone()),
                 id,
                 raft,
-                transport,
                 reader,
                 log,
                 boot: rand::random(),
                 seq: AtomicU64::new(0),
                 timeout,
                 reads: ReadRounds::default(),
+                forwarder: Forwarder::start(transport.clone(), ATTEMPT_TIMEOUT),
+                transport,
             }),
         }
     }
@@ -257,27 +263,13 @@ impl Replica {
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
-        if self
-            .inner
-            .reader
-            .last_applied()
-            .is_some_and(|l| l.index >= index)
-        {
-            return Ok(());
+        // Give a write that did commit a moment to apply here even if its deadline is spent.
+        let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+        if self.inner.reader.wait_applied(index, deadline.into()).await {
+            Ok(())
+        } else {
+            Err(ReplicaError::Lagging)
         }
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        self.inner
-            .raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read own write")
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => ReplicaError::Lagging,
-                openraft::metrics::WaitError::ShuttingDown => ReplicaError::ShuttingDown,
-            })
     }
 
     /// Adds a node: first as a learner (waiting for it to catch up), then as a voter.
@@ -320,10 +312,19 @@ impl Replica {
                         .await
                         .map_err(|_| TransportError::Timeout(leader, remaining))
                 } else {
-                    self.inner
-                        .transport
-                        .call(leader, &req, remaining.min(ATTEMPT_TIMEOUT))
-                        .await
+                    let attempt = remaining.min(ATTEMPT_TIMEOUT);
+                    match &req {
+                        PeerRequest::ClientWrite(write)
+                            if write.approx_size() <= MAX_BATCHED_SIZE =>
+                        {
+                            let forwarder = &self.inner.forwarder;
+                            forwarder
+                                .write(leader, write.clone(), attempt)
+                                .await
+                                .map(PeerResponse::ClientWrite)
+                        }
+                        _ => self.inner.transport.call(leader, &req, attempt).await,
+                    }
                 };
                 match answer.map(extract) {
                     Ok(Some(Ok(value))) => return Ok(value),
@@ -368,15 +369,14 @@ impl Replica {
             PeerRequest::InstallSnapshot(r) => {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
-            PeerRequest::ClientWrite(r) => PeerResponse::ClientWrite(
-                raft.client_write(r)
-                    .await
-                    .map(|resp| WriteReply {
-                        index: resp.log_id.index,
-                        response: resp.data,
-                    })
-                    .map_err(forward_error),
-            ),
+            PeerRequest::ClientWrite(r) => {
+                PeerResponse::ClientWrite(self.inner.proposer.propose(r).await)
+            }
+            PeerRequest::ClientWrites(requests) => {
+                // Queued together, so they normally share one log entry.
+                let proposals = requests.into_iter().map(|r| self.inner.proposer.propose(r));
+                PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
+            }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
                 raft.get_read_log_id()
                     .await

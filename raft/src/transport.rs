@@ -45,7 +45,7 @@ pub enum PeerMsg {
     Rpc(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("no session with node {0}")]
     NotConnected(u64),

@@ -36,6 +36,11 @@ pub enum Command {
     Users(UserCommand),
     Tracks(TrackCommand),
     Playlists(PlaylistCommand),
+    /// Several writes in one log entry, applied in order, each as if it were an entry of its
+    /// own (its own dedupe key and time); answered with [`Outcome::Batch`]. The leader groups
+    /// concurrent small writes like this so that they share one append, one fsync and one
+    /// replication slot. Never nested.
+    Batch(Vec<Request>),
 }
 
 impl Request {
@@ -46,6 +51,7 @@ impl Request {
         const SMALL: usize = 256;
         match &self.command {
             Command::Tracks(TrackCommand::PutChunk { bytes, .. }) => bytes.len() + SMALL,
+            Command::Batch(requests) => requests.iter().map(Request::approx_size).sum(),
             _ => SMALL,
         }
     }
@@ -164,6 +170,8 @@ pub enum Outcome {
     Played(PlayedTrack),
     /// The id the cluster allocated (user, upload or track).
     Id(u64),
+    /// One response per write of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// Why a command was rejected by the state machine. Rejections are deterministic and replicated

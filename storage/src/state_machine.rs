@@ -14,6 +14,7 @@
 //!   `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
 //!   it lives outside `sm` because the install clears `sm`).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use crate::OpenError;
 use crate::codec;
@@ -65,6 +67,55 @@ struct Inner {
     /// Serialises snapshot builds and installs.
     snapshot_lock: tokio::sync::Mutex<()>,
     file_seq: AtomicU64,
+    waiters: AppliedWaiters,
+}
+
+/// Tasks waiting for the state machine to reach a log index (a write that wants to read its own
+/// result here, a linearizable read waiting for its read index). Each is woken once, by the
+/// apply that reaches its index, rather than on every change of openraft's metrics.
+#[derive(Debug, Default)]
+struct AppliedWaiters {
+    inner: Mutex<Waiting>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    /// One past the last applied index (0: nothing applied yet; index 0 is a real entry).
+    applied_end: u64,
+    waiting: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+}
+
+impl AppliedWaiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that everything up to `last` is applied and wakes the waiters it satisfies.
+    fn applied(&self, last: Option<LogId>) {
+        let end = last.map_or(0, |l| l.index + 1);
+        let mut w = self.lock();
+        if end <= w.applied_end {
+            return;
+        }
+        w.applied_end = end;
+        let still_waiting = w.waiting.split_off(&end);
+        let ready = std::mem::replace(&mut w.waiting, still_waiting);
+        drop(w);
+        for sender in ready.into_values().flatten() {
+            let _ = sender.send(());
+        }
+    }
+
+    /// `None` when `index` is applied already, else a receiver that fires once it is.
+    fn wait(&self, index: u64) -> Option<oneshot::Receiver<()>> {
+        let mut w = self.lock();
+        if index < w.applied_end {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        w.waiting.entry(index).or_default().push(tx);
+        Some(rx)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +158,14 @@ impl StateReader {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .last_applied
+    }
+
+    /// Waits until log index `index` is applied here, or `deadline` passes (then false).
+    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> bool {
+        match self.inner.waiters.wait(index) {
+            None => true,
+            Some(applied) => matches!(tokio::time::timeout_at(deadline, applied).await, Ok(Ok(()))),
+        }
     }
 }
 
@@ -228,6 +287,8 @@ impl Inner {
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
+        drop(guard);
+        self.waiters.applied(meta.last_log_id);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(meta)
     }
@@ -276,6 +337,7 @@ impl StateMachineStore {
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
             file_seq: AtomicU64::new(0),
+            waiters: AppliedWaiters::default(),
         };
         let marked = |tree: &sled::Tree, key: &[u8]| {
             tree.contains_key(key).map_err(|e| corrupt(e.to_string()))
@@ -303,6 +365,7 @@ impl StateMachineStore {
             }
             *inner.write_lock() = applied;
         }
+        inner.waiters.applied(inner.write_lock().last_applied);
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -436,6 +499,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .sm
             .apply_batch(changes.into_batch())
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let last = guard.last_applied;
+        drop(guard);
+        self.inner.waiters.applied(last);
         Ok(responses)
     }
 
@@ -530,7 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, QueueCommand, Request};
+    use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request};
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
     fn add(index: u64, id: u64) -> Entry {
@@ -617,6 +683,64 @@ mod tests {
                 .control
                 .contains_key(INSTALLING)
                 .expect("read marker")
+        );
+    }
+
+    fn request(key: &str, command: Command) -> Request {
+        Request {
+            dedupe_key: Some(key.into()),
+            at_ms: 0,
+            command,
+        }
+    }
+
+    fn vote(id: u64) -> Command {
+        Command::Queue(QueueCommand::Vote { id, up: true })
+    }
+
+    /// The leader groups writes into one entry: each is applied as if it were an entry of its
+    /// own (its dedupe key, its own result), and the batch answers each in order.
+    #[tokio::test]
+    async fn a_batch_entry_applies_and_answers_each_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply([add(1, 7)]).await.expect("apply");
+        let batch = Command::Batch(vec![
+            request("a", vote(7)),
+            request("b", vote(8)),
+            // A retry of "a" inside the same batch: answered with the first result.
+            request("a", vote(7)),
+            request("c", Command::Batch(vec![])),
+        ]);
+        let entry = RaftEntry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Normal(Request {
+                dedupe_key: None,
+                at_ms: 0,
+                command: batch,
+            }),
+        };
+        let reader = sm.reader();
+        let waiting = reader.wait_applied(
+            2,
+            tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+        );
+        let (responses, woken) = tokio::join!(sm.apply([entry]), waiting);
+        assert!(woken, "a waiter for index 2 is woken by its apply");
+        let responses = responses.expect("apply");
+        let Ok(Outcome::Batch(each)) = &responses[0].result else {
+            panic!("not a batch answer: {responses:?}");
+        };
+        assert_eq!(each.len(), 4);
+        assert!(matches!(&each[0].result, Ok(Outcome::Track(t)) if t.votes == 1));
+        assert!(matches!(&each[1].result, Err(e) if e.kind == ErrorKind::NotFound));
+        assert!(each[2].deduplicated && each[2].result == each[0].result);
+        assert!(matches!(&each[3].result, Err(e) if e.kind == ErrorKind::Invalid));
+        let votes = sm.reader().read(|s| s.queue.track(7).map(|t| t.votes));
+        assert_eq!(
+            votes,
+            Some(1),
+            "the retry inside the batch did not vote twice"
         );
     }
 }

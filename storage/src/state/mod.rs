@@ -102,6 +102,20 @@ pub struct State {
 impl State {
     /// Applies one request. Deterministic: the result depends only on the state and `req`.
     pub fn apply(&mut self, req: &Request, changes: &mut Changes) -> Result<Response, CodecError> {
+        let Command::Batch(requests) = &req.command else {
+            return self.apply_one(req, changes);
+        };
+        let mut responses = Vec::with_capacity(requests.len());
+        for inner in requests {
+            responses.push(self.apply_one(inner, changes)?);
+        }
+        Ok(Response {
+            result: Ok(Outcome::Batch(responses)),
+            deduplicated: false,
+        })
+    }
+
+    fn apply_one(&mut self, req: &Request, changes: &mut Changes) -> Result<Response, CodecError> {
         if let Some(key) = &req.dedupe_key
             && let Some(first) = self.dedupe.get(key)
         {
@@ -116,6 +130,10 @@ impl State {
             Command::Users(cmd) => self.apply_users(cmd, at_ms, changes)?,
             Command::Tracks(cmd) => self.apply_tracks(cmd, at_ms, changes)?,
             Command::Playlists(cmd) => self.apply_playlists(cmd, changes)?,
+            Command::Batch(_) => Err(CommandError::new(
+                ErrorKind::Invalid,
+                "a batch of writes cannot contain another batch",
+            )),
         };
         let response = Response {
             result,

@@ -1,0 +1,117 @@
+//! Grouping of the small writes proposed on the leader into shared log entries.
+//!
+//! openraft 0.9 takes client writes one by one: each is its own log entry, its own `append`
+//! call and, with every entry appended alone, its own log flush on the leader (measured: one
+//! callback per flush, ~2,400 flushes/s at 64 clients, the leader's sled IO threads at 41 % of a
+//! core). The [`Proposer`] puts the writes waiting on the leader into one entry,
+//! [`Command::Batch`], with a bounded number of such entries in flight ([`crate::batch`]); the
+//! state machine applies a batch's writes in order, each with its own dedupe key and time, and
+//! answers each. A lone write is proposed as it is; audio chunks are never grouped.
+
+use storage::{Command, Outcome, Request, Response};
+use tokio::sync::oneshot;
+
+use crate::Raft;
+use crate::batch::{self, Batcher, Limits};
+use crate::forward::MAX_BATCHED_SIZE;
+use crate::protocol::{ForwardError, WriteReply};
+use crate::replica::{forward_error, now_ms};
+
+const LIMITS: Limits = Limits {
+    // Entries being committed at once: a write arriving while both are under way joins the next.
+    in_flight: 2,
+    max_items: 1024,
+    max_bytes: 1024 * 1024,
+};
+
+struct Proposal {
+    request: Request,
+    reply: oneshot::Sender<Result<WriteReply, ForwardError>>,
+}
+
+impl batch::Item for Proposal {
+    fn size(&self) -> usize {
+        self.request.approx_size()
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    raft: Raft,
+    batcher: Batcher<Proposal>,
+}
+
+impl Proposer {
+    pub(crate) fn start(raft: Raft) -> Self {
+        let for_batches = raft.clone();
+        let batcher = Batcher::start(LIMITS, move |batch| {
+            propose_batch(for_batches.clone(), batch)
+        });
+        Self { raft, batcher }
+    }
+
+    /// Proposes `request` on this node, which must be the leader; returns once it is applied here.
+    pub(crate) async fn propose(&self, request: Request) -> Result<WriteReply, ForwardError> {
+        if request.approx_size() > MAX_BATCHED_SIZE {
+            return client_write(&self.raft, request).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        if let Err(proposal) = self.batcher.push(Proposal { request, reply }) {
+            return client_write(&self.raft, proposal.request).await;
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ForwardError::Failed("the proposal was dropped".into())))
+    }
+}
+
+async fn client_write(raft: &Raft, request: Request) -> Result<WriteReply, ForwardError> {
+    raft.client_write(request)
+        .await
+        .map(|resp| WriteReply {
+            index: resp.log_id.index,
+            response: resp.data,
+        })
+        .map_err(forward_error)
+}
+
+async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {
+    if batch.len() == 1
+        && let Some(Proposal { request, reply }) = batch.pop()
+    {
+        let _ = reply.send(client_write(&raft, request).await);
+        return;
+    }
+    let (requests, replies): (Vec<Request>, Vec<_>) =
+        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let count = requests.len();
+    let entry = Request {
+        dedupe_key: None,
+        at_ms: now_ms(),
+        command: Command::Batch(requests),
+    };
+    let results: Vec<Result<WriteReply, ForwardError>> = match client_write(&raft, entry).await {
+        Ok(WriteReply {
+            index,
+            response:
+                Response {
+                    result: Ok(Outcome::Batch(responses)),
+                    ..
+                },
+        }) if responses.len() == count => responses
+            .into_iter()
+            .map(|response| Ok(WriteReply { index, response }))
+            .collect(),
+        Ok(other) => {
+            let e = ForwardError::Failed(format!("unexpected answer to a batch: {other:?}"));
+            vec![Err(e); count]
+        }
+        Err(e) => vec![Err(e); count],
+    };
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
