@@ -5,11 +5,12 @@
 //! - [`command`]: the replicated data model: [`Request`] (a [`Command`] plus its dedupe key
 //!   and timestamp) and [`Response`].
 //! - [`state`]: the in-memory domain state and its deterministic `apply`, one module per domain.
-//! - [`log_store`]: the sled-backed Raft log ([`LogStore`]).
+//! - [`log_store`]: the Raft log ([`LogStore`]): entries in segment files (`segments`), vote and
+//!   purge point in sled, group commit with fdatasync.
 //! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
 //!
-//! The log and the state machine share one `sled::Db` so a single flush makes both durable.
+//! The log's metadata and the state machine share one `sled::Db`; the log's entries are files.
 
 // openraft's storage traits fix `StorageError` (large) as the error type of every method.
 #![allow(clippy::result_large_err)]
@@ -17,6 +18,7 @@
 pub mod codec;
 pub mod command;
 pub mod log_store;
+mod segments;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
@@ -67,10 +69,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             path: db_path.display().to_string(),
             source,
         })?;
-    let log = LogStore::open(&db).map_err(|source| OpenError::Sled {
-        path: db_path.display().to_string(),
-        source,
-    })?;
+    let log = LogStore::open(&db, &dir.join("log"))?;
     let sm = StateMachineStore::open(db, &dir.join("snapshots"))?;
     let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
         path: db_path.display().to_string(),

@@ -1,43 +1,52 @@
-//! The Raft log in sled: tree `raft_log` (index → entry) and tree `raft_meta` (vote, committed,
-//! last purged).
+//! The Raft log: entries in append-only segment files under `<data_dir>/log/` ([`segments`]),
+//! and vote, committed and last purged in sled's `raft_meta` tree.
 //!
-//! Durability (what keeps Raft safe across crashes): `append` writes the batch and hands its
-//! `LogFlushed` callback to the [`Flusher`] thread, which calls it only after a `flush` of the
-//! whole database has made the batch durable. The flusher takes every batch waiting, flushes
-//! once and acknowledges them all (group commit: concurrent appends share one flush, and the Raft
-//! core never blocks on the disk). sled 0.34's flush ends in `sync_file_range`, not `fsync`:
-//! see ARCHITECTURE.md for what that does and does not cover. `save_vote` returns only after the vote is flushed.
+//! Durability (what keeps Raft safe across crashes and power loss): `append` writes the batch to
+//! the segment and hands its `LogFlushed` callback to the [`Flusher`] thread, which calls it only
+//! after `fdatasync` of that segment. The flusher takes every batch waiting, syncs each file once
+//! and acknowledges them all (group commit: concurrent appends share one sync, and the Raft core
+//! never blocks on the disk). `save_vote` returns only after the vote is flushed; a purge records
+//! its point durably before removing files. A log written by an older chorus into sled's
+//! `raft_log` tree is moved into segments on open.
+//!
+//! [`segments`]: crate::segments
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 
 use crate::codec;
+use crate::segments::SegmentLog;
 use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// Where chorus up to this version kept the entries (index -> entry); moved out on open.
+const LEGACY_LOG_TREE: &str = "raft_log";
 
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
+    entries: Arc<Mutex<SegmentLog>>,
     flusher: Flusher,
 }
 
 /// The group-commit thread (see the module docs).
 #[derive(Clone, Debug)]
 struct Flusher {
-    waiting: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    waiting: std::sync::mpsc::Sender<(Vec<Arc<File>>, LogFlushed<TypeConfig>)>,
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> std::io::Result<Self> {
-        let (waiting, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    fn start() -> std::io::Result<Self> {
+        let (waiting, rx) = std::sync::mpsc::channel::<(Vec<Arc<File>>, LogFlushed<TypeConfig>)>();
         std::thread::Builder::new()
             .name("log-flusher".into())
             .spawn(move || {
@@ -45,45 +54,85 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let flushed = db.flush().map(drop).map_err(|e| e.to_string());
-                    for callback in batch {
-                        let result = flushed.clone().map_err(std::io::Error::other);
-                        callback.log_io_completed(result);
+                    // Each file once, however many appends went to it.
+                    let mut synced: Vec<(*const File, Result<(), String>)> = Vec::new();
+                    for (files, callback) in batch {
+                        let mut result = Ok(());
+                        for file in files {
+                            let key = Arc::as_ptr(&file);
+                            let outcome = match synced.iter().find(|(k, _)| *k == key) {
+                                Some((_, r)) => r.clone(),
+                                None => {
+                                    let r = file.sync_data().map_err(|e| e.to_string());
+                                    synced.push((key, r.clone()));
+                                    r
+                                }
+                            };
+                            result = result.and(outcome);
+                        }
+                        callback.log_io_completed(result.map_err(std::io::Error::other));
                     }
                 }
             })?;
         Ok(Self { waiting })
     }
 
-    /// Acknowledges `callback` once everything written before this call is durable.
-    fn after_next_flush(&self, callback: LogFlushed<TypeConfig>) {
-        if let Err(std::sync::mpsc::SendError(callback)) = self.waiting.send(callback) {
+    /// Acknowledges `callback` once `files` are synced.
+    fn after_sync(&self, files: Vec<Arc<File>>, callback: LogFlushed<TypeConfig>) {
+        if let Err(std::sync::mpsc::SendError((_, callback))) = self.waiting.send((files, callback))
+        {
             let gone = std::io::Error::other("the log flusher thread has stopped");
             callback.log_io_completed(Err(gone));
         }
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
-    match b {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
+fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    /// Opens the log: meta in `db`, entries in segment files in `dir`.
+    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<Self, crate::OpenError> {
+        let path = dir.display().to_string();
+        let sled_err = |source| crate::OpenError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let io_err = |source| crate::OpenError::Io {
+            path: path.clone(),
+            source,
+        };
+        let meta = db.open_tree("raft_meta").map_err(sled_err)?;
+        let purged: Option<LogId> = match meta.get(LAST_PURGED).map_err(sled_err)? {
+            Some(bytes) => codec::decode(&bytes).map_err(|e| crate::OpenError::Corrupt {
+                path: path.clone(),
+                message: format!("last purged log id: {e}"),
+            })?,
+            None => None,
+        };
+        let mut entries = SegmentLog::open(dir, purged).map_err(io_err)?;
+        migrate_legacy_log(db, &mut entries).map_err(io_err)?;
         Ok(Self {
             db: db.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
-            flusher: Flusher::start(db.clone()).map_err(sled::Error::Io)?,
+            meta,
+            entries: Arc::new(Mutex::new(entries)),
+            flusher: Flusher::start().map_err(io_err)?,
         })
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -108,23 +157,8 @@ impl LogStore {
 
     /// Makes everything written so far (log and state machine) durable.
     pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
-    }
-
-    /// Removes the entries `range` yields and flushes.
-    async fn remove_durably(&self, range: sled::Iter) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in range {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.db.flush_async().await?;
+        self.segments().sync().map_err(sled::Error::Io)
     }
 
     /// The last log id removed by a purge, if any.
@@ -136,19 +170,43 @@ impl LogStore {
     pub fn is_pristine(&self) -> Result<bool, StorageError> {
         let vote: Option<Vote> = self.read_meta(VOTE)?;
         let purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
-        Ok(vote.is_none() && purged.is_none() && self.log.is_empty())
+        Ok(vote.is_none() && purged.is_none() && self.segments().is_empty())
     }
+}
 
-    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((_, bytes)) => {
-                let entry: Entry =
-                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
+/// Moves a log that an older chorus kept in sled's `raft_log` tree into segment files: written
+/// and synced first, then the tree is cleared, so a crash in between only repeats the move.
+fn migrate_legacy_log(db: &sled::Db, entries: &mut SegmentLog) -> std::io::Result<()> {
+    let exists = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == LEGACY_LOG_TREE.as_bytes());
+    if !exists {
+        return Ok(());
+    }
+    let tree = db
+        .open_tree(LEGACY_LOG_TREE)
+        .map_err(std::io::Error::other)?;
+    if tree.is_empty() {
+        return Ok(());
+    }
+    if entries.is_empty() {
+        let mut old = Vec::new();
+        for item in tree.iter() {
+            let (_, bytes) = item.map_err(std::io::Error::other)?;
+            old.push(codec::decode::<Entry>(&bytes).map_err(std::io::Error::other)?);
+        }
+        tracing::info!(
+            entries = old.len(),
+            "moving the Raft log out of sled into segment files"
+        );
+        for file in entries.append(old)? {
+            file.sync_all()?;
         }
     }
+    tree.clear().map_err(std::io::Error::other)?;
+    db.flush().map_err(std::io::Error::other)?;
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -156,11 +214,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let (start, end) = first_and_end(&range);
+        // Located under the lock, read without it: appends go on while a follower is fed.
+        let spans = self.segments().spans(start, end);
         let mut entries = Vec::new();
-        for item in self.log.range::<[u8; 8], _>(range) {
-            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?);
+        for span in spans {
+            entries.extend(span.read().map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(entries)
     }
@@ -171,7 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED)?;
-        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        let last_log_id = self.segments().last().max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -213,34 +272,70 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-        }
-        self.log
-            .apply_batch(batch)
+        let files = self
+            .segments()
+            .append(entries)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Durable (and acknowledged) with the next group flush; openraft goes on meanwhile.
-        self.flusher.after_next_flush(callback);
+        // Durable (and acknowledged) after the next group sync; openraft goes on meanwhile.
+        self.flusher.after_sync(files, callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate log");
-        self.remove_durably(self.log.range(index_key(log_id.index)..))
-            .await
+        self.segments()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log");
         // The entries being purged are covered by a snapshot whose state the state machine has
-        // applied; make that state durable before the entries that could rebuild it disappear.
-        self.flush()
+        // applied; make that state, and the purge point, durable before the entries go.
+        self.write_meta(LAST_PURGED, &log_id)?;
+        self.db
+            .flush_async()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.write_meta(LAST_PURGED, &log_id)?;
-        self.remove_durably(self.log.range(..=index_key(log_id.index)))
-            .await
+        self.segments()
+            .purge(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A data directory written by an older chorus keeps its entries in sled; they move into
+    /// segment files on the first open, and the node carries on from them.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_by_an_older_version_is_moved_into_segments() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let db = sled::open(dir.path().join("db")).expect("sled");
+            let tree = db.open_tree(LEGACY_LOG_TREE).expect("tree");
+            for i in 1..=4 {
+                let bytes = codec::encode(&blank(i)).expect("encode");
+                tree.insert(i.to_be_bytes(), bytes).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let (mut log, _sm) = crate::open(dir.path()).expect("open");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+        let entries = log.try_get_log_entries(2..=3).await.expect("read");
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![2, 3]);
+        assert!(log.db.open_tree(LEGACY_LOG_TREE).expect("tree").is_empty());
+        assert!(!log.is_pristine().expect("pristine"));
     }
 }

@@ -1,0 +1,510 @@
+//! The Raft log's entries on disk: append-only segment files under `<data_dir>/log/`.
+//!
+//! A segment is named after the index of its first entry (`00000000000000000042.log`) and holds
+//! consecutive entries as records: `len: u32 LE`, `crc32(payload): u32 LE`, `payload` (the
+//! bincode-encoded entry). A segment only grows at its end; a new one starts once the current
+//! one passes [`SEGMENT_BYTES`]. Memory holds where each record starts, not the entries.
+//!
+//! Crash safety: an append is acknowledged only after `fdatasync` of its segment (done by the
+//! log store's flusher), so a crash can only leave a torn or unsynced record at the tail of the
+//! last segment, and [`SegmentLog::open`] cuts the log at the first record whose length or
+//! checksum is wrong there. A bad record anywhere else is corruption, and opening fails with
+//! a message saying so. Creating and removing segment files fsyncs the directory; truncation
+//! (`set_len`) is fsynced before it returns.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::codec;
+use crate::types::{Entry, LogId};
+
+/// A segment stops taking appends once it is this large.
+pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const HEADER: usize = 8;
+
+fn corrupt(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Index of the first record.
+    first: u64,
+    /// Where each record starts; record `k` is entry `first + k`.
+    offsets: Vec<u64>,
+    /// Where the next record goes.
+    end: u64,
+}
+
+impl Segment {
+    /// One past the index of its last record.
+    fn next_index(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+
+    fn offset_of(&self, index: u64) -> u64 {
+        usize::try_from(index - self.first)
+            .ok()
+            .and_then(|k| self.offsets.get(k).copied())
+            .unwrap_or(self.end)
+    }
+}
+
+/// A run of consecutive records in one segment, to be read without holding the log's lock.
+#[derive(Debug)]
+pub(crate) struct Span {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+    count: usize,
+}
+
+impl Span {
+    /// Reads and decodes the span's entries.
+    pub(crate) fn read(&self) -> io::Result<Vec<Entry>> {
+        let len = usize::try_from(self.len).map_err(|_| corrupt("span too large".into()))?;
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, self.offset)?;
+        let mut entries = Vec::with_capacity(self.count);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (payload, after) =
+                split_record(rest).ok_or_else(|| corrupt("a log record is damaged".into()))?;
+            entries.push(codec::decode(payload).map_err(|e| corrupt(e.to_string()))?);
+            rest = after;
+        }
+        Ok(entries)
+    }
+}
+
+/// Splits one checked record off the front of `bytes`: its payload and what follows.
+fn split_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let payload = bytes.get(HEADER..HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then(|| (payload, &bytes[HEADER + len..]))
+}
+
+fn encode_record(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
+    let payload = codec::encode(entry).map_err(io::Error::other)?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::other("a log entry is larger than 4 GiB"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+#[derive(Debug)]
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    /// By first index; consecutive, the last one takes appends.
+    segments: BTreeMap<u64, Segment>,
+    last: Option<LogId>,
+    /// [`SEGMENT_BYTES`], smaller in tests.
+    segment_bytes: u64,
+    /// Entries before this index are purged, even where their segment is still on disk.
+    kept_from: u64,
+}
+
+impl SegmentLog {
+    /// Opens the log in `dir`, dropping a torn tail and segments wholly covered by `purged`.
+    pub(crate) fn open(dir: &Path, purged: Option<LogId>) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut names = Vec::new();
+        for item in fs::read_dir(dir)? {
+            let path = item?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.push((first, path));
+            }
+        }
+        names.sort();
+        let purged_end = purged.map_or(0, |p| p.index + 1);
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            last: None,
+            segment_bytes: SEGMENT_BYTES,
+            kept_from: purged_end,
+        };
+        let count = names.len();
+        for (k, (first, path)) in names.into_iter().enumerate() {
+            let is_last = k + 1 == count;
+            let segment = scan(&path, first, is_last)?;
+            if segment.next_index() <= purged_end {
+                // Purged before a crash let the file be removed.
+                fs::remove_file(&path)?;
+                continue;
+            }
+            if let Some(prev) = log.segments.values().next_back()
+                && prev.next_index() != first
+            {
+                return Err(corrupt(format!(
+                    "log segment {} does not follow the one before it (expected first index {})",
+                    path.display(),
+                    prev.next_index()
+                )));
+            }
+            log.segments.insert(first, segment);
+        }
+        log.last = log.read_last()?;
+        Ok(log)
+    }
+
+    pub(crate) fn last(&self) -> Option<LogId> {
+        self.last
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.segments.values().all(|s| s.offsets.is_empty())
+    }
+
+    /// The log id of the last record, read back from its segment.
+    fn read_last(&self) -> io::Result<Option<LogId>> {
+        let Some(segment) = self.segments.values().rev().find(|s| !s.offsets.is_empty()) else {
+            return Ok(None);
+        };
+        let last = segment.next_index() - 1;
+        let entries = self.spans(last, last + 1).iter().try_fold(
+            Vec::new(),
+            |mut all, span| -> io::Result<_> {
+                all.extend(span.read()?);
+                Ok(all)
+            },
+        )?;
+        Ok(entries.last().map(|e| e.log_id))
+    }
+
+    /// Writes `entries` (consecutive, following the last one) at the end of the log, without
+    /// syncing. Returns the files to sync before the entries are durable.
+    pub(crate) fn append(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> io::Result<Vec<Arc<File>>> {
+        let mut to_sync: Vec<Arc<File>> = Vec::new();
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        let mut first_index = None;
+        let mut last = None;
+        for entry in entries {
+            let index = entry.log_id.index;
+            let expected = first_index.map(|f: u64| f + starts.len() as u64);
+            if expected.is_some_and(|e| e != index) {
+                return Err(io::Error::other(format!(
+                    "log entries to append are not consecutive at index {index}"
+                )));
+            }
+            first_index.get_or_insert(index);
+            starts.push(buf.len() as u64);
+            encode_record(&entry, &mut buf)?;
+            last = Some(entry.log_id);
+        }
+        let Some(first_index) = first_index else {
+            return Ok(to_sync);
+        };
+        let needs_new = match self.segments.values().next_back() {
+            None => true,
+            Some(s) if s.next_index() != first_index => {
+                if !self.is_empty() {
+                    return Err(io::Error::other(format!(
+                        "log append at index {first_index} does not follow the last entry ({})",
+                        s.next_index()
+                    )));
+                }
+                true
+            }
+            Some(s) => s.end >= self.segment_bytes,
+        };
+        if needs_new {
+            if let Some(full) = self.segments.values().next_back() {
+                to_sync.push(full.file.clone());
+            }
+            self.start_segment(first_index)?;
+        }
+        let Some(segment) = self.segments.values_mut().next_back() else {
+            return Err(io::Error::other("no log segment to append to"));
+        };
+        segment.file.write_all_at(&buf, segment.end)?;
+        segment
+            .offsets
+            .extend(starts.into_iter().map(|s| segment.end + s));
+        segment.end += buf.len() as u64;
+        to_sync.push(segment.file.clone());
+        self.last = last;
+        Ok(to_sync)
+    }
+
+    fn start_segment(&mut self, first: u64) -> io::Result<()> {
+        // Segments before an empty log (everything purged) are stale; drop them first.
+        if self.is_empty() {
+            self.remove_segments(|_| true)?;
+        }
+        let path = self.dir.join(format!("{first:020}.log"));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            first,
+            Segment {
+                file: Arc::new(file),
+                path,
+                first,
+                offsets: Vec::new(),
+                end: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Syncs every segment (appends are synced by the log store's flusher; this is for shutdown).
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.segments.values().try_for_each(|s| s.file.sync_data())
+    }
+
+    /// Where the records of indexes `start..end` are, one span per segment.
+    pub(crate) fn spans(&self, start: u64, end: u64) -> Vec<Span> {
+        let mut spans = Vec::new();
+        for segment in self.segments.values() {
+            let from = start.max(segment.first).max(self.kept_from);
+            let to = end.min(segment.next_index());
+            if from >= to {
+                continue;
+            }
+            let offset = segment.offset_of(from);
+            spans.push(Span {
+                file: segment.file.clone(),
+                offset,
+                len: segment.offset_of(to) - offset,
+                count: (to - from) as usize,
+            });
+        }
+        spans
+    }
+
+    /// Removes the entries at `index` and after, durably.
+    pub(crate) fn truncate(&mut self, index: u64) -> io::Result<()> {
+        self.remove_segments(|s| s.first >= index)?;
+        if let Some(segment) = self.segments.values_mut().next_back()
+            && segment.next_index() > index
+        {
+            let cut = segment.offset_of(index);
+            segment.file.set_len(cut)?;
+            segment.file.sync_all()?;
+            segment.offsets.truncate((index - segment.first) as usize);
+            segment.end = cut;
+        }
+        self.last = self.read_last()?;
+        Ok(())
+    }
+
+    /// Removes the segments whose entries are all at or before `index`. The caller has recorded
+    /// the purge point durably first, so a file that survives a crash is removed on open.
+    pub(crate) fn purge(&mut self, index: u64) -> io::Result<()> {
+        self.kept_from = self.kept_from.max(index + 1);
+        self.remove_segments(|s| s.next_index() <= index + 1)
+    }
+
+    fn remove_segments(&mut self, doomed: impl Fn(&Segment) -> bool) -> io::Result<()> {
+        let gone: Vec<u64> = self
+            .segments
+            .values()
+            .filter(|s| doomed(s))
+            .map(|s| s.first)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for first in gone {
+            if let Some(segment) = self.segments.remove(&first) {
+                fs::remove_file(&segment.path)?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+/// Reads a segment's record offsets. In the last segment a damaged record ends the log (a
+/// write the crash interrupted, never acknowledged) and the file is cut there; elsewhere it is
+/// an error. Only the last segment's checksums are verified here; the others are checked as
+/// they are read.
+fn scan(path: &Path, first: u64, is_last: bool) -> io::Result<Segment> {
+    let mut file = File::options().read(true).write(true).open(path)?;
+    let size = file.metadata()?.len();
+    let mut offsets = Vec::new();
+    let mut at = 0u64;
+    let mut reader = io::BufReader::with_capacity(1 << 20, &mut file);
+    let mut payload = Vec::new();
+    let damaged = loop {
+        if at == size {
+            break false;
+        }
+        let mut header = [0u8; HEADER];
+        if at + HEADER as u64 > size || reader.read_exact(&mut header).is_err() {
+            break true;
+        }
+        let len = u64::from(u32::from_le_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if at + HEADER as u64 + len > size {
+            break true;
+        }
+        if is_last {
+            payload.resize(len as usize, 0);
+            if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+                break true;
+            }
+        } else {
+            reader.seek_relative(len as i64)?;
+        }
+        offsets.push(at);
+        at += HEADER as u64 + len;
+    };
+    drop(reader);
+    if damaged {
+        if !is_last {
+            return Err(corrupt(format!(
+                "log segment {} is damaged at byte {at}; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            at,
+            "dropping the torn tail of the log (a write interrupted by a crash)"
+        );
+        file.set_len(at)?;
+        file.sync_all()?;
+    }
+    Ok(Segment {
+        file: Arc::new(file),
+        path: path.to_path_buf(),
+        first,
+        offsets,
+        end: at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, QueueCommand, Request};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                dedupe_key: Some(format!("k{index}")),
+                at_ms: index,
+                command: Command::Queue(QueueCommand::PlayNext),
+            }),
+        }
+    }
+
+    fn read_all(log: &SegmentLog, start: u64, end: u64) -> Vec<u64> {
+        log.spans(start, end)
+            .iter()
+            .flat_map(|s| s.read().expect("read"))
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = SegmentLog::open(dir.path(), None).expect("open");
+            log.append((1..=5).map(entry)).expect("append");
+            log.append((6..=7).map(entry)).expect("append");
+        }
+        // A crash in the middle of writing entry 8: half a record at the end of the file.
+        let file = segment_files(dir.path()).pop().expect("a segment");
+        let mut record = Vec::new();
+        encode_record(&entry(8), &mut record).expect("encode");
+        let mut bytes = fs::read(&file).expect("read");
+        bytes.extend_from_slice(&record[..record.len() / 2]);
+        fs::write(&file, &bytes).expect("write");
+
+        let mut log = SegmentLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(log.last().map(|l| l.index), Some(7));
+        assert_eq!(read_all(&log, 0, 100), (1..=7).collect::<Vec<_>>());
+        log.append([entry(8)]).expect("append after the cut");
+        assert_eq!(read_all(&log, 6, 9), vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn damage_outside_the_last_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = SegmentLog::open(dir.path(), None).expect("open");
+            log.append((1..=3).map(entry)).expect("append");
+            log.segment_bytes = 1; // the next append starts a second segment
+            log.append((4..=5).map(entry)).expect("append");
+        }
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 2);
+        let mut bytes = fs::read(&files[0]).expect("read");
+        bytes.truncate(bytes.len() - 3);
+        fs::write(&files[0], &bytes).expect("write");
+        let err = SegmentLog::open(dir.path(), None).expect_err("damaged middle segment");
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn truncate_purge_and_append_after_a_purge_past_the_end() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = SegmentLog::open(dir.path(), None).expect("open");
+        log.append((1..=3).map(entry)).expect("append");
+        log.segment_bytes = 1; // every append from here starts a new segment
+        log.append((4..=6).map(entry)).expect("append");
+        log.truncate(5).expect("truncate");
+        assert_eq!(log.last().map(|l| l.index), Some(4));
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4]);
+        log.purge(3).expect("purge");
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            1,
+            "the first segment is gone"
+        );
+        assert_eq!(read_all(&log, 4, 100), vec![4]);
+        // A snapshot moved this node past its whole log: the next entry starts a new segment.
+        log.purge(9).expect("purge all");
+        assert!(log.is_empty());
+        log.append((10..=11).map(entry)).expect("append at 10");
+        drop(log);
+        let purged = Some(openraft::LogId::new(CommittedLeaderId::new(1, 1), 9));
+        let log = SegmentLog::open(dir.path(), purged).expect("reopen");
+        assert_eq!(read_all(&log, 10, 12), vec![10, 11]);
+        assert_eq!(log.last().map(|l| l.index), Some(11));
+    }
+}
