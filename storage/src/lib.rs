@@ -50,6 +50,11 @@ pub enum OpenError {
     },
     #[error("the state machine in {path} is unreadable: {message}")]
     Corrupt { path: String, message: String },
+    #[error("cannot open the Raft log in {path}: {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Opens (or creates) the store in `dir`: the Raft log and the state machine.

@@ -104,30 +104,30 @@ fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
 impl LogStore {
     /// Opens the log: meta in `db`, entries in segment files in `dir`.
     pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<Self, crate::OpenError> {
-        let path = dir.display().to_string();
-        let sled_err = |source| crate::OpenError::Sled {
-            path: path.clone(),
+        let log_err = |source| crate::OpenError::Log {
+            path: dir.display().to_string(),
             source,
         };
-        let io_err = |source| crate::OpenError::Io {
-            path: path.clone(),
-            source,
+        let meta = db
+            .open_tree("raft_meta")
+            .map_err(|e| log_err(std::io::Error::other(e)))?;
+        let purged = match meta.get(LAST_PURGED) {
+            Ok(Some(bytes)) => Some(codec::decode::<LogId>(&bytes).map_err(|e| {
+                log_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("last purged log id: {e}"),
+                ))
+            })?),
+            Ok(None) => None,
+            Err(e) => return Err(log_err(std::io::Error::other(e))),
         };
-        let meta = db.open_tree("raft_meta").map_err(sled_err)?;
-        let purged: Option<LogId> = match meta.get(LAST_PURGED).map_err(sled_err)? {
-            Some(bytes) => codec::decode(&bytes).map_err(|e| crate::OpenError::Corrupt {
-                path: path.clone(),
-                message: format!("last purged log id: {e}"),
-            })?,
-            None => None,
-        };
-        let mut entries = SegmentLog::open(dir, purged).map_err(io_err)?;
-        migrate_legacy_log(db, &mut entries).map_err(io_err)?;
+        let mut entries = SegmentLog::open(dir, purged).map_err(log_err)?;
+        migrate_legacy_log(db, &mut entries).map_err(log_err)?;
         Ok(Self {
             db: db.clone(),
             meta,
             entries: Arc::new(Mutex::new(entries)),
-            flusher: Flusher::start().map_err(io_err)?,
+            flusher: Flusher::start().map_err(log_err)?,
         })
     }
 
@@ -337,5 +337,28 @@ mod tests {
         assert_eq!(indexes, vec![2, 3]);
         assert!(log.db.open_tree(LEGACY_LOG_TREE).expect("tree").is_empty());
         assert!(!log.is_pristine().expect("pristine"));
+    }
+
+    /// Found by jepsen-style: a node that had purged its log could not start again (the purge
+    /// point was read back with the wrong type).
+    #[tokio::test]
+    async fn a_purged_log_opens_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (mut log, mut sm) = crate::open(dir.path()).expect("open");
+            log.segments().append((1..=5).map(blank)).expect("append");
+            // Only what the state machine has applied is ever purged.
+            openraft::storage::RaftStateMachine::apply(&mut sm, (1..=3).map(blank))
+                .await
+                .expect("apply");
+            log.purge(blank(3).log_id).await.expect("purge");
+        }
+        let (mut log, _sm) = crate::open(dir.path()).expect("reopen after a purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+        let entries = log.try_get_log_entries(0..10).await.expect("read");
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![4, 5]);
     }
 }
