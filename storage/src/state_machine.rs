@@ -482,6 +482,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
         }
         let encode_err = |e: crate::codec::CodecError| StorageIOError::write_state_machine(&e);
+        guard.state.finish_batch(&mut changes).map_err(encode_err)?;
         changes
             .put(M_APPLIED.to_vec(), &guard.last_applied)
             .map_err(encode_err)?;

@@ -115,6 +115,12 @@ impl State {
         })
     }
 
+    /// Stores what the requests applied since the last call keep only in memory so far (the
+    /// dedupe records, grouped). Call once per applied batch, before writing `changes`.
+    pub fn finish_batch(&mut self, changes: &mut Changes) -> Result<(), CodecError> {
+        self.dedupe.seal(changes)
+    }
+
     fn apply_one(&mut self, req: &Request, changes: &mut Changes) -> Result<Response, CodecError> {
         if let Some(key) = &req.dedupe_key
             && let Some(first) = self.dedupe.get(key)
@@ -140,7 +146,7 @@ impl State {
             deduplicated: false,
         };
         if let Some(key) = &req.dedupe_key {
-            self.dedupe.record(key.clone(), response.clone(), changes)?;
+            self.dedupe.record(key.clone(), response.clone(), changes);
         }
         Ok(response)
     }
@@ -323,6 +329,8 @@ impl State {
                 state.tracks.load(&key, &value)
             } else if key.starts_with(playlists::PREFIX) {
                 state.playlists.load(&key, &value)
+            } else if key.starts_with(dedupe::GROUP_PREFIX) {
+                state.dedupe.load_group(&key, &value)
             } else if key.starts_with(dedupe::PREFIX) {
                 state.dedupe.load(&key, &value)
             } else {
