@@ -87,6 +87,18 @@ impl Flusher {
     }
 }
 
+/// Most bytes of entries read for one AppendEntries (see `limited_get_log_entries`); the raft
+/// crate cuts frames at about the same size.
+pub const REPLICATION_READ_BYTES: u64 = 8 * 1024 * 1024;
+
+fn read_spans(spans: Vec<crate::segments::Span>) -> Result<Vec<Entry>, StorageError> {
+    let mut entries = Vec::new();
+    for span in spans {
+        entries.extend(span.read().map_err(|e| StorageIOError::read_logs(&e))?);
+    }
+    Ok(entries)
+}
+
 fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(i) => *i,
@@ -217,11 +229,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (start, end) = first_and_end(&range);
         // Located under the lock, read without it: appends go on while a follower is fed.
         let spans = self.segments().spans(start, end);
-        let mut entries = Vec::new();
-        for span in spans {
-            entries.extend(span.read().map_err(|e| StorageIOError::read_logs(&e))?);
-        }
-        Ok(entries)
+        read_spans(spans)
+    }
+
+    /// What replication reads: at most [`REPLICATION_READ_BYTES`] of entries (openraft asks for
+    /// up to `max_payload_entries`, which with 1 MiB audio entries would be hundreds of MiB read
+    /// and decoded for one AppendEntries).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let spans = self
+            .segments()
+            .spans_within(start, end, REPLICATION_READ_BYTES);
+        read_spans(spans)
     }
 }
 

@@ -281,6 +281,49 @@ impl SegmentLog {
         self.segments.values().try_for_each(|s| s.file.sync_data())
     }
 
+    /// Like [`Self::spans`], but stops once about `max_bytes` are covered (always at least one
+    /// record, if any is in range).
+    pub(crate) fn spans_within(&self, start: u64, end: u64, max_bytes: u64) -> Vec<Span> {
+        let mut spans = Vec::new();
+        let mut budget = max_bytes;
+        for span in self.spans(start, end) {
+            if span.len <= budget {
+                budget -= span.len;
+                spans.push(span);
+                continue;
+            }
+            // Cut this span at the last record that fits (or after its first, if none was
+            // taken yet), using the record offsets of its segment.
+            let Some(segment) = self
+                .segments
+                .values()
+                .find(|s| Arc::ptr_eq(&s.file, &span.file))
+            else {
+                break;
+            };
+            let first = segment.first + segment.offsets.partition_point(|&o| o < span.offset) as u64;
+            let limit = span.offset + budget;
+            // Records first..upto fit when the end of record upto-1 (= start of upto) <= limit.
+            let fitting = (first + 1..=first + span.count as u64)
+                .take_while(|&upto| segment.offset_of(upto) <= limit)
+                .last();
+            let upto = match fitting {
+                Some(upto) => upto,
+                None if spans.is_empty() => first + 1,
+                None => break,
+            };
+            let len = segment.offset_of(upto) - span.offset;
+            spans.push(Span {
+                file: span.file,
+                offset: span.offset,
+                len,
+                count: (upto - first) as usize,
+            });
+            break;
+        }
+        spans
+    }
+
     /// Where the records of indexes `start..end` are, one span per segment.
     pub(crate) fn spans(&self, start: u64, end: u64) -> Vec<Span> {
         let mut spans = Vec::new();
@@ -415,7 +458,7 @@ mod tests {
         Entry {
             log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request {
-                dedupe_key: Some(format!("k{index}")),
+                dedupe_key: Some(format!("k{index:04}")),
                 at_ms: index,
                 command: Command::Queue(QueueCommand::PlayNext),
             }),
@@ -506,5 +549,29 @@ mod tests {
         let log = SegmentLog::open(dir.path(), purged).expect("reopen");
         assert_eq!(read_all(&log, 10, 12), vec![10, 11]);
         assert_eq!(log.last().map(|l| l.index), Some(11));
+    }
+
+    #[test]
+    fn replication_reads_stop_at_the_byte_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = SegmentLog::open(dir.path(), None).expect("open");
+        log.append((1..=10).map(entry)).expect("append");
+        let one = log.spans(1, 2)[0].len;
+        let indexes = |spans: Vec<Span>| -> Vec<u64> {
+            spans
+                .iter()
+                .flat_map(|s| s.read().expect("read"))
+                .map(|e| e.log_id.index)
+                .collect()
+        };
+        assert_eq!(indexes(log.spans_within(1, 11, one * 3)), vec![1, 2, 3]);
+        assert_eq!(indexes(log.spans_within(4, 11, one * 3 + 1)), vec![4, 5, 6]);
+        // Never empty: one record even when it alone is over the budget.
+        assert_eq!(indexes(log.spans_within(5, 11, 1)), vec![5]);
+        assert_eq!(indexes(log.spans_within(1, 11, u64::MAX)).len(), 10);
+        // Across segments: the budget carries over.
+        log.segment_bytes = 1;
+        log.append((11..=12).map(entry)).expect("append");
+        assert_eq!(indexes(log.spans_within(9, 13, one * 3)), vec![9, 10, 11]);
     }
 }
