@@ -20,9 +20,10 @@ use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteReply};
 use crate::transport::{Transport, TransportError};
 
 const LIMITS: Limits = Limits {
-    // More only splits the same writes into smaller batches; fewer adds a round trip of waiting
-    // under light load.
-    in_flight: 2,
+    // One batch under way at a time: what arrives meanwhile leaves together in the next. Two
+    // measured ~10 % fewer writes/s at 64 clients (smaller batches, more RPCs and entries);
+    // the leader's proposer still keeps two entries in flight.
+    in_flight: 1,
     max_items: 512,
     max_bytes: 1024 * 1024,
 };

@@ -301,7 +301,8 @@ impl SegmentLog {
             else {
                 break;
             };
-            let first = segment.first + segment.offsets.partition_point(|&o| o < span.offset) as u64;
+            let first =
+                segment.first + segment.offsets.partition_point(|&o| o < span.offset) as u64;
             let limit = span.offset + budget;
             // Records first..upto fit when the end of record upto-1 (= start of upto) <= limit.
             let fitting = (first + 1..=first + span.count as u64)
