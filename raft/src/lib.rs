@@ -1,11 +1,14 @@
-//! Replication: openraft wired to the sled store and to a ractor_cluster transport.
+//! Replication: openraft wired to the store (segment-file log, sled state machine) and to a
+//! ractor_cluster transport.
 //!
 //! Layout:
 //! - [`protocol`]: the node-to-node messages (bincode over one ractor_cluster RPC).
 //! - [`transport`]: the ractor_cluster node server, the endpoint actor that answers peers, the
 //!   supervisor actor that (re)connects to peers and drops dead sessions, and `call` with a
 //!   timeout on every remote request.
+//! - [`batch`]: a queue handed to a sender in batches, with a bounded number in flight.
 //! - [`forward`]: batching of the writes a follower forwards to the leader.
+//! - [`propose`]: on the leader, waiting writes grouped into one log entry (`Command::Batch`).
 //! - [`network`]: openraft's `RaftNetwork` on top of the transport.
 //! - [`replica`]: [`Replica`], the handle the API uses: `write` (forwarded to the leader, retried
 //!   safely across leader changes), `read_barrier` (linearizable reads on any node), membership.
