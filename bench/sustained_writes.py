@@ -15,6 +15,14 @@ from compare import proc_stat, wrk  # noqa: E402
 from measure import Cluster, http  # noqa: E402
 
 
+def rss_now(pid):
+    """Current resident memory (VmRSS) of a process, MiB."""
+    try:
+        return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -28,9 +36,10 @@ def main():
         http("POST", c.url(leader) + "/add_track", {"id": 1, "title": "a", "artist": "b", "duration": 100})
         for run in range(1, args.runs + 1):
             r = wrk(c.url(follower), 64, args.seconds, "POST", "/vote?id=1&up=true")
-            _, rss = proc_stat(c.procs[follower].pid)
+            _, peak = proc_stat(c.procs[follower].pid)
             print(f"run {run}: {r['rps']:,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
-                  f"p99 {r['p99_us'] / 1000:.2f} ms, follower peak RSS {rss:.0f} MiB", flush=True)
+                  f"p99 {r['p99_us'] / 1000:.2f} ms, follower RSS {rss_now(c.procs[follower].pid):.0f} MiB "
+                  f"(peak {peak:.0f})", flush=True)
         view = http("GET", c.url(leader) + "/cluster")[1] or {}
         print(f"log entries committed: {view.get('commit_index')}, last snapshot at {view.get('snapshot_index')}")
     finally:

@@ -71,6 +71,27 @@ fn tune_malloc() {
     }
 }
 
+/// The trim threshold only returns memory at the top of the heap. A node that has applied many
+/// writes holds ~100,000 small long-lived dedupe records scattered through the heap, and the
+/// free pages between them stayed resident: 178 MiB RSS after 2 x 10 s of 64-client writes,
+/// 114 MiB with this periodic trim, same throughput (`python3 bench/sustained_writes.py`).
+fn start_malloc_trimmer() {
+    let trimmer = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                // SAFETY: malloc_trim only releases free heap pages; it is thread-safe.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        });
+    if let Err(e) = trimmer {
+        tracing::warn!(error = %e, "cannot start the malloc-trim thread; memory stays as it is");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tune_malloc();
     let cli = Cli::parse();
@@ -84,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Start { node, config } => {
             init_logging();
+            start_malloc_trimmer();
             runtime.block_on(serve::run(&config, node))
         }
         Cmd::Client(args) => runtime.block_on(client::run(args)),
