@@ -130,7 +130,7 @@ mod tests {
     }
 
     /// Batches of a sender that holds every batch until released, recording their sizes.
-    fn gated(limits: Limits) -> (Batcher<Job>, Arc<Mutex<Vec<usize>>>, Arc<Semaphore>) {
+    fn gated(limits: Limits) -> Gated {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let (s, g) = (sizes.clone(), gate.clone());
@@ -152,20 +152,28 @@ mod tests {
         (Job { size, done }, rx)
     }
 
-    #[tokio::test]
-    async fn items_waiting_while_slots_are_busy_leave_together() {
+    type Gated = (Batcher<Job>, Arc<Mutex<Vec<usize>>>, Arc<Semaphore>);
+
+    /// A one-slot batcher whose slot is taken by a first job, held until the gate opens.
+    async fn with_slot_taken(max_bytes: usize) -> (Gated, oneshot::Receiver<usize>) {
         let limits = Limits {
             in_flight: 1,
             max_items: 100,
-            max_bytes: 1000,
+            max_bytes,
         };
         let (batcher, sizes, gate) = gated(limits);
         let (first, first_done) = job(1);
         batcher.push(first).ok().unwrap();
-        // The first goes alone; the next five wait for its slot and then leave as one batch.
         while sizes.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
+        ((batcher, sizes, gate), first_done)
+    }
+
+    #[tokio::test]
+    async fn items_waiting_while_slots_are_busy_leave_together() {
+        // The first goes alone; the next five wait for its slot and then leave as one batch.
+        let ((batcher, sizes, gate), first_done) = with_slot_taken(1000).await;
         let mut rest = Vec::new();
         for _ in 0..5 {
             let (j, rx) = job(1);
@@ -182,17 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_respect_the_byte_budget_and_skip_abandoned_items() {
-        let limits = Limits {
-            in_flight: 1,
-            max_items: 100,
-            max_bytes: 10,
-        };
-        let (batcher, sizes, gate) = gated(limits);
-        let (blocker, blocker_done) = job(1);
-        batcher.push(blocker).ok().unwrap();
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let ((batcher, sizes, gate), blocker_done) = with_slot_taken(10).await;
         let mut waiting = Vec::new();
         for size in [4, 4, 4, 20] {
             let (j, rx) = job(size);
