@@ -52,6 +52,17 @@ impl Segment {
         self.first + self.offsets.len() as u64
     }
 
+    /// The records `from..to` of this segment (both within it).
+    fn span(&self, from: u64, to: u64) -> Span {
+        let offset = self.offset_of(from);
+        Span {
+            file: self.file.clone(),
+            offset,
+            len: self.offset_of(to) - offset,
+            count: (to - from) as usize,
+        }
+    }
+
     fn offset_of(&self, index: u64) -> u64 {
         usize::try_from(index - self.first)
             .ok()
@@ -286,40 +297,25 @@ impl SegmentLog {
     pub(crate) fn spans_within(&self, start: u64, end: u64, max_bytes: u64) -> Vec<Span> {
         let mut spans = Vec::new();
         let mut budget = max_bytes;
-        for span in self.spans(start, end) {
+        for (segment, from, to) in self.ranges(start, end) {
+            let span = segment.span(from, to);
             if span.len <= budget {
                 budget -= span.len;
                 spans.push(span);
                 continue;
             }
-            // Cut this span at the last record that fits (or after its first, if none was
-            // taken yet), using the record offsets of its segment.
-            let Some(segment) = self
-                .segments
-                .values()
-                .find(|s| Arc::ptr_eq(&s.file, &span.file))
-            else {
-                break;
-            };
-            let first =
-                segment.first + segment.offsets.partition_point(|&o| o < span.offset) as u64;
+            // Cut at the last record that fits (or after the first, if none was taken yet):
+            // records from..upto fit when the start of record `upto` is within the budget.
             let limit = span.offset + budget;
-            // Records first..upto fit when the end of record upto-1 (= start of upto) <= limit.
-            let fitting = (first + 1..=first + span.count as u64)
+            let fitting = (from + 1..=to)
                 .take_while(|&upto| segment.offset_of(upto) <= limit)
                 .last();
             let upto = match fitting {
                 Some(upto) => upto,
-                None if spans.is_empty() => first + 1,
+                None if spans.is_empty() => from + 1,
                 None => break,
             };
-            let len = segment.offset_of(upto) - span.offset;
-            spans.push(Span {
-                file: span.file,
-                offset: span.offset,
-                len,
-                count: (upto - first) as usize,
-            });
+            spans.push(segment.span(from, upto));
             break;
         }
         spans
@@ -327,22 +323,18 @@ impl SegmentLog {
 
     /// Where the records of indexes `start..end` are, one span per segment.
     pub(crate) fn spans(&self, start: u64, end: u64) -> Vec<Span> {
-        let mut spans = Vec::new();
-        for segment in self.segments.values() {
+        self.ranges(start, end)
+            .map(|(segment, from, to)| segment.span(from, to))
+            .collect()
+    }
+
+    /// The part of `start..end` each segment holds (purged entries excluded), in order.
+    fn ranges(&self, start: u64, end: u64) -> impl Iterator<Item = (&Segment, u64, u64)> {
+        self.segments.values().filter_map(move |segment| {
             let from = start.max(segment.first).max(self.kept_from);
             let to = end.min(segment.next_index());
-            if from >= to {
-                continue;
-            }
-            let offset = segment.offset_of(from);
-            spans.push(Span {
-                file: segment.file.clone(),
-                offset,
-                len: segment.offset_of(to) - offset,
-                count: (to - from) as usize,
-            });
-        }
-        spans
+            (from < to).then_some((segment, from, to))
+        })
     }
 
     /// Removes the entries at `index` and after, durably.
