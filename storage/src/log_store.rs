@@ -99,6 +99,19 @@ fn read_spans(spans: Vec<crate::segments::Span>) -> Result<Vec<Entry>, StorageEr
     Ok(entries)
 }
 
+/// Reads `key` of the `raft_meta` tree, written as a `T` by `write_meta`.
+fn read_meta_in<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    let Some(bytes) = meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
+        return Ok(None);
+    };
+    codec::decode(&bytes)
+        .map(Some)
+        .map_err(|e| StorageIOError::read(&e).into())
+}
+
 fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(i) => *i,
@@ -123,16 +136,12 @@ impl LogStore {
         let meta = db
             .open_tree("raft_meta")
             .map_err(|e| log_err(std::io::Error::other(e)))?;
-        let purged = match meta.get(LAST_PURGED) {
-            Ok(Some(bytes)) => Some(codec::decode::<LogId>(&bytes).map_err(|e| {
-                log_err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("last purged log id: {e}"),
-                ))
-            })?),
-            Ok(None) => None,
-            Err(e) => return Err(log_err(std::io::Error::other(e))),
-        };
+        let purged = read_meta_in::<LogId>(&meta, LAST_PURGED).map_err(|e| {
+            log_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("last purged log id: {e}"),
+            ))
+        })?;
         let mut entries = SegmentLog::open(dir, purged).map_err(log_err)?;
         migrate_legacy_log(db, &mut entries).map_err(log_err)?;
         Ok(Self {
@@ -151,12 +160,7 @@ impl LogStore {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
-            return Ok(None);
-        };
-        codec::decode(&bytes)
-            .map(Some)
-            .map_err(|e| StorageIOError::read(&e).into())
+        read_meta_in(&self.meta, key)
     }
 
     fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
