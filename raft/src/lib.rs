@@ -129,6 +129,13 @@ pub async fn start(
         s.request_timeout,
     );
     transport.serve(replica.clone()).await?;
+    // Requests waiting for an entry to apply here answer "shutting down" at once when the Raft
+    // core stops, instead of waiting out their deadline.
+    let stopped = replica.clone();
+    tokio::spawn(async move {
+        stopped.failed().await;
+        stopped.state().close_waiters();
+    });
     replica.watch_membership(args.initial_members.clone());
     tokio::spawn(bootstrap::bootstrap(replica.clone(), args.initial_members));
     Ok(replica)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, TryAsRef};
-use storage::{ChorusNode, Command, LogStore, Request, Response, StateReader};
+use storage::{ApplyWaitError, ChorusNode, Command, LogStore, Request, Response, StateReader};
 
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
@@ -265,11 +265,14 @@ impl Replica {
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
         // Give a write that did commit a moment to apply here even if its deadline is spent.
         let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
-        if self.inner.reader.wait_applied(index, deadline.into()).await {
-            Ok(())
-        } else {
-            Err(ReplicaError::Lagging)
-        }
+        self.inner
+            .reader
+            .wait_applied(index, deadline.into())
+            .await
+            .map_err(|e| match e {
+                ApplyWaitError::TimedOut => ReplicaError::Lagging,
+                ApplyWaitError::Closed => ReplicaError::ShuttingDown,
+            })
     }
 
     /// Adds a node: first as a learner (waiting for it to catch up), then as a voter.

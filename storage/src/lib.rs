@@ -35,7 +35,7 @@ pub use sled::IVec;
 pub use state::queue::{PlayedTrack, QueuedTrack};
 pub use state::tracks::{AudioInfo, CHUNK_SIZE, Track, TrackMeta, Upload};
 pub use state::users::User;
-pub use state_machine::{StateMachineStore, StateReader};
+pub use state_machine::{ApplyWaitError, StateMachineStore, StateReader};
 pub use types::{ChorusNode, Entry, TypeConfig};
 
 /// Errors opening the store.

@@ -83,6 +83,17 @@ struct Waiting {
     /// One past the last applied index (0: nothing applied yet; index 0 is a real entry).
     applied_end: u64,
     waiting: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+    /// Set when the Raft core has stopped: nothing will be applied any more.
+    closed: bool,
+}
+
+/// Why [`StateReader::wait_applied`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyWaitError {
+    #[error("the entry was not applied here in time")]
+    TimedOut,
+    #[error("this node has stopped applying entries (its Raft core stopped)")]
+    Closed,
 }
 
 impl AppliedWaiters {
@@ -106,15 +117,26 @@ impl AppliedWaiters {
         }
     }
 
-    /// `None` when `index` is applied already, else a receiver that fires once it is.
-    fn wait(&self, index: u64) -> Option<oneshot::Receiver<()>> {
+    /// `None` when `index` is applied already, else a receiver that fires once it is (and fails
+    /// if the waiters are closed first).
+    fn wait(&self, index: u64) -> Result<Option<oneshot::Receiver<()>>, ApplyWaitError> {
         let mut w = self.lock();
         if index < w.applied_end {
-            return None;
+            return Ok(None);
+        }
+        if w.closed {
+            return Err(ApplyWaitError::Closed);
         }
         let (tx, rx) = oneshot::channel();
         w.waiting.entry(index).or_default().push(tx);
-        Some(rx)
+        Ok(Some(rx))
+    }
+
+    /// Fails every waiter, now and later, that is not satisfied yet.
+    fn close(&self) {
+        let mut w = self.lock();
+        w.closed = true;
+        w.waiting.clear();
     }
 }
 
@@ -160,12 +182,27 @@ impl StateReader {
             .last_applied
     }
 
-    /// Waits until log index `index` is applied here, or `deadline` passes (then false).
-    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> bool {
-        match self.inner.waiters.wait(index) {
-            None => true,
-            Some(applied) => matches!(tokio::time::timeout_at(deadline, applied).await, Ok(Ok(()))),
+    /// Waits until log index `index` is applied here, `deadline` passes, or the waiters are
+    /// closed because the Raft core stopped.
+    pub async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApplyWaitError> {
+        let Some(applied) = self.inner.waiters.wait(index)? else {
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ApplyWaitError::Closed),
+            Err(_) => Err(ApplyWaitError::TimedOut),
         }
+    }
+
+    /// Fails every wait for an entry not applied yet: for when the Raft core has stopped and
+    /// nothing more will be applied, so that waiting requests answer at once.
+    pub fn close_waiters(&self) {
+        self.inner.waiters.close();
     }
 }
 
@@ -727,7 +764,7 @@ mod tests {
             tokio::time::Instant::now() + std::time::Duration::from_secs(5),
         );
         let (responses, woken) = tokio::join!(sm.apply([entry]), waiting);
-        assert!(woken, "a waiter for index 2 is woken by its apply");
+        assert_eq!(woken, Ok(()), "a waiter for index 2 is woken by its apply");
         let responses = responses.expect("apply");
         let Ok(Outcome::Batch(each)) = &responses[0].result else {
             panic!("not a batch answer: {responses:?}");
@@ -743,5 +780,24 @@ mod tests {
             Some(1),
             "the retry inside the batch did not vote twice"
         );
+    }
+
+    /// When the Raft core stops, waits for entries not applied yet fail at once (the request
+    /// answers "shutting down"), while entries already applied still count.
+    #[tokio::test]
+    async fn closing_the_waiters_fails_waits_for_unapplied_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply([add(1, 7)]).await.expect("apply");
+        let reader = sm.reader();
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let waiting = reader.wait_applied(5, far);
+        let (result, ()) = tokio::join!(waiting, async { reader.close_waiters() });
+        assert_eq!(result, Err(ApplyWaitError::Closed));
+        assert_eq!(
+            reader.wait_applied(6, far).await,
+            Err(ApplyWaitError::Closed)
+        );
+        assert_eq!(reader.wait_applied(1, far).await, Ok(()));
     }
 }
