@@ -32,8 +32,9 @@ pub const CAPACITY: usize = 100_000;
 pub struct DedupeTable {
     by_key: HashMap<String, Record>,
     by_seq: BTreeMap<u64, String>,
-    /// Records applied since the last [`DedupeTable::seal`], to be stored as one group.
-    pending: Vec<(u64, String)>,
+    /// Sequence number of the first record applied since the last [`DedupeTable::seal`]; those
+    /// records (all later ones still held) are stored as one group.
+    unsealed_from: Option<u64>,
     /// Stored groups: sled key by the sequence number of their last record.
     stored: BTreeMap<u64, Vec<u8>>,
 }
@@ -71,19 +72,24 @@ impl DedupeTable {
     pub(crate) fn record(&mut self, key: String, response: Response, changes: &mut Changes) {
         let seq = self.by_seq.last_key_value().map_or(0, |(s, _)| s + 1);
         self.by_seq.insert(seq, key.clone());
-        self.by_key.insert(key.clone(), Record { seq, response });
-        self.pending.push((seq, key));
+        self.by_key.insert(key, Record { seq, response });
+        self.unsealed_from.get_or_insert(seq);
         self.evict(changes);
     }
 
-    /// Drops the oldest records beyond the capacity, and the stored groups left with none.
-    fn evict(&mut self, changes: &mut Changes) {
+    /// Drops the oldest records beyond the capacity.
+    fn trim(&mut self) {
         while self.by_key.len() > CAPACITY {
             let Some((_, oldest)) = self.by_seq.pop_first() else {
                 break;
             };
             self.by_key.remove(&oldest);
         }
+    }
+
+    /// [`Self::trim`], and deletes the stored groups left with no record.
+    fn evict(&mut self, changes: &mut Changes) {
+        self.trim();
         let oldest_kept = self.by_seq.first_key_value().map_or(u64::MAX, |(s, _)| *s);
         while let Some(entry) = self.stored.first_entry() {
             if *entry.key() >= oldest_kept {
@@ -95,13 +101,13 @@ impl DedupeTable {
 
     /// Stores the records of this batch as one group. Called once per applied batch.
     pub(crate) fn seal(&mut self, changes: &mut Changes) -> Result<(), CodecError> {
-        let pending = std::mem::take(&mut self.pending);
-        let group: Vec<(String, Record)> = pending
-            .into_iter()
-            .filter_map(|(seq, key)| {
-                let record = self.by_key.get(&key).filter(|r| r.seq == seq)?.clone();
-                Some((key, record))
-            })
+        let Some(from) = self.unsealed_from.take() else {
+            return Ok(());
+        };
+        let group: Vec<(String, Record)> = self
+            .by_seq
+            .range(from..)
+            .filter_map(|(_, key)| Some((key.clone(), self.by_key.get(key)?.clone())))
             .collect();
         let (Some((_, first)), Some((_, last))) = (group.first(), group.last()) else {
             return Ok(());
@@ -137,14 +143,9 @@ impl DedupeTable {
     fn insert_loaded(&mut self, name: String, record: Record) {
         self.by_seq.insert(record.seq, name.clone());
         self.by_key.insert(name, record);
-        // A node that evicted in memory but crashed before storing the deletes holds more than
-        // the capacity on disk: trim the same way, so every node holds the same records.
-        while self.by_key.len() > CAPACITY {
-            let Some((_, oldest)) = self.by_seq.pop_first() else {
-                break;
-            };
-            self.by_key.remove(&oldest);
-        }
+        // Groups stay on disk until all their records are evicted, so a load can read more than
+        // the capacity: trim the same way, so every node holds the same records.
+        self.trim();
     }
 }
 
