@@ -111,12 +111,20 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         let fits = entries_within(&rpc.entries, MAX_APPEND_BYTES);
         rpc.entries.truncate(fits);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        // Heartbeats (no entries) are left out of the stage trace (bench/write_stages.py).
+        let carries_entries = !rpc.entries.is_empty();
+        if carries_entries {
+            tracing::trace!(target: "chorus::stages", stage = "replicate.send");
+        }
         let resp = self
             .send(PeerRequest::AppendEntries(rpc), &option, |r| match r {
                 PeerResponse::AppendEntries(r) => Some(r),
                 _ => None,
             })
             .await?;
+        if carries_entries {
+            tracing::trace!(target: "chorus::stages", stage = "replicate.acked");
+        }
         // openraft sends the rest next, after the last entry the follower took.
         Ok(match resp {
             AppendEntriesResponse::Success if fits < all => {

@@ -69,8 +69,10 @@ impl Proposer {
 }
 
 async fn client_write(raft: &Raft, request: Request) -> Result<WriteReply, ForwardError> {
-    raft.client_write(request)
-        .await
+    tracing::trace!(target: "chorus::stages", stage = "propose");
+    let written = raft.client_write(request).await;
+    tracing::trace!(target: "chorus::stages", stage = "committed");
+    written
         .map(|resp| WriteReply {
             index: resp.log_id.index,
             response: resp.data,

@@ -215,6 +215,7 @@ impl Replica {
             at_ms: now_ms(),
             command,
         };
+        tracing::trace!(target: "chorus::stages", stage = "write.start");
         let started = Instant::now();
         let reply: WriteReply = self
             .route(
@@ -228,6 +229,7 @@ impl Replica {
             .await?;
         self.wait_applied(reply.index, started + self.inner.timeout)
             .await?;
+        tracing::trace!(target: "chorus::stages", stage = "write.done");
         Ok(WriteReceipt {
             index: reply.index,
             response: reply.response,
@@ -366,7 +368,15 @@ impl Replica {
         let raft = &self.inner.raft;
         match req {
             PeerRequest::AppendEntries(r) => {
-                PeerResponse::AppendEntries(raft.append_entries(r).await)
+                let carries_entries = !r.entries.is_empty();
+                if carries_entries {
+                    tracing::trace!(target: "chorus::stages", stage = "follower.append");
+                }
+                let answer = raft.append_entries(r).await;
+                if carries_entries {
+                    tracing::trace!(target: "chorus::stages", stage = "follower.acked");
+                }
+                PeerResponse::AppendEntries(answer)
             }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => {

@@ -70,6 +70,7 @@ impl Flusher {
                             };
                             result = result.and(outcome);
                         }
+                        tracing::trace!(target: "chorus::stages", stage = "log.flushed");
                         callback.log_io_completed(result.map_err(std::io::Error::other));
                     }
                 }
@@ -298,6 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        tracing::trace!(target: "chorus::stages", stage = "log.append");
         let files = self
             .segments()
             .append(entries)

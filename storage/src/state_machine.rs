@@ -500,6 +500,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        tracing::trace!(target: "chorus::stages", stage = "apply.start");
         let mut guard = self.inner.write_lock();
         let mut changes = Changes::default();
         let mut responses = Vec::new();
@@ -540,6 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let last = guard.last_applied;
         drop(guard);
         self.inner.waiters.applied(last);
+        tracing::trace!(target: "chorus::stages", stage = "apply.done");
         Ok(responses)
     }
 
