@@ -19,6 +19,7 @@ pub mod codec;
 pub mod command;
 pub mod log_store;
 mod segments;
+mod sm_writer;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;

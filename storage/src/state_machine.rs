@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - Every applied batch is one atomic sled batch holding the domain writes *and* `m/applied`
-//!   and `m/membership`, so the tree always describes exactly one log position.
+//!   and `m/membership`, so the tree always describes exactly one log position. The batches are
+//!   written by their own thread ([`crate::sm_writer`]), so the tree may trail the in-memory
+//!   state; whatever reads or replaces the whole tree drains that writer first.
 //! - Audio chunks go to the `audio` tree in a batch applied just *before* that `sm` batch. Audio
 //!   writes are idempotent (same key, same bytes; deletes of fixed keys), so if a crash falls
 //!   between the two, re-applying the entries after `m/applied` repairs it.
@@ -29,6 +31,7 @@ use tokio::sync::oneshot;
 use crate::OpenError;
 use crate::codec;
 use crate::command::Response;
+use crate::sm_writer::SmWriter;
 use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_SM};
 use crate::state::{Changes, State};
 use crate::types::{
@@ -57,6 +60,8 @@ pub struct Applied {
 struct Inner {
     db: sled::Db,
     sm: sled::Tree,
+    /// Writes the `sm` batches of applied entries, off the apply path.
+    sm_writer: SmWriter,
     audio: sled::Tree,
     /// Holds the install marker. Not `sm`: an install clears `sm`, and with it the marker.
     control: sled::Tree,
@@ -234,6 +239,8 @@ impl Inner {
         let tmp = self.next_file("building");
         let meta = {
             let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
+            // The tree as of `last_applied`: no batch is in flight while the lock is held.
+            self.sm_writer.drain()?;
             let id_part = guard.last_applied.map_or("none".to_string(), |l| {
                 format!("{}-{}", l.leader_id, l.index)
             });
@@ -280,6 +287,8 @@ impl Inner {
             ));
         }
         let mut guard = self.write_lock();
+        // Nothing queued may land in the tree after it is cleared.
+        self.sm_writer.drain()?;
         // Durable before anything is cleared: a crash from here on is repaired at the next open
         // by installing `current.snap` again.
         self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
@@ -366,6 +375,7 @@ impl StateMachineStore {
             .map_err(|e| corrupt(e.to_string()))?;
         let inner = Inner {
             db,
+            sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
             sm,
             audio,
             control,
@@ -528,6 +538,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .put(M_MEMBERSHIP.to_vec(), &guard.membership)
             .map_err(encode_err)?;
         // Not flushed: the log already is, and a crash replays entries after `m/applied`.
+        // Audio is written here, before the entries' metadata can be read, so a track is never
+        // visible without its audio; the `sm` writes follow on the writer's thread.
         if let Some(audio) = changes.take_audio() {
             self.inner
                 .audio
@@ -535,8 +547,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
         }
         self.inner
-            .sm
-            .apply_batch(changes.into_batch())
+            .sm_writer
+            .submit(changes.into_writes())
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let last = guard.last_applied;
         drop(guard);
@@ -685,6 +697,47 @@ mod tests {
         assert!(err.to_string().contains("unreadable"), "{err}");
     }
 
+    /// Opens the store in `dir` again once the previous one has let go of it: the log's flusher
+    /// thread releases the database shortly after the log store is dropped, and until then
+    /// sled's file lock is held.
+    async fn reopen(dir: &std::path::Path) -> (crate::LogStore, StateMachineStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match crate::open(dir) {
+                Ok(opened) => return opened,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// The `sm` tree is written by its own thread: a snapshot built right after an apply, and
+    /// a store opened after the previous one was dropped, still see every applied entry.
+    #[tokio::test]
+    async fn applied_entries_reach_snapshots_and_the_disk_although_written_in_the_background() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let last = {
+            let (_log, mut sm) = crate::open(dir.path()).expect("open");
+            for i in 1..=200 {
+                sm.apply([add(i, 1000 + i)]).await.expect("apply");
+            }
+            let snapshot = sm.build_snapshot().await.expect("build");
+            let fresh = tempfile::tempdir().expect("temp dir");
+            let (_fresh_log, mut copy) = crate::open(fresh.path()).expect("open");
+            copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .expect("install");
+            assert_eq!(copy.reader().read(|s| s.queue.len()), 200);
+            for i in 201..=210 {
+                sm.apply([add(i, 1000 + i)]).await.expect("apply");
+            }
+            sm.applied_state().await.expect("applied").0
+        };
+        let (_log, mut sm) = reopen(dir.path()).await;
+        assert_eq!(sm.applied_state().await.expect("applied").0, last);
+        assert_eq!(sm.reader().read(|s| s.queue.len()), 210);
+    }
+
     /// Found by jepsen-style: a node killed while installing a snapshot came back with an empty
     /// state machine and no marker (clearing `sm` had removed it), and could never start again
     /// because its log had been purged up to the snapshot.
@@ -704,16 +757,7 @@ mod tests {
             inner.db.flush().expect("flush");
             snapshot.meta.last_log_id
         };
-        // The log's flusher thread lets go of the database shortly after the log store is
-        // dropped; until then sled's file lock is held.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (_log, mut sm) = loop {
-            match crate::open(dir.path()) {
-                Ok(opened) => break opened,
-                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        let (_log, mut sm) = reopen(dir.path()).await;
         let (applied, _) = sm.applied_state().await.expect("applied state");
         assert_eq!(applied, last);
         let queued = sm.reader().read(|s| s.queue.len());

@@ -192,7 +192,7 @@ mod tests {
                 table.record(format!("k{n}"), response(n), &mut changes);
             }
             table.seal(&mut changes).expect("seal");
-            batches.push(changes.into_batch());
+            batches.push(crate::sm_writer::to_batch(changes.into_writes()));
         }
         assert_eq!(table.len(), CAPACITY);
         assert!(table.get("k2499").is_none(), "evicted");

@@ -33,7 +33,7 @@ use users::UsersState;
 /// idempotent, so a crash in between is repaired by applying the entries again).
 #[derive(Default)]
 pub struct Changes {
-    batch: sled::Batch,
+    writes: crate::sm_writer::Writes,
     audio: sled::Batch,
     audio_ops: usize,
 }
@@ -63,16 +63,17 @@ impl Changes {
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CodecError> {
-        self.batch.insert(key, codec::encode(value)?);
+        self.writes.insert(key, Some(codec::encode(value)?));
         Ok(())
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.batch.remove(key);
+        self.writes.insert(key, None);
     }
 
-    pub fn into_batch(self) -> sled::Batch {
-        self.batch
+    /// The `sm` writes, in key order (`None` deletes).
+    pub fn into_writes(self) -> crate::sm_writer::Writes {
+        self.writes
     }
 }
 

@@ -1,0 +1,211 @@
+//! Writes the state machine's `sm` batches to sled on a thread of their own, off the apply path.
+//!
+//! Why: sled 0.34 rolls its IO buffer twice for every `apply_batch` (`PageCache::pin_log`), each
+//! time handing a buffer write to its IO thread pool and waking it. Measured on the leader with one
+//! client: 142 µs median, 300 µs at p90, for the `apply_batch` of one small entry, an eighth of a
+//! write's whole latency, all of it on the way to the client's answer. Nothing on that way reads
+//! the `sm` tree (reads use the in-memory [`crate::state::State`]), and an applied entry is
+//! already durable in the Raft log, so the tree may trail the in-memory state: after a crash the
+//! entries after the tree's `m/applied` are applied again, as they always were for sled writes
+//! that sled had not flushed yet.
+//!
+//! Invariants:
+//! - Batches reach the tree in the order they were submitted, each atomically. Batches waiting
+//!   together are merged into one (a later write of a key wins), so every batch written still
+//!   describes one log position (the last one merged carries its `m/applied`).
+//! - Whoever reads the whole tree (a snapshot build) or replaces it (an install) holds the state
+//!   lock, so nothing new is submitted, and calls [`SmWriter::drain`] first.
+//! - A failed write is reported by the next `submit` or `drain`: the state machine stops instead
+//!   of going on with a tree that lost a batch.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+/// Key/value writes of the `sm` tree: `None` deletes the key.
+pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Batches submitted but not yet written before `submit` waits (bounds the memory a slow disk
+/// can make the writer hold).
+const QUEUE: usize = 256;
+
+#[derive(Default)]
+struct Progress {
+    submitted: u64,
+    written: u64,
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub struct SmWriter {
+    queue: Option<SyncSender<Writes>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SmWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.shared.lock();
+        f.debug_struct("SmWriter")
+            .field("submitted", &p.submitted)
+            .field("written", &p.written)
+            .field("failed", &p.failed)
+            .finish()
+    }
+}
+
+/// The batch that applies `writes` to a tree.
+pub fn to_batch(writes: Writes) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    batch
+}
+
+impl SmWriter {
+    pub fn start(tree: sled::Tree) -> io::Result<Self> {
+        let (queue, waiting) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sm-writer".into())
+            .spawn(move || write_loop(&tree, &waiting, &for_thread))?;
+        Ok(Self {
+            queue: Some(queue),
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `writes`; waits only if [`QUEUE`] batches are already waiting.
+    pub fn submit(&self, writes: Writes) -> io::Result<()> {
+        {
+            let mut progress = self.shared.lock();
+            if let Some(e) = &progress.failed {
+                return Err(failed(e));
+            }
+            progress.submitted += 1;
+        }
+        let sent = self.queue.as_ref().map(|q| q.send(writes));
+        if !matches!(sent, Some(Ok(()))) {
+            let mut progress = self.shared.lock();
+            progress.submitted -= 1;
+            return Err(io::Error::other(
+                "the state machine's writer thread has stopped",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until everything submitted is in the tree.
+    pub fn drain(&self) -> io::Result<()> {
+        let mut progress = self.shared.lock();
+        while progress.written < progress.submitted && progress.failed.is_none() {
+            progress = self
+                .shared
+                .changed
+                .wait(progress)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        match &progress.failed {
+            Some(e) => Err(failed(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn failed(e: &str) -> io::Error {
+    io::Error::other(format!("writing the state machine to sled failed: {e}"))
+}
+
+impl Drop for SmWriter {
+    fn drop(&mut self) {
+        // The thread writes what is queued, sees the queue closed and ends; joined so that the
+        // sled database it holds is closed when the store is.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the state machine's writer thread panicked");
+        }
+    }
+}
+
+fn write_loop(tree: &sled::Tree, waiting: &Receiver<Writes>, shared: &Shared) {
+    while let Ok(mut writes) = waiting.recv() {
+        let mut count = 1u64;
+        for more in waiting.try_iter() {
+            writes.extend(more);
+            count += 1;
+        }
+        let result = tree.apply_batch(to_batch(writes));
+        let mut progress = shared.lock();
+        progress.written += count;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "writing the state machine to sled failed");
+            progress.failed.get_or_insert(e.to_string());
+        }
+        drop(progress);
+        shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(pairs: &[(&str, Option<&str>)]) -> Writes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn batches_land_in_order_and_drain_waits_for_them() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("sm").expect("tree");
+        let writer = SmWriter::start(tree.clone()).expect("start");
+        for n in 0..1000u32 {
+            let value = n.to_string();
+            let mut w = writes(&[("last", Some(&value))]);
+            w.insert(format!("k{n}").into_bytes(), Some(value.into_bytes()));
+            if n > 0 {
+                // Each batch deletes what the one before wrote: merged or not, the order holds.
+                w.insert(format!("k{}", n - 1).into_bytes(), None);
+            }
+            writer.submit(w).expect("submit");
+        }
+        writer.drain().expect("drain");
+        assert_eq!(tree.get("last").expect("get").as_deref(), Some(&b"999"[..]));
+        assert_eq!(tree.len(), 2, "only `last` and k999 are left");
+        assert!(tree.contains_key("k999").expect("get"));
+    }
+
+    #[test]
+    fn dropping_the_writer_writes_what_was_queued() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("sm").expect("tree");
+        let writer = SmWriter::start(tree.clone()).expect("start");
+        writer.submit(writes(&[("a", Some("1"))])).expect("submit");
+        drop(writer);
+        assert_eq!(tree.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+    }
+}
