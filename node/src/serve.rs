@@ -71,6 +71,14 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
 
     tracing::info!(node = node_id, "shutting down");
     replica.shutdown().await;
+    // The state machine's last writes may still be queued for sled; flushed with the rest.
+    let state = replica.state().clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || state.wait_written())
+        .await
+        .context("waiting for the state machine's writes")?
+    {
+        tracing::warn!(error = %e, "the state machine's last writes failed; they are replayed from the log at the next start");
+    }
     log.flush()
         .await
         .context("final flush of the store failed")?;

@@ -179,6 +179,12 @@ impl StateReader {
         self.inner.audio.len()
     }
 
+    /// Waits until the state of every applied entry is in the sled tree (the `sm-writer` has
+    /// caught up), e.g. before a final flush at shutdown. Blocking.
+    pub fn wait_written(&self) -> io::Result<()> {
+        self.inner.sm_writer.drain()
+    }
+
     pub fn last_applied(&self) -> Option<LogId> {
         self.inner
             .applied
