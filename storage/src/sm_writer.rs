@@ -155,12 +155,17 @@ fn write_loop(tree: &sled::Tree, waiting: &Receiver<Writes>, shared: &Shared) {
             writes.extend(more);
             count += 1;
         }
-        let result = tree.apply_batch(to_batch(writes));
+        // A panic in sled must not leave `drain` waiting for a batch that will never be written.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tree.apply_batch(to_batch(writes))
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("sled panicked".to_string()));
         let mut progress = shared.lock();
         progress.written += count;
         if let Err(e) = result {
             tracing::error!(error = %e, "writing the state machine to sled failed");
-            progress.failed.get_or_insert(e.to_string());
+            progress.failed.get_or_insert(e);
         }
         drop(progress);
         shared.changed.notify_all();
