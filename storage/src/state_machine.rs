@@ -703,20 +703,6 @@ mod tests {
         assert!(err.to_string().contains("unreadable"), "{err}");
     }
 
-    /// Opens the store in `dir` again once the previous one has let go of it: the log's flusher
-    /// thread releases the database shortly after the log store is dropped, and until then
-    /// sled's file lock is held.
-    async fn reopen(dir: &std::path::Path) -> (crate::LogStore, StateMachineStore) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match crate::open(dir) {
-                Ok(opened) => return opened,
-                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        }
-    }
-
     /// The `sm` tree is written by its own thread: a snapshot built right after an apply, and
     /// a store opened after the previous one was dropped, still see every applied entry.
     #[tokio::test]
@@ -739,7 +725,7 @@ mod tests {
             }
             sm.applied_state().await.expect("applied").0
         };
-        let (_log, mut sm) = reopen(dir.path()).await;
+        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
         assert_eq!(sm.applied_state().await.expect("applied").0, last);
         assert_eq!(sm.reader().read(|s| s.queue.len()), 210);
     }
@@ -763,7 +749,7 @@ mod tests {
             inner.db.flush().expect("flush");
             snapshot.meta.last_log_id
         };
-        let (_log, mut sm) = reopen(dir.path()).await;
+        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
         let (applied, _) = sm.applied_state().await.expect("applied state");
         assert_eq!(applied, last);
         let queued = sm.reader().read(|s| s.queue.len());
