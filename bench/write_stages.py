@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--node", choices=["leader", "follower"], default="leader",
                     help="which node takes the HTTP requests")
+    ap.add_argument("--slowest", type=int, default=0, metavar="N",
+                    help="also print the stage timeline of the N slowest writes")
     args = ap.parse_args()
     os.environ["RUST_LOG"] = "info,openraft=warn,ractor=warn,ractor_cluster=warn,sled=warn,chorus::stages=trace"
     c = Cluster(3)
@@ -75,6 +77,7 @@ def main():
             if n in joined:
                 seen.setdefault((n, s), (t - t0) * 1e6)
             if (n, s) == (entry, "write.done"):
+                seen["at"] = t0
                 writes.append(seen)
                 break
     if not writes:
@@ -86,7 +89,7 @@ def main():
     print(f"{len(writes)} writes; the slowest 1 % ({len(tail)}) took {tail[0][done]:.0f} us or more")
     print(f"{'node':<12} {'stage':<16} {'median us':>10} {'p90 us':>8} {'slowest 1 %':>12}"
           f"  (from write.start on the {entry})")
-    keys = {key for w in writes for key in w}
+    keys = {key for w in writes for key in w if key != "at"}
     rows = []
     for key in keys:
         us = sorted(w[key] for w in writes if key in w)
@@ -97,6 +100,13 @@ def main():
                      statistics.median(slow) if slow else float("nan")))
     for median, (node, stage), p90, slow in sorted(rows):
         print(f"{node:<12} {stage:<16} {median:>10.0f} {p90:>8.0f} {slow:>12.0f}")
+    first = min(w["at"] for w in writes)
+    for w in writes[-args.slowest:] if args.slowest else []:
+        steps = sorted((us, f"{node}/{stage}") for (node, stage), us in
+                       ((k, v) for k, v in w.items() if k != "at"))
+        print(f"\nwrite at +{w['at'] - first:.3f} s took {w[done]:.0f} us: " +
+              ", ".join(f"{name} {us:.0f}" for us, name in steps))
+
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,14 @@
 //! bincode-encoded entry). A segment only grows at its end; a new one starts once the current
 //! one passes [`SEGMENT_BYTES`]. Memory holds where each record starts, not the entries.
 //!
+//! A new segment is preallocated to [`SEGMENT_BYTES`] (`fallocate`), as etcd does with its WAL:
+//! an append then does not change the file's size, so its `fdatasync` has less metadata to
+//! write (one-client writes: p50 1.26 -> 1.17 ms, p99 2.30 -> 2.06 ms). The unwritten rest of the
+//! last segment reads as zeros, and a zero record header (length 0 and checksum 0; a real record
+//! is never empty) marks where the records end. Only the last segment has such a tail: a full
+//! segment is cut to its records when the next one starts, and opening the log cuts the last
+//! one at its end and preallocates it again, which also clears anything a crash left past it.
+//!
 //! Crash safety: an append is acknowledged only after `fdatasync` of its segment (done by the
 //! log store's flusher), so a crash can only leave a torn or unsynced record at the tail of the
 //! last segment, and [`SegmentLog::open`] cuts the log at the first record whose length or
@@ -28,6 +36,28 @@ const HEADER: usize = 8;
 
 fn corrupt(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Reserves `from..to` of `file` (reading as zeros). A file system without `fallocate` leaves
+/// the file to grow with its appends instead.
+fn preallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)))
+    else {
+        return Ok(());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate on a descriptor this `File` owns; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(err),
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -157,7 +187,7 @@ impl SegmentLog {
         let count = names.len();
         for (k, (first, path)) in names.into_iter().enumerate() {
             let is_last = k + 1 == count;
-            let segment = scan(&path, first, is_last)?;
+            let segment = scan(&path, first, is_last, SEGMENT_BYTES)?;
             if segment.next_index() <= purged_end {
                 // Purged before a crash let the file be removed.
                 fs::remove_file(&path)?;
@@ -244,6 +274,8 @@ impl SegmentLog {
         };
         if needs_new {
             if let Some(full) = self.segments.values().next_back() {
+                // Its zero tail goes: only the last segment may end in zeros (see `scan`).
+                full.file.set_len(full.end)?;
                 to_sync.push(full.file.clone());
             }
             self.start_segment(first_index)?;
@@ -273,6 +305,7 @@ impl SegmentLog {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        preallocate(&file, 0, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         self.segments.insert(
             first,
@@ -345,6 +378,7 @@ impl SegmentLog {
         {
             let cut = segment.offset_of(index);
             segment.file.set_len(cut)?;
+            preallocate(&segment.file, cut, self.segment_bytes)?;
             segment.file.sync_all()?;
             segment.offsets.truncate((index - segment.first) as usize);
             segment.end = cut;
@@ -379,11 +413,13 @@ impl SegmentLog {
     }
 }
 
-/// Reads a segment's record offsets. In the last segment a damaged record ends the log (a
-/// write the crash interrupted, never acknowledged) and the file is cut there; elsewhere it is
-/// an error. Only the last segment's checksums are verified here; the others are checked as
-/// they are read.
-fn scan(path: &Path, first: u64, is_last: bool) -> io::Result<Segment> {
+/// Reads a segment's record offsets. Its records end at a zero header or the end of the file.
+/// In the last segment a damaged record ends the log (a write the crash interrupted, never
+/// acknowledged); the file is cut after its records and preallocated again, so nothing a crash
+/// left there survives into a segment that is no longer last. Elsewhere a damaged record is an
+/// error. Only the last segment's checksums are verified here; the others are checked as they
+/// are read.
+fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Result<Segment> {
     let mut file = File::options().read(true).write(true).open(path)?;
     let size = file.metadata()?.len();
     let mut offsets = Vec::new();
@@ -402,6 +438,9 @@ fn scan(path: &Path, first: u64, is_last: bool) -> io::Result<Segment> {
             header[0], header[1], header[2], header[3],
         ]));
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 && crc == 0 {
+            break false; // the preallocated, never written rest
+        }
         if at + HEADER as u64 + len > size {
             break true;
         }
@@ -429,7 +468,12 @@ fn scan(path: &Path, first: u64, is_last: bool) -> io::Result<Segment> {
             at,
             "dropping the torn tail of the log (a write interrupted by a crash)"
         );
+    }
+    // Past the records of the last segment there may be bytes of a write a crash interrupted
+    // (its header page lost, later pages written): cut them, whatever the header said.
+    if is_last && !(size == at && at >= segment_bytes) {
         file.set_len(at)?;
+        preallocate(&file, at, segment_bytes)?;
         file.sync_all()?;
     }
     Ok(Segment {
@@ -475,6 +519,20 @@ mod tests {
         files
     }
 
+    /// Bytes of records `from..=to` as they are on disk.
+    fn records(from: u64, to: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in from..=to {
+            encode_record(&entry(i), &mut out).expect("encode");
+        }
+        out
+    }
+
+    fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+        let file = File::options().write(true).open(path).expect("open");
+        file.write_all_at(bytes, offset).expect("write");
+    }
+
     #[test]
     fn entries_survive_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -483,19 +541,53 @@ mod tests {
             log.append((1..=5).map(entry)).expect("append");
             log.append((6..=7).map(entry)).expect("append");
         }
-        // A crash in the middle of writing entry 8: half a record at the end of the file.
         let file = segment_files(dir.path()).pop().expect("a segment");
-        let mut record = Vec::new();
-        encode_record(&entry(8), &mut record).expect("encode");
-        let mut bytes = fs::read(&file).expect("read");
-        bytes.extend_from_slice(&record[..record.len() / 2]);
-        fs::write(&file, &bytes).expect("write");
+        // Preallocated: appends do not change the file's size.
+        assert_eq!(fs::metadata(&file).expect("stat").len(), SEGMENT_BYTES);
+        // A crash in the middle of writing entry 8: half a record after entry 7.
+        let end = records(1, 7).len() as u64;
+        let record = records(8, 8);
+        write_at(&file, end, &record[..record.len() / 2]);
 
         let mut log = SegmentLog::open(dir.path(), None).expect("reopen");
         assert_eq!(log.last().map(|l| l.index), Some(7));
         assert_eq!(read_all(&log, 0, 100), (1..=7).collect::<Vec<_>>());
         log.append([entry(8)]).expect("append after the cut");
         assert_eq!(read_all(&log, 6, 9), vec![6, 7, 8]);
+        drop(log);
+        let log = SegmentLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(read_all(&log, 0, 100), (1..=8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bytes_a_crash_left_past_the_last_record_are_cleared_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = SegmentLog::open(dir.path(), None).expect("open");
+            log.append((1..=3).map(entry)).expect("append");
+        }
+        // A torn write of a large entry 4 whose first page (with the header) never reached the
+        // disk, but a later one did: zeros where the header goes, then garbage.
+        let file = segment_files(dir.path()).pop().expect("a segment");
+        let end = records(1, 3).len() as u64;
+        write_at(&file, end + 100, &[0xAB; 5000]);
+        {
+            let mut log = SegmentLog::open(dir.path(), None).expect("reopen");
+            assert_eq!(log.last().map(|l| l.index), Some(3));
+            let bytes = fs::read(&file).expect("read");
+            assert!(
+                bytes[end as usize..].iter().all(|&b| b == 0),
+                "opening clears what lies past the last record"
+            );
+            // A short entry 4 overwrites only the start of where the garbage was; the next
+            // append starts a new segment, so this one is no longer the last.
+            log.append([entry(4)]).expect("append");
+            log.segment_bytes = 1;
+            log.append([entry(5)]).expect("append");
+        }
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        let log = SegmentLog::open(dir.path(), None).expect("a full segment has no garbage");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5]);
     }
 
     #[test]
