@@ -112,6 +112,7 @@ pub async fn start(
     let transport = transport::Transport::start(&args).await?;
     let network = network::Network::new(transport.clone());
     let reader = sm.reader();
+    let snapshots = sm.clone();
     let raft = Raft::new(
         args.node_id,
         std::sync::Arc::new(config),
@@ -120,6 +121,7 @@ pub async fn start(
         sm,
     )
     .await?;
+    snapshots.start_sending_snapshots();
     let replica = Replica::new(
         args.node_id,
         raft,

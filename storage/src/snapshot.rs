@@ -2,10 +2,13 @@
 //! state machine's trees, streamed so that a snapshot never has to fit in memory.
 //!
 //! ```text
-//! "CHORUSS1" | u32 meta_len | meta (bincode SnapshotMeta)
-//! repeated: u8 tree (0 = sm, 1 = audio) | u32 key_len | key | u32 value_len | value
+//! "CHORUSS1" (self-contained) or "CHORUSR1" (refers to audio) | u32 meta_len | meta (bincode)
+//! repeated: u8 tree (0 = sm, 1 = audio, 2 = audio reference) | u32 key_len | key
+//!           | u32 value_len | value (empty for a reference)
 //! u8 0xFF (end)
 //! ```
+//! A node's own snapshots refer to audio chunks by key (the chunks stay in its `audio` tree);
+//! what is sent to another node is self-contained, every reference replaced by the chunk.
 //! All integers are big-endian. A truncated or malformed file is an error, never a panic.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -14,12 +17,15 @@ use crate::codec;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"CHORUSS1";
+const MAGIC_REFS: &[u8; 8] = b"CHORUSR1";
 const END: u8 = 0xFF;
 /// Upper bound on one key or value; anything larger means the file is corrupt.
 const MAX_FIELD: u32 = 64 * 1024 * 1024;
 
 pub const TREE_SM: u8 = 0;
 pub const TREE_AUDIO: u8 = 1;
+/// An audio chunk by key only: it is in the `audio` tree of the node that wrote the file.
+pub const TREE_AUDIO_REF: u8 = 2;
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -30,10 +36,12 @@ pub struct SnapshotWriter<W: Write> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
+    /// A writer of a self-contained snapshot, or (`refers_to_audio`) of one whose audio records
+    /// may be references.
+    pub fn new(out: W, meta: &SnapshotMeta, refers_to_audio: bool) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(256 * 1024, out);
         let meta = codec::encode(meta).map_err(|e| invalid(e.to_string()))?;
-        out.write_all(MAGIC)?;
+        out.write_all(if refers_to_audio { MAGIC_REFS } else { MAGIC })?;
         write_field(&mut out, &meta)?;
         Ok(Self { out })
     }
@@ -64,6 +72,8 @@ fn write_field(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 pub struct SnapshotReader<R: Read> {
     input: BufReader<R>,
     pub meta: SnapshotMeta,
+    /// Written with audio references ([`TREE_AUDIO_REF`]): only the node that wrote it can use it.
+    pub refers_to_audio: bool,
 }
 
 /// One record of a snapshot file.
@@ -78,12 +88,18 @@ impl<R: Read> SnapshotReader<R> {
         let mut input = BufReader::with_capacity(256 * 1024, input);
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(invalid("not a chorus snapshot (bad magic)"));
-        }
+        let refers_to_audio = match &magic {
+            m if m == MAGIC => false,
+            m if m == MAGIC_REFS => true,
+            _ => return Err(invalid("not a chorus snapshot (bad magic)")),
+        };
         let meta = read_field(&mut input)?;
         let meta = codec::decode(&meta).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
-        Ok(Self { input, meta })
+        Ok(Self {
+            input,
+            meta,
+            refers_to_audio,
+        })
     }
 
     /// The next record, or `None` at the end marker.
@@ -124,7 +140,7 @@ mod tests {
     #[test]
     fn round_trip_and_truncation() {
         let meta = SnapshotMeta::default();
-        let mut w = SnapshotWriter::new(Vec::new(), &meta).expect("header");
+        let mut w = SnapshotWriter::new(Vec::new(), &meta, false).expect("header");
         w.record(TREE_SM, b"k1", b"v1").expect("record");
         w.record(TREE_SM, b"k2", &[7u8; 1000]).expect("record");
         let bytes = w.finish().expect("finish");

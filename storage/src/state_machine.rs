@@ -11,8 +11,14 @@
 //!   between the two, re-applying the entries after `m/applied` repairs it.
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
-//! - A snapshot is streamed from the tree to a file (under the read lock, so it is consistent)
-//!   and installed by streaming the file back. An install interrupted by a crash is redone from
+//! - A snapshot is the `sm` tree streamed to a file under the read lock (so it is consistent),
+//!   with the audio chunks the state holds *by key* only: building one costs the metadata, not
+//!   the library. Chunks are immutable and their keys never reused, so a key names the bytes.
+//!   The chunks the current snapshot refers to must stay until a newer snapshot replaces it:
+//!   an apply that deletes one records it in `sm` as `m/trash/<key>` (atomic with the apply)
+//!   instead, and the next build deletes the trash it no longer refers to (`Inner::refs`).
+//!   What is sent to another node is made self-contained first ([`Inner::materialize`]).
+//!   A received snapshot is installed by streaming the file back. An install interrupted by a crash is redone from
 //!   `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
 //!   it lives outside `sm` because the install clears `sm`).
 
@@ -32,7 +38,8 @@ use crate::OpenError;
 use crate::codec;
 use crate::command::Response;
 use crate::sm_writer::SmWriter;
-use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_SM};
+use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_AUDIO_REF, TREE_SM};
+use crate::state::tracks::chunk_key;
 use crate::state::{Changes, State};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
@@ -44,6 +51,51 @@ const M_APPLIED: &[u8] = b"m/applied";
 const M_MEMBERSHIP: &[u8] = b"m/membership";
 /// Where an older version kept the install marker (inside `sm`, which the install clears).
 const M_INSTALLING_LEGACY: &[u8] = b"m/installing";
+/// `m/trash/<audio key>` = log index of the delete: a chunk deleted while the current snapshot
+/// refers to it, to be deleted once a snapshot at or after that index replaces it.
+const M_TRASH: &[u8] = b"m/trash/";
+
+fn trash_key(audio_key: &[u8]) -> Vec<u8> {
+    [M_TRASH, audio_key].concat()
+}
+
+/// Audio chunks by blob: blob id -> number of chunks (`0..n` are referred to).
+#[derive(Debug, Default, Clone)]
+struct AudioRefs(BTreeMap<u64, u32>);
+
+impl AudioRefs {
+    fn split(key: &[u8]) -> Option<(u64, u32)> {
+        let blob = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+        let index = u32::from_be_bytes(key.get(8..12)?.try_into().ok()?);
+        (key.len() == 12).then_some((blob, index))
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        Self::split(key).is_some_and(|(blob, index)| self.0.get(&blob).is_some_and(|&n| index < n))
+    }
+
+    fn add(&mut self, key: &[u8]) -> io::Result<()> {
+        let (blob, index) = Self::split(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad audio chunk key"))?;
+        let n = self.0.entry(blob).or_default();
+        *n = (*n).max(index + 1);
+        Ok(())
+    }
+
+    fn union(mut self, other: &AudioRefs) -> AudioRefs {
+        for (&blob, &n) in &other.0 {
+            let mine = self.0.entry(blob).or_default();
+            *mine = (*mine).max(n);
+        }
+        self
+    }
+
+    fn keys(&self) -> impl Iterator<Item = [u8; 12]> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(&blob, &n)| (0..n).map(move |index| chunk_key(blob, index)))
+    }
+}
 /// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
 const INSTALLING: &[u8] = b"installing";
 const CURRENT: &str = "current.snap";
@@ -71,6 +123,11 @@ struct Inner {
     receiving: Mutex<Option<PathBuf>>,
     /// Serialises snapshot builds and installs.
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// The audio the current snapshot refers to (blob id -> chunk count); `None` when that
+    /// snapshot is self-contained or there is none. During a build, also what the new one will.
+    refs: Mutex<Option<AudioRefs>>,
+    /// Set once openraft has started: from then on `get_current_snapshot` is for sending.
+    sending: std::sync::atomic::AtomicBool,
     file_seq: AtomicU64,
     waiters: AppliedWaiters,
 }
@@ -240,10 +297,10 @@ impl Inner {
             .join(format!("{kind}-{}-{seq}.snap", std::process::id()))
     }
 
-    /// Streams the tree into a new `current.snap`. Blocking.
+    /// Streams the tree, with the audio by reference, into a new `current.snap`. Blocking.
     fn build_blocking(&self) -> io::Result<SnapshotMeta> {
         let tmp = self.next_file("building");
-        let meta = {
+        let (meta, refs) = {
             let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
             // The tree as of `last_applied`: no batch is in flight while the lock is held.
             self.sm_writer.drain()?;
@@ -258,23 +315,118 @@ impl Inner {
                     self.file_seq.fetch_add(1, Ordering::Relaxed)
                 ),
             };
-            let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta)?;
+            let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta, true)?;
             for item in self.sm.iter() {
                 let (key, value) = item.map_err(sled_io)?;
                 if !key.starts_with(M_PREFIX) {
                     writer.record(TREE_SM, &key, &value)?;
                 }
             }
-            for item in self.audio.iter() {
-                let (key, value) = item.map_err(sled_io)?;
-                writer.record(TREE_AUDIO, &key, &value)?;
+            let refs = AudioRefs(guard.state.tracks.chunk_blobs().collect());
+            for key in refs.keys() {
+                writer.record(TREE_AUDIO_REF, &key, &[])?;
             }
             writer.finish()?.sync_all()?;
-            meta
+            // Until the new file replaces the old, deletes keep what either refers to. Set
+            // under the lock, so no apply after `last_applied` sees only the old references.
+            let mut current = self.refs();
+            let union = current.take().unwrap_or_default().union(&refs);
+            *current = Some(union);
+            (meta, refs)
         };
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
+        *self.refs() = Some(refs);
+        let upto = meta.last_log_id.map_or(0, |l| l.index);
+        self.empty_trash(Some(upto))?;
         Ok(meta)
+    }
+
+    fn refs(&self) -> std::sync::MutexGuard<'_, Option<AudioRefs>> {
+        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes the trashed chunks deleted at or before `upto` (all of them with `None`): the
+    /// current snapshot no longer refers to them.
+    fn empty_trash(&self, upto: Option<u64>) -> io::Result<()> {
+        let mut audio = sled::Batch::default();
+        let mut sm = sled::Batch::default();
+        let mut found = 0usize;
+        for item in self.sm.scan_prefix(M_TRASH) {
+            let (key, value) = item.map_err(sled_io)?;
+            let deleted_at: u64 = codec::decode(&value).map_err(io::Error::other)?;
+            if upto.is_some_and(|upto| deleted_at > upto) {
+                continue;
+            }
+            audio.remove(&key[M_TRASH.len()..]);
+            sm.remove(key);
+            found += 1;
+        }
+        if found > 0 {
+            tracing::debug!(
+                chunks = found,
+                "deleting audio no snapshot refers to any more"
+            );
+            // Audio first: a crash in between leaves trash entries, which are deleted again.
+            self.audio.apply_batch(audio).map_err(sled_io)?;
+            self.sm.apply_batch(sm).map_err(sled_io)?;
+        }
+        Ok(())
+    }
+
+    /// The audio references of the snapshot in `current.snap`, if it has any, and the log index
+    /// it is at. Blocking.
+    fn load_refs(&self) -> io::Result<Option<(AudioRefs, u64)>> {
+        let path = self.current_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut reader = SnapshotReader::new(File::open(&path)?)?;
+        if !reader.refers_to_audio {
+            return Ok(None);
+        }
+        let mut refs = AudioRefs::default();
+        while let Some(record) = reader.next_record()? {
+            if record.tree == TREE_AUDIO_REF {
+                refs.add(&record.key)?;
+            }
+        }
+        Ok(Some((refs, reader.meta.last_log_id.map_or(0, |l| l.index))))
+    }
+
+    /// A self-contained copy of `current.snap` for another node: every audio reference
+    /// replaced by the chunk. The file is unlinked once open, so it goes when the handle does.
+    /// Called under the snapshot lock, so no build deletes a chunk it refers to meanwhile.
+    /// Blocking.
+    fn materialize(&self) -> io::Result<(SnapshotMeta, File)> {
+        let mut reader = SnapshotReader::new(File::open(self.current_path())?)?;
+        let meta = reader.meta.clone();
+        let path = self.next_file("sending");
+        let mut writer = SnapshotWriter::new(File::create(&path)?, &meta, false)?;
+        let copied =
+            (|| {
+                while let Some(record) = reader.next_record()? {
+                    if record.tree == TREE_AUDIO_REF {
+                        let value = self.audio.get(&record.key).map_err(sled_io)?.ok_or_else(
+                            || {
+                                io::Error::other(format!(
+                                    "audio chunk {:?} of the snapshot is missing from the store",
+                                    record.key
+                                ))
+                            },
+                        )?;
+                        writer.record(TREE_AUDIO, &record.key, &value)?;
+                    } else {
+                        writer.record(record.tree, &record.key, &record.value)?;
+                    }
+                }
+                writer.finish()?;
+                File::open(&path)
+            })();
+        let removed = fs::remove_file(&path);
+        let file = copied?;
+        removed?;
+        Ok((meta, file))
     }
 
     /// Replaces the whole state with the snapshot in `current.snap`. Blocking.
@@ -300,7 +452,11 @@ impl Inner {
         self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         self.sm.clear().map_err(sled_io)?;
-        self.audio.clear().map_err(sled_io)?;
+        // A snapshot of this node's own refers to chunks still in its audio tree.
+        if !reader.refers_to_audio {
+            self.audio.clear().map_err(sled_io)?;
+        }
+        let mut refs = AudioRefs::default();
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
         while let Some(record) = reader.next_record()? {
@@ -321,6 +477,18 @@ impl Inner {
                         .insert(record.key, record.value)
                         .map_err(sled_io)?;
                 }
+                TREE_AUDIO_REF if reader.refers_to_audio => {
+                    if !self.audio.contains_key(&record.key).map_err(sled_io)? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the snapshot refers to audio chunk {:?}, which this node does not have",
+                                record.key
+                            ),
+                        ));
+                    }
+                    refs.add(&record.key)?;
+                }
                 other => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -337,6 +505,7 @@ impl Inner {
         self.control.remove(INSTALLING).map_err(sled_io)?;
         self.db.flush().map_err(sled_io)?;
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
+        *self.refs() = reader.refers_to_audio.then_some(refs);
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
         drop(guard);
@@ -389,6 +558,8 @@ impl StateMachineStore {
             dir: dir.to_path_buf(),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            refs: Mutex::new(None),
+            sending: std::sync::atomic::AtomicBool::new(false),
             file_seq: AtomicU64::new(0),
             waiters: AppliedWaiters::default(),
         };
@@ -417,6 +588,21 @@ impl StateMachineStore {
                 applied.membership = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
             }
             *inner.write_lock() = applied;
+        }
+        {
+            let loaded = inner
+                .load_refs()
+                .map_err(|e| corrupt(format!("read the current snapshot: {e}")))?;
+            // What the current snapshot does not refer to can go (a build that a crash
+            // interrupted after replacing the file, or a self-contained snapshot).
+            let (refs, upto) = match loaded {
+                Some((refs, upto)) => (Some(refs), Some(upto)),
+                None => (None, None),
+            };
+            *inner.refs() = refs;
+            inner
+                .empty_trash(upto)
+                .map_err(|e| corrupt(format!("empty the audio trash: {e}")))?;
         }
         inner.waiters.applied(inner.write_lock().last_applied);
         Ok(Self {
@@ -457,6 +643,13 @@ impl StateMachineStore {
                 "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
             ))),
         }
+    }
+
+    /// Call once `Raft::new` has returned. Until then `get_current_snapshot` serves openraft's
+    /// startup, which reads only the metadata; from then on it is asked for a snapshot to send,
+    /// and makes one that carries the audio itself.
+    pub fn start_sending_snapshots(&self) {
+        self.inner.sending.store(true, Ordering::Release);
     }
 
     pub fn reader(&self) -> StateReader {
@@ -546,7 +739,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Not flushed: the log already is, and a crash replays entries after `m/applied`.
         // Audio is written here, before the entries' metadata can be read, so a track is never
         // visible without its audio; the `sm` writes follow on the writer's thread.
-        if let Some(audio) = changes.take_audio() {
+        let (mut audio, deletes) = changes.take_audio();
+        if !deletes.is_empty() {
+            let applied_index = guard.last_applied.map_or(0, |l| l.index);
+            let refs = self.inner.refs();
+            for key in deletes {
+                if refs.as_ref().is_some_and(|r| r.covers(&key)) {
+                    changes
+                        .put(trash_key(&key), &applied_index)
+                        .map_err(encode_err)?;
+                } else {
+                    audio.get_or_insert_with(sled::Batch::default).remove(key);
+                }
+            }
+        }
+        if let Some(audio) = audio {
             self.inner
                 .audio
                 .apply_batch(audio)
@@ -637,6 +844,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let path = self.inner.current_path();
         if !path.exists() {
             return Ok(None);
+        }
+        // openraft asks at startup only for the metadata; afterwards, to send the snapshot to
+        // a node that needs it, and that node needs the audio itself.
+        if self.inner.sending.load(Ordering::Acquire) && self.inner.refs().is_some() {
+            let _serial = self.inner.snapshot_lock.lock().await;
+            let (meta, file) = self
+                .blocking(|inner| inner.materialize())
+                .await
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            return Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(tokio::fs::File::from_std(file)),
+            }));
         }
         let meta = self
             .blocking(move |_| Ok(SnapshotReader::new(File::open(&path)?)?.meta))
@@ -760,6 +980,127 @@ mod tests {
                 .contains_key(INSTALLING)
                 .expect("read marker")
         );
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        RaftEntry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                dedupe_key: None,
+                at_ms: 0,
+                command,
+            }),
+        }
+    }
+
+    /// Entries `first..` that begin upload `upload_id` (the next id) and put two chunks.
+    fn upload(first: u64, upload_id: u64) -> Vec<Entry> {
+        use crate::command::TrackCommand::{BeginUpload, PutChunk};
+        let chunk = |index: u32, len: usize| PutChunk {
+            upload_id,
+            index,
+            bytes: vec![index as u8 + 1; len],
+        };
+        vec![
+            entry(first, Command::Tracks(BeginUpload { owner: 1 })),
+            entry(
+                first + 1,
+                Command::Tracks(chunk(0, crate::state::tracks::CHUNK_SIZE)),
+            ),
+            entry(first + 2, Command::Tracks(chunk(1, 10))),
+        ]
+    }
+
+    fn abort(index: u64, upload_id: u64) -> Entry {
+        entry(
+            index,
+            Command::Tracks(crate::command::TrackCommand::AbortUpload { upload_id }),
+        )
+    }
+
+    fn trash_entries(sm: &StateMachineStore) -> usize {
+        sm.inner.sm_writer.drain().expect("drain");
+        sm.inner.sm.scan_prefix(M_TRASH).count()
+    }
+
+    /// Installs `sm`'s current snapshot, as sent to another node, into a fresh store and returns
+    /// the chunks of `blob` it got.
+    async fn chunks_sent(sm: &mut StateMachineStore, blob: u64) -> Vec<Option<Vec<u8>>> {
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .expect("get")
+            .expect("a snapshot");
+        let fresh = tempfile::tempdir().expect("temp dir");
+        let (_log, mut copy) = crate::open(fresh.path()).expect("open");
+        copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        (0..2)
+            .map(|i| {
+                let chunk = copy.reader().audio_chunk(blob, i).expect("read");
+                chunk.map(|c| c.to_vec())
+            })
+            .collect()
+    }
+
+    /// A node's own snapshot refers to its audio by key, so building one does not copy the
+    /// library; what it sends is self-contained. A chunk the current snapshot refers to outlives
+    /// its delete until a newer snapshot replaces it, also across a restart.
+    #[tokio::test]
+    async fn snapshots_refer_to_audio_and_keep_deleted_chunks_until_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let expected = vec![
+            Some(vec![1u8; crate::state::tracks::CHUNK_SIZE]),
+            Some(vec![2u8; 10]),
+        ];
+        {
+            let (_log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.start_sending_snapshots();
+            sm.apply(upload(1, 1)).await.expect("apply");
+            sm.build_snapshot().await.expect("build");
+            let built = fs::metadata(sm.inner.current_path()).expect("stat").len();
+            assert!(built < 4096, "the audio is not copied: {built} bytes");
+            assert_eq!(chunks_sent(&mut sm, 1).await, expected);
+
+            // Deleted after the snapshot: the state forgets it, the disk keeps it for the
+            // snapshot, which still sends it.
+            sm.apply([abort(4, 1)]).await.expect("apply");
+            assert_eq!(sm.reader().read(|s| s.tracks.uploads().count()), 0);
+            assert_eq!(sm.reader().stored_audio_chunks(), 2);
+            assert_eq!(trash_entries(&sm), 2);
+            assert_eq!(chunks_sent(&mut sm, 1).await, expected);
+
+            // A chunk no snapshot refers to goes at once.
+            sm.apply(upload(5, 2)).await.expect("apply");
+            sm.apply([abort(8, 2)]).await.expect("apply");
+            assert_eq!(sm.reader().stored_audio_chunks(), 2);
+
+            // A newer snapshot: upload 1 is gone from it, and from the disk.
+            sm.build_snapshot().await.expect("build");
+            assert_eq!(sm.reader().stored_audio_chunks(), 0);
+            assert_eq!(trash_entries(&sm), 0);
+            assert_eq!(chunks_sent(&mut sm, 1).await, vec![None, None]);
+
+            // Trashed, then the process stops.
+            sm.apply(upload(9, 3)).await.expect("apply");
+            sm.build_snapshot().await.expect("build");
+            sm.apply([abort(12, 3)]).await.expect("apply");
+        }
+        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
+        sm.start_sending_snapshots();
+        assert_eq!(
+            sm.reader().stored_audio_chunks(),
+            2,
+            "the snapshot still refers to them"
+        );
+        assert_eq!(chunks_sent(&mut sm, 3).await, expected);
+        sm.apply([entry(13, Command::Queue(QueueCommand::Clear))])
+            .await
+            .expect("apply");
+        sm.build_snapshot().await.expect("build");
+        assert_eq!(sm.reader().stored_audio_chunks(), 0);
+        assert_eq!(trash_entries(&sm), 0);
     }
 
     fn request(key: &str, command: Command) -> Request {

@@ -34,32 +34,35 @@ use users::UsersState;
 #[derive(Default)]
 pub struct Changes {
     writes: crate::sm_writer::Writes,
-    audio: sled::Batch,
-    audio_ops: usize,
+    audio_puts: sled::Batch,
+    audio_put_count: usize,
+    /// Kept apart from the puts: while a snapshot copies audio, deletes wait (see
+    /// `state_machine`). A key is never put after it is deleted (blob ids are not reused).
+    audio_deletes: Vec<Vec<u8>>,
 }
 
 impl Changes {
     pub fn put_audio(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
-        self.audio.insert(key, bytes);
-        self.audio_ops += 1;
+        self.audio_puts.insert(key, bytes);
+        self.audio_put_count += 1;
     }
 
     pub fn delete_audio(&mut self, key: Vec<u8>) {
-        self.audio.remove(key);
-        self.audio_ops += 1;
+        self.audio_deletes.push(key);
     }
 
     /// How many audio writes and deletes are pending.
     pub fn audio_ops(&self) -> usize {
-        self.audio_ops
+        self.audio_put_count + self.audio_deletes.len()
     }
 
-    /// The audio batch, if there is anything in it.
-    pub fn take_audio(&mut self) -> Option<sled::Batch> {
-        (self.audio_ops > 0).then(|| {
-            self.audio_ops = 0;
-            std::mem::take(&mut self.audio)
-        })
+    /// The audio writes, if any, and the audio keys to delete after them.
+    pub fn take_audio(&mut self) -> (Option<sled::Batch>, Vec<Vec<u8>>) {
+        let puts = (self.audio_put_count > 0).then(|| {
+            self.audio_put_count = 0;
+            std::mem::take(&mut self.audio_puts)
+        });
+        (puts, std::mem::take(&mut self.audio_deletes))
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CodecError> {

@@ -128,6 +128,14 @@ impl TracksState {
         self.uploads.values()
     }
 
+    /// Every blob of audio the state says exists and its number of chunks (tracks' audio plus
+    /// pending uploads).
+    pub fn chunk_blobs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let tracks = self.tracks.values().map(|t| (t.blob, t.audio.chunks));
+        let uploads = self.uploads.values().map(|u| (u.id, u.chunks));
+        tracks.chain(uploads)
+    }
+
     /// Chunks the state says exist (tracks' audio plus pending uploads).
     pub fn chunk_count(&self) -> u64 {
         let tracks: u64 = self
