@@ -17,10 +17,10 @@ follower.acked (a follower handling it), apply.start/apply.done (a node's state 
 
 Figures are printed; nothing here asserts a target.
 """
-import argparse, collections, datetime, os, re, statistics, sys
+import argparse, collections, datetime, os, re, statistics, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import wrk  # noqa: E402
+from compare import chorus_token, chorus_upload, make_mp3, wrk  # noqa: E402
 from measure import Cluster, http  # noqa: E402
 
 LINE = re.compile(r'^(\S+Z)\s+TRACE\s.*chorus::stages: stage="([^"]+)"')
@@ -41,14 +41,22 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--node", choices=["leader", "follower"], default="leader",
                     help="which node takes the HTTP requests")
+    ap.add_argument("--audio-mib", type=int, default=0, metavar="N",
+                    help="upload N MiB of audio (10 MiB tracks) first, so snapshots carry a library")
     ap.add_argument("--slowest", type=int, default=0, metavar="N",
                     help="also print the stage timeline of the N slowest writes")
     args = ap.parse_args()
     os.environ["RUST_LOG"] = "info,openraft=warn,ractor=warn,ractor_cluster=warn,sled=warn,chorus::stages=trace"
-    c = Cluster(3)
+    c = Cluster(3, extra=["[tracks]", "max_upload_mb = 64"])
     try:
         c.wait_ready()
         leader = c.leader()
+        if args.audio_mib > 0:
+            mp3 = os.path.join(tempfile.mkdtemp(prefix="chorus-stages-"), "song.mp3")
+            make_mp3(mp3, 10)
+            token = chorus_token(c.url(leader))
+            for n in range(max(1, args.audio_mib // 10)):
+                chorus_upload(c.url(leader), token, mp3, f"track {n}")
         http("POST", c.url(leader) + "/add_track", {"id": 1, "title": "bench", "artist": "a", "duration": 1})
         target = leader if args.node == "leader" else next(i for i in c.procs if i != leader)
         r = wrk(c.url(target), 1, args.seconds, method="POST", path="/vote?id=1&up=true")

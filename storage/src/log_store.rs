@@ -14,7 +14,7 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -36,6 +36,34 @@ pub struct LogStore {
     meta: sled::Tree,
     entries: Arc<Mutex<SegmentLog>>,
     flusher: Flusher,
+    janitor: Janitor,
+}
+
+/// The thread that unlinks purged segment files, off openraft's core (see
+/// [`crate::segments::remove_files`]). Files it has not removed when the process stops are
+/// removed on the next open, because the purge point is durable before they are handed over.
+#[derive(Clone, Debug)]
+struct Janitor {
+    doomed: std::sync::mpsc::Sender<Vec<PathBuf>>,
+}
+
+impl Janitor {
+    fn start(dir: &Path) -> std::io::Result<Self> {
+        let (doomed, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("log-janitor".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut paths = first;
+                    paths.extend(rx.try_iter().flatten());
+                    if let Err(e) = crate::segments::remove_files(&dir, &paths) {
+                        tracing::warn!(error = %e, "cannot remove purged log segments; the next start removes them");
+                    }
+                }
+            })?;
+        Ok(Self { doomed })
+    }
 }
 
 /// The group-commit thread (see the module docs).
@@ -150,6 +178,7 @@ impl LogStore {
             meta,
             entries: Arc::new(Mutex::new(entries)),
             flusher: Flusher::start().map_err(log_err)?,
+            janitor: Janitor::start(dir).map_err(log_err)?,
         })
     }
 
@@ -325,9 +354,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.segments()
-            .purge(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let doomed = self.segments().purge(log_id.index);
+        if !doomed.is_empty() && self.janitor.doomed.send(doomed).is_err() {
+            tracing::warn!(
+                "the log janitor has stopped; purged segments stay until the next start"
+            );
+        }
+        Ok(())
     }
 }
 
