@@ -13,8 +13,10 @@
 //! - Batches reach the tree in the order they were submitted, each atomically. Batches waiting
 //!   together are merged into one (a later write of a key wins), so every batch written still
 //!   describes one log position (the last one merged carries its `m/applied`).
-//! - Whoever reads the whole tree (a snapshot build) or replaces it (an install) holds the state
-//!   lock, so nothing new is submitted, and calls [`SmWriter::drain`] first.
+//! - Whoever replaces the whole tree (an install) holds the state lock, so nothing new is
+//!   submitted, and calls [`SmWriter::drain`] first. Whoever reads it (a snapshot build) calls
+//!   [`SmWriter::hold`] under the state lock, then lets the lock go: applies go on in memory and
+//!   queue their batches, and the tree stays at that log position until the hold ends.
 //! - A failed write is reported by the next `submit` or `drain`: the state machine stops instead
 //!   of going on with a tree that lost a batch.
 
@@ -42,6 +44,8 @@ struct Progress {
 struct Shared {
     progress: Mutex<Progress>,
     changed: Condvar,
+    /// Held by the writer while it writes, and by [`SmWriter::hold`] to stop it.
+    gate: Mutex<()>,
 }
 
 impl Shared {
@@ -114,6 +118,18 @@ impl SmWriter {
         Ok(())
     }
 
+    /// Drains the queue, then keeps the writer from writing until the guard is dropped. Call it
+    /// where nothing is submitted meanwhile (under the state lock), or the tree may be a batch
+    /// ahead of what the caller saw.
+    pub fn hold(&self) -> io::Result<MutexGuard<'_, ()>> {
+        self.drain()?;
+        Ok(self
+            .shared
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Waits until everything submitted is in the tree.
     pub fn drain(&self) -> io::Result<()> {
         let mut progress = self.shared.lock();
@@ -156,11 +172,13 @@ fn write_loop(tree: &sled::Tree, waiting: &Receiver<Writes>, shared: &Shared) {
             count += 1;
         }
         // A panic in sled must not leave `drain` waiting for a batch that will never be written.
+        let gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             tree.apply_batch(to_batch(writes))
                 .map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|_| Err("sled panicked".to_string()));
+        drop(gate);
         let mut progress = shared.lock();
         progress.written += count;
         if let Err(e) = result {
@@ -202,6 +220,31 @@ mod tests {
         assert_eq!(tree.get("last").expect("get").as_deref(), Some(&b"999"[..]));
         assert_eq!(tree.len(), 2, "only `last` and k999 are left");
         assert!(tree.contains_key("k999").expect("get"));
+    }
+
+    /// A snapshot build reads the tree while applies go on: what they submit meanwhile waits.
+    #[test]
+    fn a_hold_keeps_the_tree_where_it_was_until_it_ends() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let tree = db.open_tree("sm").expect("tree");
+        let writer = SmWriter::start(tree.clone()).expect("start");
+        writer.submit(writes(&[("a", Some("1"))])).expect("submit");
+        let held = writer.hold().expect("hold");
+        assert_eq!(
+            tree.get("a").expect("get").as_deref(),
+            Some(&b"1"[..]),
+            "drained first"
+        );
+        writer
+            .submit(writes(&[("a", Some("2")), ("b", Some("2"))]))
+            .expect("submit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(tree.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+        assert!(!tree.contains_key("b").expect("get"));
+        drop(held);
+        writer.drain().expect("drain");
+        assert_eq!(tree.get("a").expect("get").as_deref(), Some(&b"2"[..]));
+        assert!(tree.contains_key("b").expect("get"));
     }
 
     #[test]

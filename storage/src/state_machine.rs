@@ -300,10 +300,11 @@ impl Inner {
     /// Streams the tree, with the audio by reference, into a new `current.snap`. Blocking.
     fn build_blocking(&self) -> io::Result<SnapshotMeta> {
         let tmp = self.next_file("building");
-        let (meta, refs) = {
+        let (meta, refs, tree_held) = {
             let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
-            // The tree as of `last_applied`: no batch is in flight while the lock is held.
-            self.sm_writer.drain()?;
+            // The tree as of `last_applied` (no batch is in flight while the lock is held), kept
+            // there until the file is written: applies go on meanwhile, their batches wait.
+            let tree_held = self.sm_writer.hold()?;
             let id_part = guard.last_applied.map_or("none".to_string(), |l| {
                 format!("{}-{}", l.leader_id, l.index)
             });
@@ -315,25 +316,26 @@ impl Inner {
                     self.file_seq.fetch_add(1, Ordering::Relaxed)
                 ),
             };
-            let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta, true)?;
-            for item in self.sm.iter() {
-                let (key, value) = item.map_err(sled_io)?;
-                if !key.starts_with(M_PREFIX) {
-                    writer.record(TREE_SM, &key, &value)?;
-                }
-            }
             let refs = AudioRefs(guard.state.tracks.chunk_blobs().collect());
-            for key in refs.keys() {
-                writer.record(TREE_AUDIO_REF, &key, &[])?;
-            }
-            writer.finish()?.sync_all()?;
             // Until the new file replaces the old, deletes keep what either refers to. Set
             // under the lock, so no apply after `last_applied` sees only the old references.
             let mut current = self.refs();
             let union = current.take().unwrap_or_default().union(&refs);
             *current = Some(union);
-            (meta, refs)
+            (meta, refs, tree_held)
         };
+        let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta, true)?;
+        for item in self.sm.iter() {
+            let (key, value) = item.map_err(sled_io)?;
+            if !key.starts_with(M_PREFIX) {
+                writer.record(TREE_SM, &key, &value)?;
+            }
+        }
+        drop(tree_held);
+        for key in refs.keys() {
+            writer.record(TREE_AUDIO_REF, &key, &[])?;
+        }
+        writer.finish()?.sync_all()?;
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
         *self.refs() = Some(refs);
