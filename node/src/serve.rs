@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::ClusterConfig;
@@ -58,6 +59,13 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
             let _ = failed_tx.send(why);
         }
     };
+    // TCP_NODELAY: without it the last, short segment of a streamed response waited for the
+    // client's delayed ACK (~40 ms on Linux); one-client `/play` of a 10 MiB track had p99 48 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             tokio::select! {
