@@ -11,15 +11,16 @@
 //!   between the two, re-applying the entries after `m/applied` repairs it.
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
-//! - A snapshot is the `sm` tree streamed to a file under the read lock (so it is consistent),
-//!   with the audio chunks the state holds *by key* only: building one costs the metadata, not
-//!   the library. Chunks are immutable and their keys never reused, so a key names the bytes.
+//! - A snapshot is the `sm` tree streamed to a file as of one log position (taken under the
+//!   read lock; the `sm-writer` is then held there while applies go on in memory), with the
+//!   audio chunks the state holds *by key* only: building one costs the metadata, not the
+//!   library. Chunks are immutable and their keys never reused, so a key names the bytes.
 //!   The chunks the current snapshot refers to must stay until a newer snapshot replaces it:
 //!   an apply that deletes one records it in `sm` as `m/trash/<key>` (atomic with the apply)
 //!   instead, and the next build deletes the trash it no longer refers to (`Inner::refs`).
-//!   What is sent to another node is made self-contained first ([`Inner::materialize`]).
-//!   A received snapshot is installed by streaming the file back. An install interrupted by a crash is redone from
-//!   `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
+//!   What is sent to another node is made self-contained first (`Inner::materialize`).
+//!   A received snapshot is installed by streaming the file back. An install interrupted by a
+//!   crash is redone from `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
 //!   it lives outside `sm` because the install clears `sm`).
 
 use std::collections::BTreeMap;
