@@ -112,7 +112,7 @@ pub async fn start(
     let transport = transport::Transport::start(&args).await?;
     let network = network::Network::new(transport.clone());
     let reader = sm.reader();
-    let snapshots = sm.clone();
+    sm.expect_startup_probe();
     let raft = Raft::new(
         args.node_id,
         std::sync::Arc::new(config),
@@ -121,7 +121,6 @@ pub async fn start(
         sm,
     )
     .await?;
-    snapshots.start_sending_snapshots();
     let replica = Replica::new(
         args.node_id,
         raft,

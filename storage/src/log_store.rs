@@ -25,7 +25,6 @@ use crate::segments::SegmentLog;
 use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 /// Where chorus up to this version kept the entries (index -> entry); moved out on open.
 const LEGACY_LOG_TREE: &str = "raft_log";
@@ -78,6 +77,10 @@ impl Flusher {
         std::thread::Builder::new()
             .name("log-flusher".into())
             .spawn(move || {
+                // Once a sync has failed, every later append is reported failed too: Linux may
+                // drop the dirty pages on an fsync error and report the next fsync clean, and
+                // openraft must never hear "flushed" for an append after a lost one.
+                let mut failed: Option<String> = None;
                 // Ends when every LogStore (and so every sender) is gone.
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
@@ -97,6 +100,12 @@ impl Flusher {
                                 }
                             };
                             result = result.and(outcome);
+                        }
+                        if let Err(e) = &result {
+                            failed.get_or_insert_with(|| e.clone());
+                        }
+                        if let Some(e) = &failed {
+                            result = Err(e.clone());
                         }
                         tracing::trace!(target: "chorus::stages", stage = "log.flushed");
                         callback.log_io_completed(result.map_err(std::io::Error::other));
@@ -309,14 +318,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed on purpose: a committed index that is lost in a crash is learned again
-        // from the leader; persisting it only lets a restarted node apply its log sooner.
-        self.write_meta(COMMITTED, &committed)
+    /// Not kept. A leader commits as soon as a majority has flushed an entry, which may be
+    /// before its own flush (see vendor/README.md); a saved committed index could then be
+    /// durable while the entries up to it are not, and after a power loss openraft would fail
+    /// to start re-applying entries the log no longer has. A restarted node learns the commit
+    /// index from the leader instead, and applies from the state machine's `m/applied` on.
+    async fn save_committed(&mut self, _committed: Option<LogId>) -> Result<(), StorageError> {
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
+        Ok(None)
     }
 
     async fn append<I>(
@@ -354,7 +366,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        let doomed = self.segments().purge(log_id.index);
+        let doomed = self
+            .segments()
+            .purge(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         if !doomed.is_empty() && self.janitor.doomed.send(doomed).is_err() {
             tracing::warn!(
                 "the log janitor has stopped; purged segments stay until the next start"

@@ -33,6 +33,8 @@ use crate::types::{Entry, LogId};
 /// A segment stops taking appends once it is this large.
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 8;
+/// The extension of a purged segment waiting to be removed.
+const PURGED: &str = "purged";
 
 fn corrupt(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
@@ -166,6 +168,10 @@ impl SegmentLog {
         let mut names = Vec::new();
         for item in fs::read_dir(dir)? {
             let path = item?.path();
+            if path.extension().is_some_and(|e| e == PURGED) {
+                fs::remove_file(&path)?; // purged before a crash let it be removed
+                continue;
+            }
             let first = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -387,10 +393,12 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Drops the segments whose entries are all at or before `index` from the log and returns
-    /// their files, for [`remove_files`]. The caller has recorded the purge point durably
-    /// first, so a file that survives a crash is removed on open.
-    pub(crate) fn purge(&mut self, index: u64) -> Vec<PathBuf> {
+    /// Drops the segments whose entries are all at or before `index` from the log, renames
+    /// their files to `<first>.purged` (so a segment created again under the same name is never
+    /// what gets removed) and returns the new names, for [`remove_files`]. The caller has
+    /// recorded the purge point durably first, so a file that survives a crash, under either
+    /// name, is removed on open.
+    pub(crate) fn purge(&mut self, index: u64) -> io::Result<Vec<PathBuf>> {
         self.kept_from = self.kept_from.max(index + 1);
         let gone: Vec<u64> = self
             .segments
@@ -398,10 +406,15 @@ impl SegmentLog {
             .filter(|s| s.next_index() <= index + 1)
             .map(|s| s.first)
             .collect();
-        gone.into_iter()
-            .filter_map(|first| self.segments.remove(&first))
-            .map(|s| s.path)
-            .collect()
+        let mut doomed = Vec::with_capacity(gone.len());
+        for first in gone {
+            if let Some(segment) = self.segments.remove(&first) {
+                let purged = segment.path.with_extension(PURGED);
+                fs::rename(&segment.path, &purged)?;
+                doomed.push(purged);
+            }
+        }
+        Ok(doomed)
     }
 
     fn remove_segments(&mut self, doomed: impl Fn(&Segment) -> bool) -> io::Result<()> {
@@ -641,7 +654,7 @@ mod tests {
         log.truncate(5).expect("truncate");
         assert_eq!(log.last().map(|l| l.index), Some(4));
         assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4]);
-        let gone = log.purge(3);
+        let gone = log.purge(3).expect("purge");
         assert_eq!(read_all(&log, 4, 100), vec![4], "out of the log at once");
         remove_files(dir.path(), &gone).expect("remove");
         assert_eq!(
@@ -651,7 +664,7 @@ mod tests {
         );
         assert_eq!(read_all(&log, 4, 100), vec![4]);
         // A snapshot moved this node past its whole log: the next entry starts a new segment.
-        let gone = log.purge(9);
+        let gone = log.purge(9).expect("purge all");
         remove_files(dir.path(), &gone).expect("remove");
         assert!(log.is_empty());
         log.append((10..=11).map(entry)).expect("append at 10");

@@ -17,7 +17,7 @@ use crate::codec;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"CHORUSS1";
-const MAGIC_REFS: &[u8; 8] = b"CHORUSR1";
+pub(crate) const MAGIC_REFS: &[u8; 8] = b"CHORUSR1";
 const END: u8 = 0xFF;
 /// Upper bound on one key or value; anything larger means the file is corrupt.
 const MAX_FIELD: u32 = 64 * 1024 * 1024;

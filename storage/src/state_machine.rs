@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::OpenError;
@@ -127,8 +127,9 @@ struct Inner {
     /// The audio the current snapshot refers to (blob id -> chunk count); `None` when that
     /// snapshot is self-contained or there is none. During a build, also what the new one will.
     refs: Mutex<Option<AudioRefs>>,
-    /// Set once openraft has started: from then on `get_current_snapshot` is for sending.
-    sending: std::sync::atomic::AtomicBool,
+    /// Set by [`StateMachineStore::expect_startup_probe`]: the next `get_current_snapshot` is
+    /// openraft's startup call, which reads only the metadata.
+    startup_probe: std::sync::atomic::AtomicBool,
     file_seq: AtomicU64,
     waiters: AppliedWaiters,
 }
@@ -337,6 +338,9 @@ impl Inner {
             writer.record(TREE_AUDIO_REF, &key, &[])?;
         }
         writer.finish()?.sync_all()?;
+        // The chunks it refers to were written by applies up to `last_applied`; durable before
+        // the file is, so a restarted node can still send what it refers to.
+        self.db.flush().map_err(sled_io)?;
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
         *self.refs() = Some(refs);
@@ -562,7 +566,7 @@ impl StateMachineStore {
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
             refs: Mutex::new(None),
-            sending: std::sync::atomic::AtomicBool::new(false),
+            startup_probe: std::sync::atomic::AtomicBool::new(false),
             file_seq: AtomicU64::new(0),
             waiters: AppliedWaiters::default(),
         };
@@ -648,11 +652,12 @@ impl StateMachineStore {
         }
     }
 
-    /// Call once `Raft::new` has returned. Until then `get_current_snapshot` serves openraft's
-    /// startup, which reads only the metadata; from then on it is asked for a snapshot to send,
-    /// and makes one that carries the audio itself.
-    pub fn start_sending_snapshots(&self) {
-        self.inner.sending.store(true, Ordering::Release);
+    /// Call just before `Raft::new`. openraft 0.9.25's `Raft::new` calls `get_current_snapshot`
+    /// once, for the metadata only (`StorageHelper::get_initial_state`), before its core and
+    /// workers start; that call gets this node's own file. Every other call is for sending the
+    /// snapshot to another node and gets a self-contained copy, which costs a copy of the audio.
+    pub fn expect_startup_probe(&self) {
+        self.inner.startup_probe.store(true, Ordering::Release);
     }
 
     pub fn reader(&self) -> StateReader {
@@ -807,6 +812,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let _serial = self.inner.snapshot_lock.lock().await;
         snapshot.flush().await.map_err(err)?;
         snapshot.sync_all().await.map_err(err)?;
+        // Only the node that wrote a file with audio references can use it: refused here,
+        // before anything of this node's is replaced.
+        let mut magic = [0u8; 8];
+        snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
+        snapshot.read_exact(&mut magic).await.map_err(err)?;
+        if &magic == crate::snapshot::MAGIC_REFS {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the received snapshot refers to audio it does not carry",
+            )));
+        }
         let received = self
             .inner
             .receiving
@@ -844,14 +860,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        // Used up by the first call, whether or not there is a snapshot yet.
+        let probe = self.inner.startup_probe.swap(false, Ordering::AcqRel);
+        // Under the lock, so no build or install replaces the file between reading its header
+        // and opening it (a file that refers to audio must never reach another node).
+        let _serial = self.inner.snapshot_lock.lock().await;
         let path = self.inner.current_path();
         if !path.exists() {
             return Ok(None);
         }
-        // openraft asks at startup only for the metadata; afterwards, to send the snapshot to
-        // a node that needs it, and that node needs the audio itself.
-        if self.inner.sending.load(Ordering::Acquire) && self.inner.refs().is_some() {
-            let _serial = self.inner.snapshot_lock.lock().await;
+        let (meta, refers_to_audio) = self
+            .blocking(move |_| {
+                let reader = SnapshotReader::new(File::open(&path)?)?;
+                Ok((reader.meta, reader.refers_to_audio))
+            })
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        if refers_to_audio && !probe {
             let (meta, file) = self
                 .blocking(|inner| inner.materialize())
                 .await
@@ -861,10 +886,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 snapshot: Box::new(tokio::fs::File::from_std(file)),
             }));
         }
-        let meta = self
-            .blocking(move |_| Ok(SnapshotReader::new(File::open(&path)?)?.meta))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let sig = meta.signature();
         let snapshot = self
             .open_current(meta)
@@ -936,7 +957,13 @@ mod tests {
             for i in 1..=200 {
                 sm.apply([add(i, 1000 + i)]).await.expect("apply");
             }
-            let snapshot = sm.build_snapshot().await.expect("build");
+            sm.build_snapshot().await.expect("build");
+            // What openraft sends to another node.
+            let snapshot = sm
+                .get_current_snapshot()
+                .await
+                .expect("get")
+                .expect("a snapshot");
             let fresh = tempfile::tempdir().expect("temp dir");
             let (_fresh_log, mut copy) = crate::open(fresh.path()).expect("open");
             copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -1059,7 +1086,6 @@ mod tests {
         ];
         {
             let (_log, mut sm) = crate::open(dir.path()).expect("open");
-            sm.start_sending_snapshots();
             sm.apply(upload(1, 1)).await.expect("apply");
             sm.build_snapshot().await.expect("build");
             let built = fs::metadata(sm.inner.current_path()).expect("stat").len();
@@ -1091,7 +1117,6 @@ mod tests {
             sm.apply([abort(12, 3)]).await.expect("apply");
         }
         let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
-        sm.start_sending_snapshots();
         assert_eq!(
             sm.reader().stored_audio_chunks(),
             2,
@@ -1104,6 +1129,37 @@ mod tests {
         sm.build_snapshot().await.expect("build");
         assert_eq!(sm.reader().stored_audio_chunks(), 0);
         assert_eq!(trash_entries(&sm), 0);
+    }
+
+    /// openraft's startup call reads only the metadata and gets this node's own small file;
+    /// such a file is refused by another node before anything there is replaced.
+    #[tokio::test]
+    async fn a_snapshot_that_refers_to_audio_never_replaces_another_nodes_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(upload(1, 1)).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        sm.expect_startup_probe();
+        let own = sm
+            .get_current_snapshot()
+            .await
+            .expect("get")
+            .expect("a snapshot");
+        let fresh = tempfile::tempdir().expect("temp dir");
+        let (_fresh_log, mut other) = crate::open(fresh.path()).expect("open");
+        other.apply([add(1, 7)]).await.expect("apply");
+        let err = other
+            .install_snapshot(&own.meta, own.snapshot)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("refers to audio"), "{err}");
+        assert_eq!(
+            other.reader().read(|s| s.queue.len()),
+            1,
+            "its state is untouched"
+        );
+        // The probe is used up: the next call is for sending, and carries the audio.
+        assert_eq!(chunks_sent(&mut sm, 1).await[1], Some(vec![2u8; 10]));
     }
 
     fn request(key: &str, command: Command) -> Request {

@@ -46,7 +46,9 @@ cases!(
     get_initial_state_last_log_gt_sm,
     get_initial_state_last_log_lt_sm,
     get_initial_state_log_ids,
-    get_initial_state_re_apply_committed,
+    // Left out: get_initial_state_re_apply_committed saves a committed index and expects it
+    // back. This store keeps none (the leader may commit before its own log flush; see
+    // `LogStore::save_committed`), and a restarted node learns it from the leader.
     save_vote,
     get_log_entries,
     limited_get_log_entries,
