@@ -14,9 +14,11 @@
 //! one at its end and preallocates it again, which also clears anything a crash left past it.
 //!
 //! Crash safety: an append is acknowledged only after `fdatasync` of its segment (done by the
-//! log store's flusher), so a crash can only leave a torn or unsynced record at the tail of the
-//! last segment, and [`SegmentLog::open`] cuts the log at the first record whose length or
-//! checksum is wrong there. A bad record anywhere else is corruption, and opening fails with
+//! log store's flusher; the append that starts a segment also syncs the one before), so a crash
+//! can only leave torn or unsynced records at the tail of the last segment, or at the tail of the
+//! one before it together with a last segment nobody was told about. [`SegmentLog::open`] cuts
+//! the log at the first record whose length or checksum is wrong there (dropping that last
+//! segment in the second case). A bad record anywhere else is corruption, and opening fails with
 //! a message saying so. Creating and removing segment files fsyncs the directory; truncation
 //! (`set_len`) is fsynced before it returns.
 
@@ -190,6 +192,20 @@ impl SegmentLog {
             segment_bytes: SEGMENT_BYTES,
             kept_from: purged_end,
         };
+        // The segment before the last is synced by the append that started the last one, before
+        // that append is acknowledged. A torn record at its end (past the purge point) means the
+        // crash came first: nothing from there on was acknowledged, so the log ends there.
+        if let [.., (before_first, before_last), (_, last)] = names.as_slice()
+            && let Some(whole) = torn_after(before_last)?
+            && before_first + whole >= purged_end
+        {
+            tracing::warn!(
+                path = %last.display(),
+                "dropping the last log segment: the one before it ends in a torn write"
+            );
+            fs::remove_file(last)?;
+            names.pop();
+        }
         let count = names.len();
         for (k, (first, path)) in names.into_iter().enumerate() {
             let is_last = k + 1 == count;
@@ -457,10 +473,51 @@ pub(crate) fn remove_files(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
 /// are read.
 fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Result<Segment> {
     let mut file = File::options().read(true).write(true).open(path)?;
+    let (offsets, at, damaged) = walk(&mut file, is_last)?;
+    if damaged {
+        if !is_last {
+            return Err(corrupt(format!(
+                "log segment {} is damaged at byte {at}; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            at,
+            "dropping the torn tail of the log (a write interrupted by a crash)"
+        );
+    }
+    let size = file.metadata()?.len();
+    // Past the records of the last segment there may be bytes of a write a crash interrupted
+    // (its header page lost, later pages written): cut them, whatever the header said.
+    if is_last && !(size == at && at >= segment_bytes) {
+        file.set_len(at)?;
+        preallocate(&file, at, segment_bytes)?;
+        file.sync_all()?;
+    }
+    Ok(Segment {
+        file: Arc::new(file),
+        path: path.to_path_buf(),
+        first,
+        offsets,
+        end: at,
+    })
+}
+
+/// How many whole, checksummed records `path` starts with, if a damaged one follows them.
+fn torn_after(path: &Path) -> io::Result<Option<u64>> {
+    let mut file = File::open(path)?;
+    let (offsets, _, damaged) = walk(&mut file, true)?;
+    Ok(damaged.then_some(offsets.len() as u64))
+}
+
+/// Walks a segment's records: their offsets, where they end, and whether a damaged record (or
+/// with `verify` a wrong checksum) ended them rather than the file's end or a zero header.
+fn walk(file: &mut File, verify: bool) -> io::Result<(Vec<u64>, u64, bool)> {
     let size = file.metadata()?.len();
     let mut offsets = Vec::new();
     let mut at = 0u64;
-    let mut reader = io::BufReader::with_capacity(1 << 20, &mut file);
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut payload = Vec::new();
     let damaged = loop {
         if at == size {
@@ -480,7 +537,7 @@ fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Resul
         if at + HEADER as u64 + len > size {
             break true;
         }
-        if is_last {
+        if verify {
             payload.resize(len as usize, 0);
             if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
                 break true;
@@ -491,34 +548,7 @@ fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Resul
         offsets.push(at);
         at += HEADER as u64 + len;
     };
-    drop(reader);
-    if damaged {
-        if !is_last {
-            return Err(corrupt(format!(
-                "log segment {} is damaged at byte {at}; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
-                path.display()
-            )));
-        }
-        tracing::warn!(
-            path = %path.display(),
-            at,
-            "dropping the torn tail of the log (a write interrupted by a crash)"
-        );
-    }
-    // Past the records of the last segment there may be bytes of a write a crash interrupted
-    // (its header page lost, later pages written): cut them, whatever the header said.
-    if is_last && !(size == at && at >= segment_bytes) {
-        file.set_len(at)?;
-        preallocate(&file, at, segment_bytes)?;
-        file.sync_all()?;
-    }
-    Ok(Segment {
-        file: Arc::new(file),
-        path: path.to_path_buf(),
-        first,
-        offsets,
-        end: at,
-    })
+    Ok((offsets, at, damaged))
 }
 
 #[cfg(test)]
@@ -626,22 +656,49 @@ mod tests {
         assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5]);
     }
 
+    /// Three segments: 1..=3, 4..=5, 6..=7.
+    fn three_segments(dir: &Path) -> Vec<PathBuf> {
+        let mut log = SegmentLog::open(dir, None).expect("open");
+        log.append((1..=3).map(entry)).expect("append");
+        log.segment_bytes = 1; // every append from here starts a new segment
+        log.append((4..=5).map(entry)).expect("append");
+        log.append((6..=7).map(entry)).expect("append");
+        drop(log);
+        let files = segment_files(dir);
+        assert_eq!(files.len(), 3);
+        files
+    }
+
+    fn cut_tail(path: &Path, bytes: u64) {
+        let file = File::options().write(true).open(path).expect("open");
+        let len = file.metadata().expect("stat").len();
+        file.set_len(len - bytes).expect("cut");
+    }
+
     #[test]
-    fn damage_outside_the_last_segment_refuses_to_open() {
+    fn damage_before_the_last_two_segments_refuses_to_open() {
         let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let mut log = SegmentLog::open(dir.path(), None).expect("open");
-            log.append((1..=3).map(entry)).expect("append");
-            log.segment_bytes = 1; // the next append starts a second segment
-            log.append((4..=5).map(entry)).expect("append");
-        }
-        let files = segment_files(dir.path());
-        assert_eq!(files.len(), 2);
-        let mut bytes = fs::read(&files[0]).expect("read");
-        bytes.truncate(bytes.len() - 3);
-        fs::write(&files[0], &bytes).expect("write");
-        let err = SegmentLog::open(dir.path(), None).expect_err("damaged middle segment");
+        let files = three_segments(dir.path());
+        cut_tail(&files[0], 3);
+        let err = SegmentLog::open(dir.path(), None).expect_err("damaged first segment");
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    /// The append that starts a segment syncs the one before it too, before it is acknowledged;
+    /// a torn end there means the crash came first, and nothing after it was acknowledged.
+    #[test]
+    fn a_torn_end_of_the_segment_before_the_last_ends_the_log_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = three_segments(dir.path());
+        cut_tail(&files[1], 3);
+        let mut log = SegmentLog::open(dir.path(), None).expect("open");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4]);
+        assert_eq!(log.last().map(|l| l.index), Some(4));
+        assert!(!files[2].exists(), "the last segment is gone");
+        log.append([entry(5)]).expect("append after the cut");
+        drop(log);
+        let log = SegmentLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5]);
     }
 
     #[test]
