@@ -416,37 +416,35 @@ impl SegmentLog {
     /// name, is removed on open.
     pub(crate) fn purge(&mut self, index: u64) -> io::Result<Vec<PathBuf>> {
         self.kept_from = self.kept_from.max(index + 1);
-        let gone: Vec<u64> = self
-            .segments
-            .values()
-            .filter(|s| s.next_index() <= index + 1)
-            .map(|s| s.first)
-            .collect();
-        let mut doomed = Vec::with_capacity(gone.len());
-        for first in gone {
-            if let Some(segment) = self.segments.remove(&first) {
-                let purged = segment.path.with_extension(PURGED);
-                fs::rename(&segment.path, &purged)?;
-                doomed.push(purged);
-            }
+        let mut doomed = Vec::new();
+        for segment in self.take_segments(|s| s.next_index() <= index + 1) {
+            let purged = segment.path.with_extension(PURGED);
+            fs::rename(&segment.path, &purged)?;
+            doomed.push(purged);
         }
         Ok(doomed)
     }
 
-    fn remove_segments(&mut self, doomed: impl Fn(&Segment) -> bool) -> io::Result<()> {
+    /// Takes the segments `doomed` picks out of the log.
+    fn take_segments(&mut self, doomed: impl Fn(&Segment) -> bool) -> Vec<Segment> {
         let gone: Vec<u64> = self
             .segments
             .values()
             .filter(|s| doomed(s))
             .map(|s| s.first)
             .collect();
+        gone.into_iter()
+            .filter_map(|first| self.segments.remove(&first))
+            .collect()
+    }
+
+    fn remove_segments(&mut self, doomed: impl Fn(&Segment) -> bool) -> io::Result<()> {
+        let gone = self.take_segments(doomed);
         if gone.is_empty() {
             return Ok(());
         }
-        for first in gone {
-            if let Some(segment) = self.segments.remove(&first) {
-                fs::remove_file(&segment.path)?;
-            }
+        for segment in gone {
+            fs::remove_file(&segment.path)?;
         }
         sync_dir(&self.dir)
     }

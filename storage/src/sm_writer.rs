@@ -201,11 +201,17 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn batches_land_in_order_and_drain_waits_for_them() {
+    /// A writer on the `sm` tree of a temporary database.
+    fn started() -> (sled::Tree, SmWriter) {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree("sm").expect("tree");
         let writer = SmWriter::start(tree.clone()).expect("start");
+        (tree, writer)
+    }
+
+    #[test]
+    fn batches_land_in_order_and_drain_waits_for_them() {
+        let (tree, writer) = started();
         for n in 0..1000u32 {
             let value = n.to_string();
             let mut w = writes(&[("last", Some(&value))]);
@@ -225,9 +231,7 @@ mod tests {
     /// A snapshot build reads the tree while applies go on: what they submit meanwhile waits.
     #[test]
     fn a_hold_keeps_the_tree_where_it_was_until_it_ends() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let tree = db.open_tree("sm").expect("tree");
-        let writer = SmWriter::start(tree.clone()).expect("start");
+        let (tree, writer) = started();
         writer.submit(writes(&[("a", Some("1"))])).expect("submit");
         let held = writer.hold().expect("hold");
         assert_eq!(
@@ -249,9 +253,7 @@ mod tests {
 
     #[test]
     fn dropping_the_writer_writes_what_was_queued() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let tree = db.open_tree("sm").expect("tree");
-        let writer = SmWriter::start(tree.clone()).expect("start");
+        let (tree, writer) = started();
         writer.submit(writes(&[("a", Some("1"))])).expect("submit");
         drop(writer);
         assert_eq!(tree.get("a").expect("get").as_deref(), Some(&b"1"[..]));

@@ -958,17 +958,7 @@ mod tests {
                 sm.apply([add(i, 1000 + i)]).await.expect("apply");
             }
             sm.build_snapshot().await.expect("build");
-            // What openraft sends to another node.
-            let snapshot = sm
-                .get_current_snapshot()
-                .await
-                .expect("get")
-                .expect("a snapshot");
-            let fresh = tempfile::tempdir().expect("temp dir");
-            let (_fresh_log, mut copy) = crate::open(fresh.path()).expect("open");
-            copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
-                .await
-                .expect("install");
+            let (_fresh, _fresh_log, copy) = sent_to_a_fresh_store(&mut sm).await;
             assert_eq!(copy.reader().read(|s| s.queue.len()), 200);
             for i in 201..=210 {
                 sm.apply([add(i, 1000 + i)]).await.expect("apply");
@@ -1053,19 +1043,27 @@ mod tests {
         sm.inner.sm.scan_prefix(M_TRASH).count()
     }
 
-    /// Installs `sm`'s current snapshot, as sent to another node, into a fresh store and returns
-    /// the chunks of `blob` it got.
-    async fn chunks_sent(sm: &mut StateMachineStore, blob: u64) -> Vec<Option<Vec<u8>>> {
+    /// Installs `sm`'s current snapshot, as openraft sends it to another node, into a fresh
+    /// store (kept alive by the returned directory and log).
+    async fn sent_to_a_fresh_store(
+        sm: &mut StateMachineStore,
+    ) -> (tempfile::TempDir, crate::LogStore, StateMachineStore) {
         let snapshot = sm
             .get_current_snapshot()
             .await
             .expect("get")
             .expect("a snapshot");
         let fresh = tempfile::tempdir().expect("temp dir");
-        let (_log, mut copy) = crate::open(fresh.path()).expect("open");
+        let (log, mut copy) = crate::open(fresh.path()).expect("open");
         copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
             .expect("install");
+        (fresh, log, copy)
+    }
+
+    /// The chunks of `blob` that a fresh store got from `sm`'s snapshot.
+    async fn chunks_sent(sm: &mut StateMachineStore, blob: u64) -> Vec<Option<Vec<u8>>> {
+        let (_fresh, _log, copy) = sent_to_a_fresh_store(sm).await;
         (0..2)
             .map(|i| {
                 let chunk = copy.reader().audio_chunk(blob, i).expect("read");
