@@ -12,7 +12,7 @@ Figures are printed; nothing here asserts a target. Needs `wrk` (apt-get install
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "chorus")
+BIN = os.environ.get("CHORUS_BIN") or os.path.join(ROOT, "target", "release", "chorus")
 
 
 def free_port():

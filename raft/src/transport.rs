@@ -21,6 +21,8 @@ use storage::codec;
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::replica::Replica;
 use crate::{StartArgs, StartError};
+use openraft::raft::AppendEntriesRequest;
+use storage::TypeConfig;
 
 const TICK: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -183,30 +185,35 @@ impl Transport {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
+        self.send(peer, req, timeout)?.answer().await
+    }
+
+    /// Sends `req` to `peer` now and returns the call, whose answer is awaited separately:
+    /// requests sent one after the other reach the peer's endpoint in that order (one
+    /// ractor_cluster session, one mailbox), so several can be in flight (see
+    /// `crate::network`'s pipelined AppendEntries).
+    pub fn send(
+        &self,
+        peer: u64,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PendingCall, TransportError> {
         let endpoint = self
             .endpoint(peer)
             .ok_or(TransportError::NotConnected(peer))?;
         let bytes =
             codec::encode(req).map_err(|e| TransportError::Malformed(peer, e.to_string()))?;
-        let answer = endpoint
-            .call(|port| PeerMsg::Rpc(bytes, port), Some(timeout))
-            .await
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let port: RpcReplyPort<Vec<u8>> = (tx, timeout).into();
+        endpoint
+            .send_message(PeerMsg::Rpc(bytes, port))
             .map_err(|e| TransportError::Unreachable(peer, e.to_string()))?;
-        match answer {
-            ractor::rpc::CallResult::Success(bytes) => {
-                self.link(peer, |l| l.last_ok = Some(Instant::now()));
-                match codec::decode(&bytes) {
-                    Ok(PeerResponse::Malformed(m)) => Err(TransportError::Malformed(peer, m)),
-                    Ok(resp) => Ok(resp),
-                    Err(e) => Err(TransportError::Malformed(peer, e.to_string())),
-                }
-            }
-            ractor::rpc::CallResult::Timeout => Err(TransportError::Timeout(peer, timeout)),
-            ractor::rpc::CallResult::SenderError => Err(TransportError::Unreachable(
-                peer,
-                "the session closed before answering".into(),
-            )),
-        }
+        Ok(PendingCall {
+            transport: self.clone(),
+            peer,
+            timeout,
+            rx,
+        })
     }
 
     /// One supervisor tick: connect to peers without a session, ping those with one.
@@ -273,46 +280,125 @@ impl Transport {
     }
 }
 
+/// A request sent by [`Transport::send`] whose answer has not been awaited yet.
+pub struct PendingCall {
+    transport: Transport,
+    peer: u64,
+    timeout: Duration,
+    rx: ractor::concurrency::OneshotReceiver<Vec<u8>>,
+}
+
+impl PendingCall {
+    /// Waits at most the call's timeout (counted from now) for the answer.
+    pub async fn answer(self) -> Result<PeerResponse, TransportError> {
+        let peer = self.peer;
+        let bytes = match tokio::time::timeout(self.timeout, self.rx).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
+                return Err(TransportError::Unreachable(
+                    peer,
+                    "the session closed before answering".into(),
+                ));
+            }
+            Err(_) => return Err(TransportError::Timeout(peer, self.timeout)),
+        };
+        self.transport
+            .link(peer, |l| l.last_ok = Some(Instant::now()));
+        match codec::decode(&bytes) {
+            Ok(PeerResponse::Malformed(m)) => Err(TransportError::Malformed(peer, m)),
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(TransportError::Malformed(peer, e.to_string())),
+        }
+    }
+}
+
 /// Answers peers' requests. Each request runs in its own task so that a slow one (a snapshot
-/// chunk, a write waiting for commit) never holds up heartbeats and votes.
+/// chunk, a write waiting for commit) never holds up heartbeats and votes — except
+/// AppendEntries, which go to openraft one after the other in the order they arrived: a leader
+/// sends several frames before the first is answered (`crate::network`), and each continues the
+/// one before it.
 struct PeerEndpoint;
+
+struct EndpointState {
+    replica: Replica,
+    appends: tokio::sync::mpsc::UnboundedSender<(
+        AppendEntriesRequest<TypeConfig>,
+        RpcReplyPort<Vec<u8>>,
+    )>,
+}
+
+/// Hands AppendEntries to openraft in arrival order, one at a time (openraft's core handles
+/// them one at a time anyway: a follower answers after its flush).
+async fn run_appends(
+    replica: Replica,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(
+        AppendEntriesRequest<TypeConfig>,
+        RpcReplyPort<Vec<u8>>,
+    )>,
+) {
+    while let Some((rpc, reply)) = rx.recv().await {
+        let response = replica.handle_peer(PeerRequest::AppendEntries(rpc)).await;
+        answer(reply, &response);
+    }
+}
+
+fn answer(reply: RpcReplyPort<Vec<u8>>, response: &PeerResponse) {
+    match codec::encode(response) {
+        Ok(bytes) => {
+            // The caller may have timed out and gone; nothing to do then.
+            let _ = reply.send(bytes);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a peer response"),
+    }
+}
 
 impl Actor for PeerEndpoint {
     type Msg = PeerMsg;
-    type State = Replica;
+    type State = EndpointState;
     type Arguments = Replica;
 
     async fn pre_start(
         &self,
         _: ActorRef<PeerMsg>,
         replica: Replica,
-    ) -> Result<Replica, ActorProcessingErr> {
-        Ok(replica)
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        let (appends, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_appends(replica.clone(), rx));
+        Ok(EndpointState { replica, appends })
     }
 
     async fn handle(
         &self,
         _: ActorRef<PeerMsg>,
         msg: PeerMsg,
-        replica: &mut Replica,
+        state: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
         let PeerMsg::Rpc(bytes, reply) = msg;
-        let replica = replica.clone();
-        tokio::spawn(async move {
-            let response = match codec::decode::<PeerRequest>(&bytes) {
-                Ok(req) => replica.handle_peer(req).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed request from a peer");
-                    PeerResponse::Malformed(format!("cannot decode request: {e}"))
-                }
-            };
-            match codec::encode(&response) {
-                Ok(bytes) => {
-                    // The caller may have timed out and gone; nothing to do then.
-                    let _ = reply.send(bytes);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot encode a peer response"),
+        // Decoded here, in arrival order; a frame of audio takes a few milliseconds.
+        let req = match codec::decode::<PeerRequest>(&bytes) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed request from a peer");
+                answer(
+                    reply,
+                    &PeerResponse::Malformed(format!("cannot decode request: {e}")),
+                );
+                return Ok(());
             }
+        };
+        drop(bytes);
+        if let PeerRequest::AppendEntries(rpc) = req {
+            if let Err(e) = state.appends.send((rpc, reply)) {
+                tracing::error!("the AppendEntries task has stopped");
+                let (_, reply) = e.0;
+                answer(reply, &PeerResponse::Malformed("node is stopping".into()));
+            }
+            return Ok(());
+        }
+        let replica = state.replica.clone();
+        tokio::spawn(async move {
+            let response = replica.handle_peer(req).await;
+            answer(reply, &response);
         });
         Ok(())
     }

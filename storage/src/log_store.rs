@@ -125,9 +125,10 @@ impl Flusher {
     }
 }
 
-/// Most bytes of entries read for one AppendEntries (see `limited_get_log_entries`); the raft
-/// crate cuts frames at about the same size.
-pub const REPLICATION_READ_BYTES: u64 = 8 * 1024 * 1024;
+/// Most bytes of entries read for one AppendEntries (see `limited_get_log_entries`). The raft
+/// crate sends them as several smaller frames in flight at once; all must be answered within
+/// openraft's `heartbeat_interval`, which bounds this (24 MiB took ~100 ms end to end here).
+pub const REPLICATION_READ_BYTES: u64 = 24 * 1024 * 1024;
 
 fn read_spans(spans: Vec<crate::segments::Span>) -> Result<Vec<Entry>, StorageError> {
     let mut entries = Vec::new();
