@@ -13,6 +13,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{EntryPayload, LogId};
+use std::time::Duration;
 use storage::{ChorusNode, Entry, TypeConfig};
 
 use crate::protocol::{PeerRequest, PeerResponse};
@@ -20,7 +21,7 @@ use crate::transport::{PendingCall, Transport, TransportError};
 
 /// Bytes of entries per AppendEntries frame. openraft bounds a request by entry count only
 /// (`max_payload_entries`, high so that small writes replicate in large batches); audio chunk
-/// entries are 1 MiB each, so what it reads (`storage::REPLICATION_READ_BYTES`) is cut into
+/// entries are 1 MiB each, so what it reads (`storage::log_store::REPLICATION_READ_BYTES`) is cut into
 /// frames by size here. openraft 0.9 gives the whole AppendEntries only `heartbeat_interval` to
 /// complete (encode, send, the follower's write and fsync, answer; seen when frames were larger:
 /// a catch-up taking 42 s instead of 5 on repeated timeouts). Small frames let the follower start
@@ -28,8 +29,15 @@ use crate::transport::{PendingCall, Transport, TransportError};
 /// of 500 MiB 3.16–3.26 s against 3.25–3.50 s; 2 MiB (one chunk and an fsync per frame) was slower.
 const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
-/// How often replication to an unreachable follower is tried again.
-const UNREACHABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Most bytes of entries in flight to one follower: all that openraft reads for one
+/// AppendEntries.
+const MAX_IN_FLIGHT: usize = storage::log_store::REPLICATION_READ_BYTES as usize;
+
+/// How often replication to an unreachable follower is tried again: at first, and after
+/// [`UNREACHABLE_RETRIES_SOON`] tries (see `PeerLink::backoff`).
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(200);
+const UNREACHABLE_RETRIES_SOON: usize = 10;
+const UNREACHABLE_RETRY_LATER: Duration = Duration::from_secs(1);
 
 /// AppendEntries carrying more than this, to a follower not known to have their `prev_log_id`,
 /// are preceded by an empty one that asks (see `PeerLink::append_entries`). Batches of small
@@ -74,6 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             transport: self.transport.clone(),
             matched: None,
+            in_flight_budget: MAX_IN_FLIGHT,
         }
     }
 }
@@ -84,6 +93,9 @@ pub struct PeerLink {
     /// The last log id the follower acknowledged through this link: AppendEntries that continue
     /// from it need no probe (see `append_entries`).
     matched: Option<LogId<u64>>,
+    /// Bytes of entries sent in one AppendEntries before the first answer: halved when frames
+    /// are not answered in time, grown again by a frame after each AppendEntries answered whole.
+    in_flight_budget: usize,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -122,11 +134,13 @@ impl PeerLink {
     }
 
     /// Sends `rpc` as frames of at most [`MAX_APPEND_BYTES`], all before awaiting the first
-    /// answer (see `append_entries`).
+    /// answer (see `append_entries`). Frames after the first that are not answered by
+    /// `later_deadline` are left out of what is reported.
     async fn send_frames(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: &RPCOption,
+        later_deadline: tokio::time::Instant,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
         let AppendEntriesRequest {
             vote,
@@ -137,7 +151,14 @@ impl PeerLink {
         let mut calls = Vec::new();
         let mut cut_short = false;
         let mut prev_log_id = prev_log_id;
+        let mut in_flight = 0;
         for entries in into_frames(entries, MAX_APPEND_BYTES) {
+            let bytes: usize = entries.iter().map(entry_size).sum();
+            if !calls.is_empty() && in_flight + bytes > self.in_flight_budget {
+                cut_short = true;
+                break;
+            }
+            in_flight += bytes;
             let last = entries.last().map(|e| e.log_id).or(prev_log_id);
             let frame = AppendEntriesRequest {
                 vote,
@@ -156,9 +177,6 @@ impl PeerLink {
             prev_log_id = last;
         }
         let frames = calls.len();
-        // The first frame has the whole budget, as a lone AppendEntries had; later ones must be
-        // answered within openraft's soft limit, or the frames before them are reported alone.
-        let later_deadline = tokio::time::Instant::now() + option.soft_ttl();
         let mut acked = None;
         let mut succeeded = 0;
         for (k, (call, last)) in calls.into_iter().enumerate() {
@@ -167,7 +185,12 @@ impl PeerLink {
             } else {
                 match tokio::time::timeout_at(later_deadline, self.frame_answer(call)).await {
                     Ok(answer) => answer,
-                    Err(_) => break,
+                    Err(_) => {
+                        // More was in flight than the link carries in time (a slower network
+                        // than loopback): send less at once from now on.
+                        self.in_flight_budget = (in_flight / 2).max(MAX_APPEND_BYTES);
+                        break;
+                    }
                 }
             };
             match answer {
@@ -184,6 +207,9 @@ impl PeerLink {
                 // again by the next AppendEntries, which starts after the frames acked here.
                 _ => break,
             }
+        }
+        if succeeded == frames {
+            self.in_flight_budget = (self.in_flight_budget + MAX_APPEND_BYTES).min(MAX_IN_FLIGHT);
         }
         Ok(if succeeded == frames && !cut_short {
             AppendEntriesResponse::Success
@@ -246,7 +272,7 @@ fn into_frames(mut entries: Vec<Entry>, budget: usize) -> Vec<Vec<Entry>> {
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
-    /// The entries openraft hands over (up to `storage::REPLICATION_READ_BYTES`) go as several
+    /// The entries openraft hands over (up to `storage::log_store::REPLICATION_READ_BYTES`) go as several
     /// frames, all sent before the first answer arrives: openraft 0.9 keeps one AppendEntries in
     /// flight per follower, and sending, decoding and the follower's fsync one frame at a time
     /// left each side idle half of a catch-up. The follower hands frames to openraft in the order
@@ -265,6 +291,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        // The first frame has the whole budget, as a lone AppendEntries had; later ones must be
+        // answered within openraft's soft limit, or the frames before them are reported alone.
+        let later_deadline = tokio::time::Instant::now() + option.soft_ttl();
         let unsure = rpc.prev_log_id.is_some() && rpc.prev_log_id != self.matched;
         let bytes: usize = rpc.entries.iter().map(entry_size).sum();
         if unsure && bytes > PROBE_ABOVE_BYTES {
@@ -288,7 +317,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             }
         }
         let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
-        let result = self.send_frames(rpc, &option).await;
+        let result = self.send_frames(rpc, &option, later_deadline).await;
         self.matched = match &result {
             Ok(AppendEntriesResponse::Success) => last,
             Ok(AppendEntriesResponse::PartialSuccess(m)) => *m,
@@ -310,10 +339,12 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     }
 
     /// How long the stream to an unreachable follower waits before trying again (openraft's
-    /// default is 500 ms). Failing to reach a node without a session costs nothing, and a
-    /// restarted node was otherwise left waiting up to half a second before its catch-up began.
+    /// default is 500 ms throughout): every 200 ms for the first two seconds, so that a node
+    /// that restarts catches up at once (it was left waiting up to half a second), then once a
+    /// second — openraft reads the entries to send before each try, up to 24 MiB.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(UNREACHABLE_RETRY))
+        let soon = std::iter::repeat_n(UNREACHABLE_RETRY, UNREACHABLE_RETRIES_SOON);
+        Backoff::new(soon.chain(std::iter::repeat(UNREACHABLE_RETRY_LATER)))
     }
 
     async fn vote(

@@ -314,9 +314,9 @@ impl PendingCall {
 
 /// Answers peers' requests. Each request runs in its own task so that a slow one (a snapshot
 /// chunk, a write waiting for commit) never holds up heartbeats and votes — except
-/// AppendEntries, which go to openraft one after the other in the order they arrived: a leader
-/// sends several frames before the first is answered (`crate::network`), and each continues the
-/// one before it.
+/// AppendEntries carrying entries, which go to openraft one after the other in the order they
+/// arrived: a leader sends several frames before the first is answered (`crate::network`), and
+/// each continues the one before it.
 struct PeerEndpoint;
 
 struct EndpointState {
@@ -387,14 +387,20 @@ impl Actor for PeerEndpoint {
             }
         };
         drop(bytes);
-        if let PeerRequest::AppendEntries(rpc) = req {
-            if let Err(e) = state.appends.send((rpc, reply)) {
-                tracing::error!("the AppendEntries task has stopped");
-                let (_, reply) = e.0;
-                answer(reply, &PeerResponse::Malformed("node is stopping".into()));
+        // Only AppendEntries that carry entries keep their order. An empty one (a heartbeat, or
+        // the leader confirming its leadership for a linearizable read) changes no entry, so
+        // it need not wait behind frames of audio that are being written.
+        let req = match req {
+            PeerRequest::AppendEntries(rpc) if !rpc.entries.is_empty() => {
+                if let Err(e) = state.appends.send((rpc, reply)) {
+                    tracing::error!("the AppendEntries task has stopped");
+                    let (_, reply) = e.0;
+                    answer(reply, &PeerResponse::Malformed("node is stopping".into()));
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            other => other,
+        };
         let replica = state.replica.clone();
         tokio::spawn(async move {
             let response = replica.handle_peer(req).await;

@@ -40,21 +40,30 @@ pub struct LogStore {
     read_ahead: ReadAhead,
 }
 
-/// Entries from `first` on, being read in the background for a replication stream that is
-/// behind by more than one batch (see `LogStore::limited_get_log_entries`). Each clone of the
-/// store (openraft gives every replication stream its own) starts without one.
+/// The next replication batch, read in the background for a stream that is behind by more
+/// than one batch (see `LogStore::limited_get_log_entries`). Each clone of the store (openraft
+/// gives every replication stream its own) starts without one.
 #[derive(Debug, Default)]
-struct ReadAhead(Option<(u64, tokio::task::JoinHandle<std::io::Result<Vec<Entry>>>)>);
+struct ReadAhead {
+    /// Where the stream's last read started: a read from there again is a retry (the follower
+    /// did not answer), which reads nothing ahead.
+    last_start: Option<u64>,
+    /// The batch from `first` on, with the log's truncation count when its read began.
+    next: Option<(u64, u64, EntriesRead)>,
+}
+
+/// A read of entries running on the blocking pool.
+type EntriesRead = tokio::task::JoinHandle<std::io::Result<Vec<Entry>>>;
 
 impl Clone for ReadAhead {
     fn clone(&self) -> Self {
-        Self(None)
+        Self::default()
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        if let Some((_, read)) = self.0.take() {
+        if let Some((_, _, read)) = self.next.take() {
             read.abort();
         }
     }
@@ -310,29 +319,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// When that leaves entries of the range unread (a follower behind by more than a batch of
     /// audio), the next batch is read in the background while this one is sent: openraft asks
     /// for it only after the follower has answered, and reading 24 MiB took ~15 ms of each
-    /// ~100 ms round of a catch-up. A leader's entries do not change under it; a batch read
-    /// ahead is used only if openraft asks from where it starts, and cut to what it asks for.
+    /// ~100 ms round of a catch-up. A batch read ahead is used only if openraft asks from where
+    /// it starts and no truncation happened since its read began, and it is cut to what openraft
+    /// asks for. A read that starts where the last one did (the follower did not answer, and
+    /// openraft tries again every 200 ms) reads nothing ahead.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let entries = match self.read_ahead.0.take() {
-            Some((first, read)) if first == start => match read.await {
-                Ok(Ok(mut entries)) => {
+        let retry = self.read_ahead.last_start.replace(start) == Some(start);
+        let ahead = match self.read_ahead.next.take() {
+            Some((first, truncations, read)) if first == start => match read.await {
+                // A truncation since the read began may have replaced what it read.
+                Ok(Ok(mut entries)) if self.segments().truncations() == truncations => {
                     entries.retain(|e| e.log_id.index < end);
                     entries
                 }
                 _ => Vec::new(),
             },
-            Some((_, read)) => {
+            Some((_, _, read)) => {
                 read.abort();
                 Vec::new()
             }
             None => Vec::new(),
         };
-        let entries = if entries.first().map(|e| e.log_id.index) == Some(start) {
-            entries
+        let entries = if ahead.first().map(|e| e.log_id.index) == Some(start) {
+            ahead
         } else {
             let spans = self
                 .segments()
@@ -340,14 +353,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             read_spans(spans)?
         };
         let next = start + entries.len() as u64;
-        let log_end = self.segments().last().map_or(0, |l| l.index + 1);
-        if next < end.min(log_end) {
-            let spans =
-                self.segments()
-                    .spans_within(next, next + (end - start), REPLICATION_READ_BYTES);
-            let read = tokio::task::spawn_blocking(move || read_entries(spans));
-            self.read_ahead.0 = Some((next, read));
-        }
+        let ahead = {
+            let segments = self.segments();
+            let log_end = segments.last().map_or(0, |l| l.index + 1);
+            (!retry && next < end.min(log_end)).then(|| {
+                let spans =
+                    segments.spans_within(next, next + (end - start), REPLICATION_READ_BYTES);
+                let read = tokio::task::spawn_blocking(move || read_entries(spans));
+                (next, segments.truncations(), read)
+            })
+        };
+        self.read_ahead.next = ahead;
         Ok(entries)
     }
 }
@@ -548,6 +564,83 @@ mod tests {
         let again = reader.limited_get_log_entries(2, 4).await.expect("read");
         assert_eq!(indexes(&again), vec![2, 3]);
         assert!(again[0] == chunk(2));
+        assert_eq!(
+            reader.read_ahead.next.as_ref().map(|n| n.0),
+            None,
+            "range fully read"
+        );
+
+        // A retry (the same start again) reads nothing ahead.
+        let batch = reader
+            .limited_get_log_entries(1, last + 1)
+            .await
+            .expect("read");
+        assert_eq!(
+            reader.read_ahead.next.as_ref().map(|n| n.0),
+            Some(batch.len() as u64 + 1)
+        );
+        reader
+            .limited_get_log_entries(1, last + 1)
+            .await
+            .expect("read");
+        assert!(reader.read_ahead.next.is_none(), "a retry read ahead");
+    }
+
+    /// A batch read ahead before the log was truncated and rewritten is not what gets sent.
+    #[tokio::test]
+    async fn what_was_read_ahead_before_a_truncation_is_read_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut log, _sm) = crate::open(dir.path()).expect("open");
+        let per_batch = REPLICATION_READ_BYTES / (1024 * 1024);
+        let last = 3 * per_batch;
+        log.segments()
+            .append((1..=last).map(chunk))
+            .expect("append");
+
+        let mut reader = log.get_log_reader().await;
+        let first = reader
+            .limited_get_log_entries(1, last + 1)
+            .await
+            .expect("read");
+        let from = first.len() as u64 + 1;
+        assert_eq!(reader.read_ahead.next.as_ref().map(|n| n.0), Some(from));
+        // Let the read ahead finish first, so it holds the entries from before the truncation.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !reader
+            .read_ahead
+            .next
+            .as_ref()
+            .is_some_and(|n| n.2.is_finished())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the read ahead never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+
+        // A new leader's entries replace everything from `from` on.
+        log.truncate(openraft::LogId::new(CommittedLeaderId::new(1, 1), from))
+            .await
+            .expect("truncate");
+        let replaced = |index| {
+            let mut e = chunk(index);
+            e.log_id = openraft::LogId::new(CommittedLeaderId::new(2, 2), index);
+            e
+        };
+        log.segments()
+            .append((from..=last).map(replaced))
+            .expect("append");
+
+        let second = reader
+            .limited_get_log_entries(from, last + 1)
+            .await
+            .expect("read");
+        assert!(!second.is_empty());
+        assert!(
+            second.iter().all(|e| e.log_id.leader_id.term == 2),
+            "entries from before the truncation were returned"
+        );
     }
 
     /// Found by jepsen-style: a node that had purged its log could not start again (the purge

@@ -161,6 +161,9 @@ pub(crate) struct SegmentLog {
     segment_bytes: u64,
     /// Entries before this index are purged, even where their segment is still on disk.
     kept_from: u64,
+    /// How many times entries were truncated: a read made before a truncation may hold entries
+    /// that are no longer the log's.
+    truncations: u64,
 }
 
 impl SegmentLog {
@@ -191,6 +194,7 @@ impl SegmentLog {
             last: None,
             segment_bytes: SEGMENT_BYTES,
             kept_from: purged_end,
+            truncations: 0,
         };
         // The segment before the last is synced by the append that started the last one, before
         // that append is acknowledged. A torn record at its end (past the purge point) means the
@@ -232,6 +236,10 @@ impl SegmentLog {
 
     pub(crate) fn last(&self) -> Option<LogId> {
         self.last
+    }
+
+    pub(crate) fn truncations(&self) -> u64 {
+        self.truncations
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -394,6 +402,7 @@ impl SegmentLog {
 
     /// Removes the entries at `index` and after, durably.
     pub(crate) fn truncate(&mut self, index: u64) -> io::Result<()> {
+        self.truncations += 1;
         self.remove_segments(|s| s.first >= index)?;
         if let Some(segment) = self.segments.values_mut().next_back()
             && segment.next_index() > index
