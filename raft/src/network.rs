@@ -177,45 +177,31 @@ impl PeerLink {
             prev_log_id = last;
         }
         let frames = calls.len();
-        let mut acked = None;
-        let mut succeeded = 0;
+        let mut progress = FrameProgress::default();
         for (k, (call, last)) in calls.into_iter().enumerate() {
             let answer = if k == 0 {
-                self.frame_answer(call).await
+                Some(self.frame_answer(call).await)
             } else {
-                match tokio::time::timeout_at(later_deadline, self.frame_answer(call)).await {
-                    Ok(answer) => answer,
-                    Err(_) => {
-                        // More was in flight than the link carries in time (a slower network
-                        // than loopback): send less at once from now on.
-                        self.in_flight_budget = (in_flight / 2).max(MAX_APPEND_BYTES);
-                        break;
-                    }
+                let answer = tokio::time::timeout_at(later_deadline, self.frame_answer(call)).await;
+                if answer.is_err() {
+                    // More was in flight than the link carries in time (a slower network than
+                    // loopback): send less at once from now on.
+                    self.in_flight_budget = (in_flight / 2).max(MAX_APPEND_BYTES);
                 }
+                answer.ok()
             };
-            match answer {
-                Ok(AppendEntriesResponse::Success) => {
+            match progress.take(k, last, answer) {
+                FrameOutcome::Next => {
                     tracing::trace!(target: "chorus::stages", stage = "replicate.acked");
-                    acked = last;
-                    succeeded += 1;
                 }
-                Ok(AppendEntriesResponse::PartialSuccess(m)) if k == 0 => {
-                    return Ok(AppendEntriesResponse::PartialSuccess(m));
-                }
-                other if k == 0 => return other,
-                // What a later frame met (a conflict, a higher vote, a lost session) is met
-                // again by the next AppendEntries, which starts after the frames acked here.
-                _ => break,
+                FrameOutcome::Stop => break,
+                FrameOutcome::Return(result) => return *result,
             }
         }
-        if succeeded == frames {
+        if progress.succeeded == frames {
             self.in_flight_budget = (self.in_flight_budget + MAX_APPEND_BYTES).min(MAX_IN_FLIGHT);
         }
-        Ok(if succeeded == frames && !cut_short {
-            AppendEntriesResponse::Success
-        } else {
-            AppendEntriesResponse::PartialSuccess(acked)
-        })
+        Ok(progress.report(frames, cut_short))
     }
 
     /// Sends one AppendEntries frame; the answer is awaited separately.
@@ -253,6 +239,57 @@ fn rpc_error<E: std::error::Error>(
     match e {
         TransportError::Malformed(..) => RPCError::Network(NetworkError::new(&e)),
         _ => RPCError::Unreachable(Unreachable::new(&e)),
+    }
+}
+
+/// What openraft is told of the frames of one AppendEntries, answered in order (see
+/// `PeerLink::append_entries`): only the unbroken run of successes from the first frame counts.
+#[derive(Debug, Default)]
+struct FrameProgress {
+    /// The last log id of the last frame in that run.
+    acked: Option<LogId<u64>>,
+    succeeded: usize,
+}
+
+#[derive(Debug)]
+enum FrameOutcome {
+    /// The frame succeeded; await the next.
+    Next,
+    /// Report what succeeded so far.
+    Stop,
+    /// The first frame's own answer is the answer (boxed: openraft's error is large).
+    Return(Box<RpcResult<AppendEntriesResponse<u64>>>),
+}
+
+impl FrameProgress {
+    /// Takes frame `k`'s answer (`None`: not answered in time); `last` is its last log id.
+    fn take(
+        &mut self,
+        k: usize,
+        last: Option<LogId<u64>>,
+        answer: Option<RpcResult<AppendEntriesResponse<u64>>>,
+    ) -> FrameOutcome {
+        match answer {
+            Some(Ok(AppendEntriesResponse::Success)) => {
+                self.acked = last;
+                self.succeeded += 1;
+                FrameOutcome::Next
+            }
+            Some(other) if k == 0 => FrameOutcome::Return(Box::new(other)),
+            // What a later frame met (a conflict, a higher vote, a lost session, the deadline)
+            // is met again by the next AppendEntries, which starts after the frames acked here.
+            _ => FrameOutcome::Stop,
+        }
+    }
+
+    /// The answer once every frame that will be considered was taken: `frames` were sent, and
+    /// `cut_short` when some entries were not sent at all.
+    fn report(self, frames: usize, cut_short: bool) -> AppendEntriesResponse<u64> {
+        if self.succeeded == frames && !cut_short {
+            AppendEntriesResponse::Success
+        } else {
+            AppendEntriesResponse::PartialSuccess(self.acked)
+        }
     }
 }
 
@@ -363,7 +400,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, LogId};
+    use openraft::CommittedLeaderId;
     use storage::{Command, QueueCommand, Request, TrackCommand};
 
     fn entry(index: u64, command: Command) -> Entry {
@@ -384,6 +421,65 @@ mod tests {
             bytes: vec![0; 1024 * 1024],
         });
         entry(index, command)
+    }
+
+    fn log_id(index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    /// Runs `answers` (one per frame, frame k ending at log index 10·(k+1)) through
+    /// `FrameProgress` as `send_frames` does.
+    #[allow(clippy::result_large_err)] // openraft's RPCError, as in `extract`
+    fn outcome(
+        answers: Vec<Option<RpcResult<AppendEntriesResponse<u64>>>>,
+        frames: usize,
+        cut_short: bool,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let mut progress = FrameProgress::default();
+        for (k, answer) in answers.into_iter().enumerate() {
+            match progress.take(k, log_id(10 * (k as u64 + 1)), answer) {
+                FrameOutcome::Next => {}
+                FrameOutcome::Stop => break,
+                FrameOutcome::Return(result) => return *result,
+            }
+        }
+        Ok(progress.report(frames, cut_short))
+    }
+
+    #[test]
+    fn openraft_hears_only_the_unbroken_run_of_frames_the_follower_took() {
+        let ok = || Some(Ok(AppendEntriesResponse::Success));
+        let conflict = || Some(Ok(AppendEntriesResponse::Conflict));
+        let show = |r: RpcResult<AppendEntriesResponse<u64>>| format!("{r:?}");
+        // Every frame taken: all of it.
+        assert_eq!(
+            show(outcome(vec![ok(), ok(), ok()], 3, false)),
+            show(Ok(AppendEntriesResponse::Success))
+        );
+        // The first frame's own answer, whatever it is.
+        assert_eq!(
+            show(outcome(vec![conflict(), ok()], 2, false)),
+            show(Ok(AppendEntriesResponse::Conflict))
+        );
+        let partial = Some(Ok(AppendEntriesResponse::PartialSuccess(log_id(4))));
+        assert_eq!(
+            show(outcome(vec![partial, ok()], 2, false)),
+            show(Ok(AppendEntriesResponse::PartialSuccess(log_id(4))))
+        );
+        // A later frame refused, late, or followed by one that succeeded anyway: up to the
+        // last frame of the unbroken run.
+        let up_to_20 = show(Ok(AppendEntriesResponse::PartialSuccess(log_id(20))));
+        assert_eq!(
+            show(outcome(vec![ok(), ok(), conflict()], 3, false)),
+            up_to_20
+        );
+        assert_eq!(show(outcome(vec![ok(), ok(), None], 3, false)), up_to_20);
+        assert_eq!(
+            show(outcome(vec![ok(), ok(), None, ok()], 4, false)),
+            up_to_20
+        );
+        // Frames left unsent (the in-flight budget): what was sent, not all of it.
+        assert_eq!(show(outcome(vec![ok(), ok()], 2, true)), up_to_20);
     }
 
     #[test]

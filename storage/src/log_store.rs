@@ -508,6 +508,17 @@ mod tests {
         }
     }
 
+    /// A store in `dir` whose log holds three replication batches of 1 MiB chunks; and the
+    /// last index.
+    fn log_of_three_batches(dir: &Path) -> (LogStore, u64) {
+        let (log, _sm) = crate::open(dir).expect("open");
+        let last = 3 * (REPLICATION_READ_BYTES / (1024 * 1024));
+        log.segments()
+            .append((1..=last).map(chunk))
+            .expect("append");
+        (log, last)
+    }
+
     fn indexes(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.log_id.index).collect()
     }
@@ -517,12 +528,8 @@ mod tests {
     #[tokio::test]
     async fn replication_reads_are_limited_and_what_is_read_ahead_matches_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut log, _sm) = crate::open(dir.path()).expect("open");
-        let per_batch = REPLICATION_READ_BYTES / (1024 * 1024);
-        let last = 3 * per_batch;
-        let entries: Vec<Entry> = (1..=last).map(chunk).collect();
-        log.segments().append(entries).expect("append");
-
+        let (mut log, last) = log_of_three_batches(dir.path());
+        let per_batch = last / 3;
         let mut reader = log.get_log_reader().await;
         let first = reader
             .limited_get_log_entries(1, last + 1)
@@ -590,13 +597,7 @@ mod tests {
     #[tokio::test]
     async fn what_was_read_ahead_before_a_truncation_is_read_again() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut log, _sm) = crate::open(dir.path()).expect("open");
-        let per_batch = REPLICATION_READ_BYTES / (1024 * 1024);
-        let last = 3 * per_batch;
-        log.segments()
-            .append((1..=last).map(chunk))
-            .expect("append");
-
+        let (mut log, last) = log_of_three_batches(dir.path());
         let mut reader = log.get_log_reader().await;
         let first = reader
             .limited_get_log_entries(1, last + 1)
