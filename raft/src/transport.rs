@@ -319,23 +319,17 @@ impl PendingCall {
 /// each continues the one before it.
 struct PeerEndpoint;
 
+/// An AppendEntries carrying entries and where its answer goes, waiting for its turn.
+type QueuedAppend = (AppendEntriesRequest<TypeConfig>, RpcReplyPort<Vec<u8>>);
+
 struct EndpointState {
     replica: Replica,
-    appends: tokio::sync::mpsc::UnboundedSender<(
-        AppendEntriesRequest<TypeConfig>,
-        RpcReplyPort<Vec<u8>>,
-    )>,
+    appends: tokio::sync::mpsc::UnboundedSender<QueuedAppend>,
 }
 
 /// Hands AppendEntries to openraft in arrival order, one at a time (openraft's core handles
 /// them one at a time anyway: a follower answers after its flush).
-async fn run_appends(
-    replica: Replica,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(
-        AppendEntriesRequest<TypeConfig>,
-        RpcReplyPort<Vec<u8>>,
-    )>,
-) {
+async fn run_appends(replica: Replica, mut rx: tokio::sync::mpsc::UnboundedReceiver<QueuedAppend>) {
     while let Some((rpc, reply)) = rx.recv().await {
         let response = replica.handle_peer(PeerRequest::AppendEntries(rpc)).await;
         answer(reply, &response);

@@ -322,7 +322,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// ~100 ms round of a catch-up. A batch read ahead is used only if openraft asks from where
     /// it starts and no truncation happened since its read began, and it is cut to what openraft
     /// asks for. A read that starts where the last one did (the follower did not answer, and
-    /// openraft tries again every 200 ms) reads nothing ahead.
+    /// openraft tries again, every 200 ms at first) reads nothing ahead.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
