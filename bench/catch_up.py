@@ -26,6 +26,7 @@ def main():
         token = chorus_token(c.url(c.leader()))
         r = chorus_catch_up(c, token, mp3, args.mib)
         print(f"catch-up of {args.mib} MiB: {r['secs']:.2f} s, new follower {r['cpu_s']:.1f} CPU s, "
+              f"leader {r['leader_cpu_s']:.1f} CPU s meanwhile, "
               f"peak RSS {r['rss_mib']:.0f} MiB")
     finally:
         c.stop()

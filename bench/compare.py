@@ -255,6 +255,7 @@ def chorus_catch_up(c, token, mp3, state_mib):
     c.procs[follower].send_signal(signal.SIGTERM)
     c.procs[follower].wait(timeout=30)
     shutil.rmtree(os.path.join(c.dir, f"n{follower}"))
+    leader_cpu_before = proc_stat(c.procs[leader].pid)[0]
     start = time.time()
     c.start(follower)
     while True:
@@ -266,7 +267,8 @@ def chorus_catch_up(c, token, mp3, state_mib):
         time.sleep(0.05)
     secs = time.time() - start
     cpu, rss = proc_stat(c.procs[follower].pid)
-    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss}
+    leader_cpu = proc_stat(c.procs[leader].pid)[0] - leader_cpu_before
+    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu}
 
 
 def etcd_catch_up(e, state_mib):

@@ -32,6 +32,41 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// `#[serde(with = "codec::bytes")]` for a `Vec<u8>` field: the same encoding as
+/// `serde_bytes` (a length, then the bytes), decoded by copying from the input. bincode decodes
+/// an owned byte buffer by zero-filling a vector and then reading into it; for audio chunks,
+/// decoded from every replicated or read-back log entry, that zero-fill was a pass over every
+/// byte for nothing.
+pub mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_bytes(CopyBytes)
+    }
+
+    struct CopyBytes;
+
+    impl serde::de::Visitor<'_> for CopyBytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +90,27 @@ mod tests {
         assert!(decode::<Request>(&[0xFF; 64]).is_err());
         // A length prefix claiming gigabytes must not allocate them.
         assert!(decode::<Vec<u8>>(&[0xFC, 0xFF, 0xFF, 0xFF, 0x7F]).is_err());
+    }
+
+    /// Logs, snapshots and peers' frames written with `serde_bytes` (before `codec::bytes`)
+    /// must read the same, and the reverse.
+    #[test]
+    fn byte_fields_encode_as_they_did_with_serde_bytes() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Now(#[serde(with = "super::bytes")] Vec<u8>);
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Before(#[serde(with = "serde_bytes")] Vec<u8>);
+        for len in [0, 1, 250, 251, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let now = encode(&Now(data.clone())).expect("encode");
+            assert_eq!(
+                now,
+                encode(&Before(data.clone())).expect("encode"),
+                "{len} bytes"
+            );
+            assert_eq!(decode::<Now>(&now).expect("decode"), Now(data.clone()));
+            assert_eq!(decode::<Before>(&now).expect("decode"), Before(data));
+            assert!(decode::<Now>(&now[..now.len() - 1]).is_err());
+        }
     }
 }

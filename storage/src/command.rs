@@ -94,7 +94,7 @@ pub enum UserCommand {
     /// Sets the JWT signing key if the cluster has none yet; later proposals are no-ops, so
     /// every node ends up with the first key committed.
     InitSigningKey {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::codec::bytes")]
         key: Vec<u8>,
     },
 }
@@ -110,7 +110,7 @@ pub enum TrackCommand {
     PutChunk {
         upload_id: u64,
         index: u32,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::codec::bytes")]
         bytes: Vec<u8>,
     },
     /// Turns a complete upload into a new track.

@@ -64,6 +64,44 @@ fn preallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
     }
 }
 
+/// Reads `len` bytes at `offset` into a new buffer without zeroing it first. Replication reads
+/// up to 24 MiB at a time; zero-filling each buffer only to overwrite it cost a fifth of a
+/// catching-up leader's CPU (perf: `memset` 18 %, as much as the `pread` copy itself).
+fn read_exact_at_uninit(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    let mut filled = 0;
+    while filled < len {
+        let at = offset
+            .checked_add(filled as u64)
+            .and_then(|at| i64::try_from(at).ok())
+            .ok_or_else(|| corrupt("read offset out of range".into()))?;
+        // SAFETY: the destination is the vector's spare capacity past `filled`, `len - filled`
+        // bytes long and owned by this function; pread writes at most that many bytes into it.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                bytes.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                at,
+            )
+        };
+        match read {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => filled += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    // SAFETY: pread initialised all `len` bytes (each call wrote `n` bytes at `filled`).
+    unsafe { bytes.set_len(len) };
+    Ok(bytes)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -118,8 +156,7 @@ impl Span {
     /// Reads and decodes the span's entries.
     pub(crate) fn read(&self) -> io::Result<Vec<Entry>> {
         let len = usize::try_from(self.len).map_err(|_| corrupt("span too large".into()))?;
-        let mut bytes = vec![0u8; len];
-        self.file.read_exact_at(&mut bytes, self.offset)?;
+        let bytes = read_exact_at_uninit(&self.file, len, self.offset)?;
         let mut entries = Vec::with_capacity(self.count);
         let mut rest = &bytes[..];
         while !rest.is_empty() {
