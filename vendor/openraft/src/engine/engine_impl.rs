@@ -457,6 +457,14 @@ where C: RaftTypeConfig
 
         // Vote is legal.
 
+        // chorus patch: a leader is established and this node follows it, so what this node's
+        // last election saw (a candidate with a greater log, which delays its next election by
+        // `smaller_log_timeout`) no longer says anything about the logs. Stock 0.9 clears the
+        // flag only when the node next elects, so a node that once lost an election to a longer
+        // log waited that extra 2 x election_timeout_max when the leader it followed later
+        // failed, even with the longest log: measured, 4.4 s instead of ~2 s to a new leader.
+        self.reset_greater_log();
+
         let mut fh = self.following_handler();
         fh.ensure_log_consecutive(prev_log_id.clone())?;
         fh.append_entries(prev_log_id, entries);
