@@ -412,6 +412,60 @@ async fn concurrent_play_next_exactly_once() {
     }
 }
 
+/// Writes that reach followers while the leader is frozen (SIGSTOP) are acknowledged once a new
+/// leader is elected, and each applies once, also after the old leader wakes up holding the
+/// forwarded requests it had not answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_frozen_leader_apply_once() {
+    let mut c = TestCluster::start(3).await;
+    let old_leader = c.leader_id().await;
+    c.api(old_leader).write_ok("/add_track", add_body(5)).await;
+    // Every node knows the leader, so the first votes are forwarded to the frozen one.
+    for id in c.ids() {
+        c.api(id).read_ok("/metadata/5").await;
+    }
+
+    eprintln!("=== freeze leader {old_leader}; vote 8 times through each follower");
+    c.freeze(old_leader, true);
+    let followers = c.followers(old_leader);
+    let mut votes = tokio::task::JoinSet::new();
+    for &via in &followers {
+        for n in 0..8 {
+            let api = c.api(via);
+            votes.spawn(async move {
+                let key = format!("frozen-{via}-{n}");
+                api.write("/vote?id=5&up=true", Body::None, &key).await
+            });
+        }
+    }
+    while let Some(answer) = votes.join_next().await {
+        answer.expect("vote task").expect_status(200);
+    }
+    for &id in &followers {
+        let leader = c.cluster_view(id).await["leader_id"].as_u64();
+        assert_ne!(
+            leader,
+            Some(old_leader),
+            "node {id} still follows the frozen node"
+        );
+    }
+
+    eprintln!("=== wake node {old_leader}; every node counts 16 votes");
+    c.freeze(old_leader, false);
+    for id in c.ids() {
+        let api = c.api(id);
+        eventually(
+            &format!("node {id} has caught up"),
+            CONVERGE_TIMEOUT,
+            async || {
+                (api.read_ok("/metadata/5?consistency=stale").await["votes"] == 16).then_some(())
+            },
+        )
+        .await;
+        assert_track(&api.read_ok("/metadata/5").await, 5, 16);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotency_key_applies_once() {
     let c = TestCluster::start(3).await;

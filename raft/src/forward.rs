@@ -105,10 +105,18 @@ impl Forwarder {
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
     let (requests, replies): (Vec<Request>, Vec<_>) =
         group.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let mut replies = replies;
     let sent = requests.len();
-    let answer = transport
-        .call(leader, &PeerRequest::ClientWrites(requests), timeout)
-        .await;
+    let request = PeerRequest::ClientWrites(requests);
+    let call = transport.call(leader, &request, timeout);
+    // Once every caller has gone (each moved on to a new leader, see `Replica::route`), the
+    // batch stops waiting: it holds the forwarder's one in-flight slot, and the writes queued
+    // behind it are for the new leader.
+    let everyone_gone = futures_util::future::join_all(replies.iter_mut().map(|r| r.closed()));
+    let answer = tokio::select! {
+        answer = call => answer,
+        _ = everyone_gone => return,
+    };
     match answer {
         Ok(PeerResponse::ClientWrites(results)) if results.len() == sent => {
             for (reply, result) in replies.into_iter().zip(results) {

@@ -311,25 +311,38 @@ impl Replica {
             let leader = metrics.borrow_and_update().current_leader;
             if let Some(leader) = leader {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let answer = if leader == self.inner.id {
-                    // A leader that lost its majority would wait for the commit forever.
-                    tokio::time::timeout(remaining, self.handle_peer(req.clone()))
-                        .await
-                        .map_err(|_| TransportError::Timeout(leader, remaining))
-                } else {
-                    let attempt = remaining.min(ATTEMPT_TIMEOUT);
-                    match &req {
-                        PeerRequest::ClientWrite(write)
-                            if write.approx_size() <= MAX_BATCHED_SIZE =>
-                        {
-                            let forwarder = &self.inner.forwarder;
-                            forwarder
-                                .write(leader, write.clone(), attempt)
-                                .await
-                                .map(PeerResponse::ClientWrite)
+                let attempt = async {
+                    if leader == self.inner.id {
+                        // A leader that lost its majority would wait for the commit forever.
+                        tokio::time::timeout(remaining, self.handle_peer(req.clone()))
+                            .await
+                            .map_err(|_| TransportError::Timeout(leader, remaining))
+                    } else {
+                        let attempt = remaining.min(ATTEMPT_TIMEOUT);
+                        match &req {
+                            PeerRequest::ClientWrite(write)
+                                if write.approx_size() <= MAX_BATCHED_SIZE =>
+                            {
+                                let forwarder = &self.inner.forwarder;
+                                forwarder
+                                    .write(leader, write.clone(), attempt)
+                                    .await
+                                    .map(PeerResponse::ClientWrite)
+                            }
+                            _ => self.inner.transport.call(leader, &req, attempt).await,
                         }
-                        _ => self.inner.transport.call(leader, &req, attempt).await,
                     }
+                };
+                // A leader that stops answering (paused, cut off) is replaced in ~2 s, sooner
+                // than an attempt gives up on it: once this node follows another leader, the
+                // attempt is dropped and the request goes there (a write with the same dedupe
+                // key, so it applies once even if the old leader did take it).
+                let answer = tokio::select! {
+                    answer = attempt => answer,
+                    () = leader_moved(metrics.clone(), leader) => Err(TransportError::Unreachable(
+                        leader,
+                        "it stopped being the leader before answering".into(),
+                    )),
                 };
                 match answer.map(extract) {
                     Ok(Some(Ok(value))) => return Ok(value),
@@ -547,5 +560,24 @@ fn membership_reply(r: PeerResponse) -> Option<Result<(), ForwardError>> {
     match r {
         PeerResponse::Membership(r) => Some(r),
         _ => None,
+    }
+}
+
+/// Resolves once `metrics` names a leader other than `leader` (never, if the Raft stops).
+async fn leader_moved(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, ChorusNode>>,
+    leader: u64,
+) {
+    loop {
+        if metrics
+            .borrow_and_update()
+            .current_leader
+            .is_some_and(|now| now != leader)
+        {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -592,6 +592,21 @@ request_timeout_ms = 5000
         child.wait().expect("reap the killed node");
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a node that is frozen, not gone — its sockets stay
+    /// open and it answers nothing, as a node in a long GC pause or swapped out would.
+    pub fn freeze(&mut self, id: u64, frozen: bool) {
+        let child = self
+            .node_mut(id)
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "signal {signal} to node {id} failed");
+    }
+
     /// SIGTERM, then waits for a clean exit (status 0).
     pub async fn stop(&mut self, id: u64) {
         let node = self.node_mut(id);
