@@ -304,7 +304,10 @@ impl Replica {
         extract: fn(PeerResponse) -> Option<Result<T, ForwardError>>,
     ) -> Result<T, ReplicaError> {
         let deadline = Instant::now() + timeout;
-        let mut metrics = self.inner.raft.metrics();
+        // The server metrics change only with the vote, role, leader or membership (the full
+        // metrics are sent on every pass of openraft's core loop, which would wake every
+        // request waiting here thousands of times a second under load).
+        let mut metrics = self.inner.raft.server_metrics();
         // Set when a request may have reached a leader without an answer: the outcome is unknown.
         let mut in_doubt: Option<String> = None;
         loop {
@@ -565,7 +568,9 @@ fn membership_reply(r: PeerResponse) -> Option<Result<(), ForwardError>> {
 
 /// Resolves once `metrics` names a leader other than `leader` (never, if the Raft stops).
 async fn leader_moved(
-    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, ChorusNode>>,
+    mut metrics: tokio::sync::watch::Receiver<
+        openraft::metrics::RaftServerMetrics<u64, ChorusNode>,
+    >,
     leader: u64,
 ) {
     loop {
