@@ -103,9 +103,8 @@ impl Forwarder {
 }
 
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
-    let (requests, replies): (Vec<Request>, Vec<_>) =
+    let (requests, mut replies): (Vec<Request>, Vec<_>) =
         group.into_iter().map(|p| (p.request, p.reply)).unzip();
-    let mut replies = replies;
     let sent = requests.len();
     let request = PeerRequest::ClientWrites(requests);
     let call = transport.call(leader, &request, timeout);

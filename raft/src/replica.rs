@@ -321,18 +321,18 @@ impl Replica {
                             .await
                             .map_err(|_| TransportError::Timeout(leader, remaining))
                     } else {
-                        let attempt = remaining.min(ATTEMPT_TIMEOUT);
+                        let wait = remaining.min(ATTEMPT_TIMEOUT);
                         match &req {
                             PeerRequest::ClientWrite(write)
                                 if write.approx_size() <= MAX_BATCHED_SIZE =>
                             {
                                 let forwarder = &self.inner.forwarder;
                                 forwarder
-                                    .write(leader, write.clone(), attempt)
+                                    .write(leader, write.clone(), wait)
                                     .await
                                     .map(PeerResponse::ClientWrite)
                             }
-                            _ => self.inner.transport.call(leader, &req, attempt).await,
+                            _ => self.inner.transport.call(leader, &req, wait).await,
                         }
                     }
                 };

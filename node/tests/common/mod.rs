@@ -600,11 +600,11 @@ request_timeout_ms = 5000
             .child
             .as_ref()
             .unwrap_or_else(|| panic!("node {id} is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
-        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-        // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "signal {signal} to node {id} failed");
+        signal(
+            child,
+            id,
+            if frozen { libc::SIGSTOP } else { libc::SIGCONT },
+        );
     }
 
     /// SIGTERM, then waits for a clean exit (status 0).
@@ -614,10 +614,7 @@ request_timeout_ms = 5000
             .child
             .take()
             .unwrap_or_else(|| panic!("node {id} is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
-        // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM to node {id} failed");
+        signal(&child, id, libc::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
             if let Some(status) = child.try_wait().expect("poll the child process") {
@@ -731,4 +728,12 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// Sends `signal` to node `id`'s process `child`.
+fn signal(child: &std::process::Child, id: u64, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
+    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "signal {signal} to node {id} failed");
 }
