@@ -58,6 +58,29 @@ pub enum OpenError {
     },
 }
 
+/// Opens the store in `dir` again after this process dropped it (tests only: a node never
+/// reopens its store in-process). sled finishes some writes on its own background threads, which
+/// hold the database's lock file for a moment after the last handle is gone, so an immediate
+/// reopen can find it locked (sled's own tests block on the lock for the same reason); this
+/// waits for the lock, up to 10 s, and fails on anything else.
+#[cfg(test)]
+pub(crate) fn reopen(dir: &Path) -> (LogStore, StateMachineStore) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(dir) {
+            Ok(store) => return store,
+            Err(OpenError::Sled {
+                source: sled::Error::Io(e),
+                ..
+            }) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Opens (or creates) the store in `dir`: the Raft log and the state machine.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db_path = dir.join("db");

@@ -658,7 +658,7 @@ mod tests {
                 .expect("apply");
             log.purge(blank(3).log_id).await.expect("purge");
         }
-        let (mut log, _sm) = crate::open(dir.path()).expect("reopen after a purge");
+        let (mut log, _sm) = crate::reopen(dir.path());
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(5));

@@ -965,7 +965,7 @@ mod tests {
             }
             sm.applied_state().await.expect("applied").0
         };
-        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
+        let (_log, mut sm) = crate::reopen(dir.path());
         assert_eq!(sm.applied_state().await.expect("applied").0, last);
         assert_eq!(sm.reader().read(|s| s.queue.len()), 210);
     }
@@ -989,7 +989,7 @@ mod tests {
             inner.db.flush().expect("flush");
             snapshot.meta.last_log_id
         };
-        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
+        let (_log, mut sm) = crate::reopen(dir.path());
         let (applied, _) = sm.applied_state().await.expect("applied state");
         assert_eq!(applied, last);
         let queued = sm.reader().read(|s| s.queue.len());
@@ -1114,7 +1114,7 @@ mod tests {
             sm.build_snapshot().await.expect("build");
             sm.apply([abort(12, 3)]).await.expect("apply");
         }
-        let (_log, mut sm) = crate::open(dir.path()).expect("reopen");
+        let (_log, mut sm) = crate::reopen(dir.path());
         assert_eq!(
             sm.reader().stored_audio_chunks(),
             2,
