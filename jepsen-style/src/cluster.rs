@@ -186,6 +186,60 @@ pub async fn find_leader(http: &reqwest::Client, nodes: usize) -> Option<usize> 
         .then(|| leader as usize - 1)
 }
 
+/// What each node says about itself (`GET /cluster`) and the last lines of each node's log: attached
+/// to a failed wait so that a run that ends stuck (in CI, where only the output survives) says
+/// which node was stuck where.
+pub async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> String {
+    let mut out = String::new();
+    for i in 0..nodes {
+        let view = http
+            .get(format!("{}/cluster", http_base(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        let line = match view {
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(v) => {
+                    let reachable: Vec<String> = v["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| format!("{}:{}", m["id"], m["reachable"]))
+                        .collect();
+                    format!(
+                        "state {} term {} leader {} committed {} applied {} last log {} snapshot {} purged {} reachable [{}]",
+                        v["state"],
+                        v["term"],
+                        v["leader_id"],
+                        v["commit_index"],
+                        v["applied_index"],
+                        v["last_log_index"],
+                        v["snapshot_index"],
+                        v["purged_index"],
+                        reachable.join(" ")
+                    )
+                }
+                Err(e) => format!("unreadable /cluster: {e}"),
+            },
+            Err(e) => format!("no answer to /cluster: {e}"),
+        };
+        out += &format!("\n  node {}: {line}", node_id(i));
+    }
+    for i in 0..nodes {
+        let path = run_dir.join(format!("n{}.log", i + 1));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out += &format!("\n  last lines of {}:", path.display());
+        for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+            out += &format!("\n    {line}");
+        }
+    }
+    out
+}
+
+/// Lines of each node's log that [`diagnose`] shows.
+const LOG_TAIL: usize = 25;
+
 /// Waits until every node answers `GET /ready` with 200 (knows a leader, has applied what it
 /// knows to be committed).
 pub async fn wait_ready(http: &reqwest::Client, nodes: usize, deadline: Duration) -> Result<()> {

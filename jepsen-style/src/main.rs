@@ -315,7 +315,10 @@ async fn drive(
         }
     }
     tracing::info!("waiting for the cluster to elect a leader");
-    cluster::wait_ready(&http, nodes, Duration::from_secs(60)).await?;
+    if let Err(e) = cluster::wait_ready(&http, nodes, Duration::from_secs(60)).await {
+        let state = cluster::diagnose(&http, nodes, run_dir).await;
+        bail!("the cluster did not start: {e:#}; what the nodes say:{state}");
+    }
     let fixture = Arc::new(
         workload::setup(&http, workloads, args.keys, nodes, AUDIO)
             .await
@@ -418,9 +421,12 @@ async fn drive(
     // Recovery: everything healed, every node up, then read the final state.
     nemesis.heal_all().await?;
     let healed_at = Instant::now();
-    cluster::wait_ready(&http, nodes, Duration::from_secs(120))
-        .await
-        .context("the cluster did not recover after the faults were healed")?;
+    if let Err(e) = cluster::wait_ready(&http, nodes, Duration::from_secs(120)).await {
+        let state = cluster::diagnose(&http, nodes, run_dir).await;
+        bail!(
+            "the cluster did not recover after the faults were healed: {e:#}; what the nodes say:{state}"
+        );
+    }
     let recovery_s = healed_at.elapsed().as_secs_f64();
     tracing::info!("recovered in {recovery_s:.1} s; reading the final state");
     let final_state = workload::read_final(&http, nodes).await?;

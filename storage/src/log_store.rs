@@ -186,6 +186,19 @@ fn read_meta_in<T: serde::de::DeserializeOwned>(
         .map_err(|e| StorageIOError::read(&e).into())
 }
 
+/// `db.flush()` on tokio's blocking pool, never sled 0.34's `flush_async`: that runs the flush on
+/// a thread of sled's own IO pool, and a flush waits for buffer writes that sled queues on the
+/// same pool. With every pool thread busy that way the writes never run and the flushes never
+/// end (sled fixed it after 0.34.7, spacejam/sled@7fc1534; the test
+/// `flushes_end_while_sleds_io_pool_is_busy` shows the hang). A hung flush in `save_vote` stops
+/// the Raft core for good: the node never elects, answers or becomes ready again.
+async fn flush_sled(db: &sled::Db) -> Result<usize, sled::Error> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+}
+
 fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(i) => *i,
@@ -249,7 +262,7 @@ impl LogStore {
 
     /// Makes everything written so far (log and state machine) durable.
     pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await?;
+        flush_sled(&self.db).await?;
         self.segments().sync().map_err(sled::Error::Io)
     }
 
@@ -440,8 +453,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The entries being purged are covered by a snapshot whose state the state machine has
         // applied; make that state, and the purge point, durable before the entries go.
         self.write_meta(LAST_PURGED, &log_id)?;
-        self.db
-            .flush_async()
+        flush_sled(&self.db)
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let doomed = self
@@ -491,6 +503,51 @@ mod tests {
         assert_eq!(indexes, vec![2, 3]);
         assert!(log.db.open_tree(LEGACY_LOG_TREE).expect("tree").is_empty());
         assert!(!log.is_pristine().expect("pristine"));
+    }
+
+    /// Votes are saved (and flushed) while sled's IO pool has more flushes than threads and
+    /// large values are being written: every flush ends. With `flush_async` none did, ever (the
+    /// pool's seven threads each ran a flush waiting for a buffer write queued behind them), and
+    /// this test hung until its deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushes_end_while_sleds_io_pool_is_busy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = crate::open(dir.path()).expect("open");
+        let audio = log.db.open_tree("busy").expect("tree");
+        let writer = std::thread::spawn(move || {
+            let value = vec![7u8; 1024 * 1024];
+            for i in 0..256u64 {
+                audio
+                    .insert((i % 16).to_be_bytes(), value.clone())
+                    .expect("insert");
+            }
+        });
+        let savers: Vec<_> = (0..16u64)
+            .map(|n| {
+                let mut log = log.clone();
+                tokio::spawn(async move {
+                    for term in 1..=10 {
+                        let vote = Vote::new(term, n);
+                        log.save_vote(&vote).await.expect("save vote");
+                    }
+                })
+            })
+            .collect();
+        let all = async {
+            for saver in savers {
+                saver.await.expect("saver");
+            }
+        };
+        // A liveness bound, not a speed target: the whole test takes well under a second here.
+        if tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .is_err()
+        {
+            // Closing the stores would wait on the hung sled forever; fail instead.
+            std::mem::forget((log, sm));
+            panic!("save_vote (its flush) did not end within 60 s: sled's IO pool is stuck");
+        }
+        writer.join().expect("writer");
     }
 
     fn chunk(index: u64) -> Entry {
