@@ -260,14 +260,27 @@ impl Transport {
         }
     }
 
-    /// Stops the session with `peer` so that the supervisor opens a fresh one.
-    async fn drop_session(&self, peer: u64) {
+    /// Stops the sessions with `peer` so that the supervisor opens a fresh one; returns how many
+    /// it stopped. Without this a session over a link that went silent (a partition drops
+    /// packets, it does not close connections) lives on in TCP's retransmission backoff, and
+    /// after the link heals whatever was queued arrives seconds late: measured before this
+    /// worked, a node cut off for 9 s had its vote requests answered 5 s after the heal, all at
+    /// once, and the cluster went 9.7 s without a leader.
+    async fn drop_session(&self, peer: u64) -> usize {
         let Ok(sessions) = call_t!(self.inner.server, NodeServerMessage::GetSessions, 1000) else {
-            return;
+            tracing::warn!(
+                peer,
+                "cannot list the transport's sessions to drop a dead one"
+            );
+            return 0;
         };
-        let name = node_name(peer);
+        let mut stopped = 0;
         for session in sessions.values() {
-            if session.peer_name.as_ref().is_some_and(|n| n.name == name) {
+            if session
+                .peer_name
+                .as_ref()
+                .is_some_and(|n| is_name_of(&n.name, peer))
+            {
                 tracing::warn!(
                     peer,
                     "peer stopped answering; dropping its session to reconnect"
@@ -275,9 +288,17 @@ impl Transport {
                 session
                     .actor
                     .stop(Some("peer stopped answering pings".into()));
+                stopped += 1;
             }
         }
+        stopped
     }
+}
+
+/// Whether `session_name`, as ractor_cluster reports a peer (`<node name>@<host>`), is node
+/// `peer`'s.
+fn is_name_of(session_name: &str, peer: u64) -> bool {
+    session_name.split('@').next() == Some(node_name(peer).as_str())
 }
 
 /// A request sent by [`Transport::send`] whose answer has not been awaited yet.
@@ -438,5 +459,84 @@ impl Actor for PeerSupervisor {
             SupervisorMsg::Tick => transport.maintain(),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RaftSettings;
+
+    fn free_addr() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    }
+
+    async fn transport(node_id: u64, addr: std::net::SocketAddr) -> Transport {
+        let args = StartArgs {
+            node_id,
+            cluster_name: "test".into(),
+            secret: "transport-test-secret".into(),
+            raft_listen: addr,
+            initial_members: BTreeMap::new(),
+            settings: RaftSettings::default(),
+        };
+        Transport::start(&args).await.expect("start transport")
+    }
+
+    /// The authenticated sessions of `transport` with node `peer`.
+    async fn sessions_with(transport: &Transport, peer: u64) -> usize {
+        let sessions = call_t!(transport.inner.server, NodeServerMessage::GetSessions, 1000)
+            .expect("list sessions");
+        sessions
+            .values()
+            .filter(|s| {
+                s.peer_name
+                    .as_ref()
+                    .is_some_and(|n| is_name_of(&n.name, peer))
+            })
+            .count()
+    }
+
+    async fn wait_for_sessions(transport: &Transport, peer: u64, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sessions_with(transport, peer).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "node {} still has {} sessions with node {peer}, not {want}",
+                transport.node_id(),
+                sessions_with(transport, peer).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the supervisor does to a peer that stopped answering: the real ractor_cluster
+    /// session with it is found by its peer name and stopped. (It was never found: the name
+    /// ractor_cluster reports carries `@host`, so dead sessions lived on.)
+    #[tokio::test]
+    async fn the_session_with_a_peer_that_stopped_answering_is_dropped() {
+        let (addr_a, addr_b) = (free_addr(), free_addr());
+        let a = transport(1, addr_a).await;
+        let b = transport(2, addr_b).await;
+        ractor_cluster::client_connect(&a.inner.server, addr_b.to_string())
+            .await
+            .expect("connect");
+        wait_for_sessions(&a, 2, 1).await;
+        wait_for_sessions(&b, 1, 1).await;
+
+        assert_eq!(a.drop_session(2).await, 1);
+        wait_for_sessions(&a, 2, 0).await;
+        // The peer sees the connection close, so both ends are free to connect afresh.
+        wait_for_sessions(&b, 1, 0).await;
+        assert_eq!(a.drop_session(2).await, 0, "nothing left to drop");
+    }
+
+    #[test]
+    fn a_session_name_is_matched_to_its_node_exactly() {
+        assert!(is_name_of("chorus-3@10.77.0.3", 3));
+        assert!(is_name_of("chorus-3", 3));
+        assert!(!is_name_of("chorus-30@10.77.0.3", 3));
+        assert!(!is_name_of("chorus-3@10.77.0.3", 30));
     }
 }
