@@ -101,7 +101,12 @@ impl Cluster {
             .arg(&self.binary)
             .args(["start", "--node", &node_id(i).to_string(), "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // The nodes log at info unless CHORUS_NODE_LOG says otherwise (a RUST_LOG filter,
+            // for looking closer at a run).
+            .env(
+                "RUST_LOG",
+                std::env::var("CHORUS_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
