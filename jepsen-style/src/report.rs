@@ -15,6 +15,10 @@ pub struct Unavailability {
     /// workload), in which no operation that needs a quorum completed ok.
     pub longest_gap_s: f64,
     pub gap_from_s: f64,
+    /// The same for writes alone: reads keep a leader looking available while its writes
+    /// hang (a deposed-then-re-elected leader's stuck proposer was found that way).
+    pub longest_write_gap_s: f64,
+    pub write_gap_from_s: f64,
 }
 
 /// An op "needs a quorum" unless it is a stale read (those stay available in a minority).
@@ -23,12 +27,16 @@ fn counts_for_availability(op: &Op) -> bool {
 }
 
 pub fn unavailability(ops: &[Op], faults: &[AppliedFault], end_us: u64) -> Vec<Unavailability> {
-    let mut ok: Vec<u64> = ops
-        .iter()
-        .filter(|o| counts_for_availability(o))
-        .map(|o| o.complete_us)
-        .collect();
-    ok.sort_unstable();
+    let completed = |writes_only: bool| {
+        let mut ok: Vec<u64> = ops
+            .iter()
+            .filter(|o| counts_for_availability(o) && !(writes_only && o.f == "read"))
+            .map(|o| o.complete_us)
+            .collect();
+        ok.sort_unstable();
+        ok
+    };
+    let (ok, ok_writes) = (completed(false), completed(true));
     let mut out = Vec::new();
     for (k, f) in faults.iter().enumerate() {
         if !f.kind.disrupts_leader() {
@@ -40,26 +48,35 @@ pub fn unavailability(ops: &[Op], faults: &[AppliedFault], end_us: u64) -> Vec<U
             .map(|n| n.applied_us)
             .unwrap_or(end_us)
             .max(start);
-        let mut prev = start;
-        let mut best = (0u64, start);
-        for &t in ok.iter().filter(|&&t| t > start && t <= horizon) {
-            if t - prev > best.0 {
-                best = (t - prev, prev);
-            }
-            prev = t;
-        }
-        if horizon - prev > best.0 {
-            best = (horizon - prev, prev);
-        }
+        let (gap, from) = longest_gap(&ok, start, horizon);
+        let (write_gap, write_from) = longest_gap(&ok_writes, start, horizon);
         out.push(Unavailability {
             fault: f.kind.name().to_string(),
             targets: f.targets.clone(),
             start_s: start as f64 / 1e6,
-            longest_gap_s: best.0 as f64 / 1e6,
-            gap_from_s: best.1 as f64 / 1e6,
+            longest_gap_s: gap as f64 / 1e6,
+            gap_from_s: from as f64 / 1e6,
+            longest_write_gap_s: write_gap as f64 / 1e6,
+            write_gap_from_s: write_from as f64 / 1e6,
         });
     }
     out
+}
+
+/// The longest stretch in `(start, horizon]` without a time in `ok` (sorted), and where it began.
+fn longest_gap(ok: &[u64], start: u64, horizon: u64) -> (u64, u64) {
+    let mut prev = start;
+    let mut best = (0u64, start);
+    for &t in ok.iter().filter(|&&t| t > start && t <= horizon) {
+        if t - prev > best.0 {
+            best = (t - prev, prev);
+        }
+        prev = t;
+    }
+    if horizon - prev > best.0 {
+        best = (horizon - prev, prev);
+    }
+    best
 }
 
 fn esc(s: &str) -> String {
@@ -216,4 +233,19 @@ pub fn svg(ops: &[Op], faults: &[AppliedFault], end_us: u64, title: &str) -> Str
         h - 12.0,
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    #[test]
+    fn the_longest_gap_counts_from_the_fault_and_to_the_horizon() {
+        // Completions at 3, 4 and 9 after a fault at 1, next fault at 10: the gap 4..9.
+        assert_eq!(longest_gap(&[0, 3, 4, 9], 1, 10), (5, 4));
+        // Nothing completes: the whole window, from the fault.
+        assert_eq!(longest_gap(&[0, 12], 1, 10), (9, 1));
+        // The last stretch, up to the horizon, counts too.
+        assert_eq!(longest_gap(&[2, 3], 1, 10), (7, 3));
+    }
 }
