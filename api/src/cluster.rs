@@ -43,6 +43,8 @@ pub struct Readiness {
     pub ready: bool,
     pub node_id: u64,
     pub leader_id: Option<u64>,
+    /// False when openraft's core did not answer within a second (the node is stuck).
+    pub raft_core_answering: bool,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
 }
@@ -57,6 +59,7 @@ pub async fn ready(State(app): State<AppState>) -> (StatusCode, axum::Json<Readi
         ready: s.ready(),
         node_id: s.node_id,
         leader_id: s.leader_id,
+        raft_core_answering: s.raft_core_answering,
         commit_index: s.commit_index,
         applied_index: s.applied_index,
     };
@@ -89,6 +92,8 @@ pub struct ClusterView {
     pub term: u64,
     /// `Leader`, `Follower`, `Candidate` or `Learner`.
     pub state: String,
+    /// False when openraft's core did not answer within a second (the node is stuck).
+    pub raft_core_answering: bool,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub last_log_index: Option<u64>,
@@ -127,6 +132,7 @@ pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
         leader_http_addr,
         term: s.term,
         state: s.state,
+        raft_core_answering: s.raft_core_answering,
         commit_index: s.commit_index,
         applied_index: s.applied_index,
         last_log_index: s.last_log_index,

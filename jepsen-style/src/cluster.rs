@@ -212,8 +212,9 @@ pub async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> S
                         .map(|m| format!("{}:{}", m["id"], m["reachable"]))
                         .collect();
                     format!(
-                        "state {} term {} leader {} committed {} applied {} last log {} snapshot {} purged {} reachable [{}]",
+                        "state {} core answering {} term {} leader {} committed {} applied {} last log {} snapshot {} purged {} reachable [{}]",
                         v["state"],
+                        v["raft_core_answering"],
                         v["term"],
                         v["leader_id"],
                         v["commit_index"],

@@ -27,6 +27,8 @@ use crate::transport::{Transport, TransportError};
 /// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
 /// leader if this one went away.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// How long a status query waits for openraft's core (it answers in microseconds when healthy).
+const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Adding a member waits for it to catch up as a learner first.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -69,6 +71,8 @@ pub struct ClusterStatus {
     pub leader_id: Option<u64>,
     pub term: u64,
     pub state: String,
+    /// openraft's core answered the status query within [`CORE_ANSWER_TIMEOUT`].
+    pub raft_core_answering: bool,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub last_log_index: Option<u64>,
@@ -78,9 +82,12 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// Ready: a leader is known and everything known to be committed is applied here.
+    /// Ready: a leader is known, the Raft core answers, and everything known to be committed is
+    /// applied here.
     pub fn ready(&self) -> bool {
-        self.leader_id.is_some() && self.applied_index >= self.commit_index
+        self.leader_id.is_some()
+            && self.raft_core_answering
+            && self.applied_index >= self.commit_index
     }
 }
 
@@ -474,13 +481,17 @@ impl Replica {
 
     pub async fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
-        let commit_index = self
-            .inner
-            .raft
-            .with_raft_state(|s| s.committed.map(|l| l.index))
-            .await
-            .ok()
-            .flatten();
+        // The commit index lives in openraft's core; a core that does not answer (stuck on its
+        // storage) leaves the node unready rather than the caller waiting.
+        let committed = tokio::time::timeout(
+            CORE_ANSWER_TIMEOUT,
+            self.inner
+                .raft
+                .with_raft_state(|s| s.committed.map(|l| l.index)),
+        )
+        .await;
+        let raft_core_answering = committed.is_ok();
+        let commit_index = committed.ok().and_then(Result::ok).flatten();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -497,6 +508,7 @@ impl Replica {
             leader_id: m.current_leader,
             term: m.current_term,
             state: format!("{:?}", m.state),
+            raft_core_answering,
             commit_index,
             applied_index: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
