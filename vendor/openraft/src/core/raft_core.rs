@@ -1554,6 +1554,12 @@ where
         // Every time elect, reset this flag.
         self.engine.reset_greater_log();
 
+        // chorus patch: a new random timeout for every election. Stock 0.9 draws it once per
+        // process, so two candidates whose elections fall on the same tick split their votes in
+        // every term after that, for as long as both run.
+        self.engine.config.timer_config.election_timeout =
+            Duration::from_millis(self.config.new_rand_election_timeout::<C::AsyncRuntime>());
+
         tracing::info!("do trigger election");
         self.engine.elect();
     }
