@@ -194,7 +194,7 @@ pub async fn find_leader(http: &reqwest::Client, nodes: usize) -> Option<usize> 
 /// What each node says about itself (`GET /cluster`) and the last lines of each node's log: attached
 /// to a failed wait so that a run that ends stuck (in CI, where only the output survives) says
 /// which node was stuck where.
-pub async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> String {
+async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> String {
     let mut out = String::new();
     for i in 0..nodes {
         let view = http
@@ -247,8 +247,13 @@ pub async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> S
 const LOG_TAIL: usize = 25;
 
 /// Waits until every node answers `GET /ready` with 200 (knows a leader, has applied what it
-/// knows to be committed).
-pub async fn wait_ready(http: &reqwest::Client, nodes: usize, deadline: Duration) -> Result<()> {
+/// knows to be committed); if one does not in time, the error carries [`diagnose`]'s account.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    nodes: usize,
+    deadline: Duration,
+    run_dir: &Path,
+) -> Result<()> {
     let until = Instant::now() + deadline;
     for i in 0..nodes {
         loop {
@@ -263,10 +268,11 @@ pub async fn wait_ready(http: &reqwest::Client, nodes: usize, deadline: Duration
             }
             if Instant::now() > until {
                 bail!(
-                    "node {} is not ready after {} s (see its log n{}.log)",
+                    "node {} is not ready after {} s (see its log n{}.log); what the nodes say:{}",
                     node_id(i),
                     deadline.as_secs(),
-                    i + 1
+                    i + 1,
+                    diagnose(http, nodes, run_dir).await
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

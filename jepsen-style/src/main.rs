@@ -316,10 +316,9 @@ async fn drive(
         }
     }
     tracing::info!("waiting for the cluster to elect a leader");
-    if let Err(e) = cluster::wait_ready(&http, nodes, Duration::from_secs(60)).await {
-        let state = cluster::diagnose(&http, nodes, run_dir).await;
-        bail!("the cluster did not start: {e:#}; what the nodes say:{state}");
-    }
+    cluster::wait_ready(&http, nodes, Duration::from_secs(60), run_dir)
+        .await
+        .context("the cluster did not start")?;
     let fixture = Arc::new(
         workload::setup(&http, workloads, args.keys, nodes, AUDIO)
             .await
@@ -422,12 +421,9 @@ async fn drive(
     // Recovery: everything healed, every node up, then read the final state.
     nemesis.heal_all().await?;
     let healed_at = Instant::now();
-    if let Err(e) = cluster::wait_ready(&http, nodes, Duration::from_secs(120)).await {
-        let state = cluster::diagnose(&http, nodes, run_dir).await;
-        bail!(
-            "the cluster did not recover after the faults were healed: {e:#}; what the nodes say:{state}"
-        );
-    }
+    cluster::wait_ready(&http, nodes, Duration::from_secs(120), run_dir)
+        .await
+        .context("the cluster did not recover after the faults were healed")?;
     let recovery_s = healed_at.elapsed().as_secs_f64();
     tracing::info!("recovered in {recovery_s:.1} s; reading the final state");
     let final_state = workload::read_final(&http, nodes).await?;

@@ -9,15 +9,14 @@
 //! answers each. A lone write is proposed as it is; audio chunks are never grouped.
 
 use openraft::Vote;
-use openraft::metrics::RaftServerMetrics;
-use storage::{ChorusNode, Command, Outcome, Request, Response};
+use storage::{Command, Outcome, Request, Response};
 use tokio::sync::oneshot;
 
 use crate::Raft;
 use crate::batch::{self, Batcher, Limits};
 use crate::forward::MAX_BATCHED_SIZE;
 use crate::protocol::{ForwardError, WriteReply};
-use crate::replica::{forward_error, now_ms};
+use crate::replica::{ServerMetrics, forward_error, now_ms, server_metrics_until};
 
 const LIMITS: Limits = Limits {
     // Entries being committed at once: a write arriving while both are under way joins the next.
@@ -103,21 +102,11 @@ async fn client_write(raft: &Raft, request: Request) -> Result<WriteReply, Forwa
 }
 
 /// Resolves once this node is not the leader of `vote` any more (or Raft has stopped).
-async fn leadership_lost(
-    mut metrics: tokio::sync::watch::Receiver<RaftServerMetrics<u64, ChorusNode>>,
-    vote: Vote<u64>,
-) {
-    loop {
-        {
-            let now = metrics.borrow_and_update();
-            if now.vote != vote || now.current_leader != Some(now.id) {
-                return;
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+async fn leadership_lost(metrics: ServerMetrics, vote: Vote<u64>) {
+    server_metrics_until(metrics, |m| {
+        m.vote != vote || m.current_leader != Some(m.id)
+    })
+    .await;
 }
 
 async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {

@@ -579,22 +579,31 @@ fn membership_reply(r: PeerResponse) -> Option<Result<(), ForwardError>> {
 }
 
 /// Resolves once `metrics` names a leader other than `leader` (never, if the Raft stops).
-async fn leader_moved(
-    mut metrics: tokio::sync::watch::Receiver<
-        openraft::metrics::RaftServerMetrics<u64, ChorusNode>,
-    >,
-    leader: u64,
-) {
+async fn leader_moved(metrics: ServerMetrics, leader: u64) {
+    let moved = server_metrics_until(metrics, |m| {
+        m.current_leader.is_some_and(|now| now != leader)
+    })
+    .await;
+    if !moved {
+        std::future::pending::<()>().await;
+    }
+}
+
+pub(crate) type ServerMetrics =
+    tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<u64, ChorusNode>>;
+
+/// Waits until openraft's server metrics satisfy `done`: true once they do, false if the Raft
+/// stops first.
+pub(crate) async fn server_metrics_until(
+    mut metrics: ServerMetrics,
+    done: impl Fn(&openraft::metrics::RaftServerMetrics<u64, ChorusNode>) -> bool,
+) -> bool {
     loop {
-        if metrics
-            .borrow_and_update()
-            .current_leader
-            .is_some_and(|now| now != leader)
-        {
-            return;
+        if done(&metrics.borrow_and_update()) {
+            return true;
         }
         if metrics.changed().await.is_err() {
-            std::future::pending::<()>().await;
+            return false;
         }
     }
 }
