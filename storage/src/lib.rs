@@ -10,6 +10,8 @@
 //! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
 //!
+//! - [`durable`]: sled's writes made to survive a power loss where chorus relies on them.
+//!
 //! The log's metadata and the state machine share one `sled::Db`; the log's entries are files.
 
 // openraft's storage traits fix `StorageError` (large) as the error type of every method.
@@ -17,6 +19,7 @@
 
 pub mod codec;
 pub mod command;
+mod durable;
 pub mod log_store;
 mod segments;
 mod sm_writer;
@@ -87,7 +90,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = sled::Config::new()
         .path(&db_path)
         // sled's own periodic flush is not what makes writes durable (LogStore flushes
-        // explicitly before acknowledging); keep it as a background safety net only.
+        // explicitly before acknowledging, and see `durable`); a background safety net only.
         .flush_every_ms(Some(1000))
         // sled's default cache target is 1 GiB. It is only a hint: measured with sled 0.34.7,
         // values written or read stay resident whatever the setting, so a node's RSS grows with
@@ -98,6 +101,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             path: db_path.display().to_string(),
             source,
         })?;
+    let db = durable::DurableSled::new(db, &db_path);
     let log = LogStore::open(&db, &dir.join("log"))?;
     let sm = StateMachineStore::open(db, &dir.join("snapshots"))?;
     let purged = log.last_purged().map_err(|e| OpenError::Corrupt {

@@ -21,6 +21,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 
 use crate::codec;
+use crate::durable::DurableSled;
 use crate::segments::SegmentLog;
 use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
@@ -31,7 +32,7 @@ const LEGACY_LOG_TREE: &str = "raft_log";
 
 #[derive(Clone, Debug)]
 pub struct LogStore {
-    db: sled::Db,
+    db: DurableSled,
     meta: sled::Tree,
     entries: Arc<Mutex<SegmentLog>>,
     flusher: Flusher,
@@ -186,17 +187,30 @@ fn read_meta_in<T: serde::de::DeserializeOwned>(
         .map_err(|e| StorageIOError::read(&e).into())
 }
 
-/// `db.flush()` on tokio's blocking pool, never sled 0.34's `flush_async`: that runs the flush on
-/// a thread of sled's own IO pool, and a flush waits for buffer writes that sled queues on the
-/// same pool. With every pool thread busy that way the writes never run and the flushes never
-/// end (sled fixed it after 0.34.7, spacejam/sled@7fc1534; the test
-/// `flushes_end_while_sleds_io_pool_is_busy` shows the hang). A hung flush in `save_vote` stops
-/// the Raft core for good: the node never elects, answers or becomes ready again.
-async fn flush_sled(db: &sled::Db) -> Result<usize, sled::Error> {
+/// Which of sled's writes a sync makes durable (see [`crate::durable`]).
+#[derive(Clone, Copy, Debug)]
+enum SledSync {
+    /// The vote and the purge point, which sled keeps in its log file.
+    SmallValues,
+    /// Everything, blob files included.
+    Everything,
+}
+
+/// sled's flush and the syncs after it, on tokio's blocking pool — never sled 0.34's
+/// `flush_async`: that runs the flush on a thread of sled's own IO pool, and a flush waits for
+/// buffer writes that sled queues on the same pool. With every pool thread busy that way the
+/// writes never run and the flushes never end (sled fixed it after 0.34.7,
+/// spacejam/sled@7fc1534; the test `flushes_end_while_sleds_io_pool_is_busy` shows the hang). A
+/// hung flush in `save_vote` stops the Raft core for good: the node never elects, answers or
+/// becomes ready again.
+async fn sync_sled(db: &DurableSled, what: SledSync) -> std::io::Result<()> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || db.flush())
-        .await
-        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(move || match what {
+        SledSync::SmallValues => db.sync_small_values(),
+        SledSync::Everything => db.sync_everything(),
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -215,12 +229,13 @@ fn first_and_end(range: &impl RangeBounds<u64>) -> (u64, u64) {
 
 impl LogStore {
     /// Opens the log: meta in `db`, entries in segment files in `dir`.
-    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<Self, crate::OpenError> {
+    pub(crate) fn open(db: &DurableSled, dir: &Path) -> Result<Self, crate::OpenError> {
         let log_err = |source| crate::OpenError::Log {
             path: dir.display().to_string(),
             source,
         };
         let meta = db
+            .db()
             .open_tree("raft_meta")
             .map_err(|e| log_err(std::io::Error::other(e)))?;
         let purged = read_meta_in::<LogId>(&meta, LAST_PURGED).map_err(|e| {
@@ -230,7 +245,7 @@ impl LogStore {
             ))
         })?;
         let mut entries = SegmentLog::open(dir, purged).map_err(log_err)?;
-        migrate_legacy_log(db, &mut entries).map_err(log_err)?;
+        migrate_legacy_log(db.db(), &mut entries).map_err(log_err)?;
         Ok(Self {
             db: db.clone(),
             meta,
@@ -261,9 +276,9 @@ impl LogStore {
     }
 
     /// Makes everything written so far (log and state machine) durable.
-    pub async fn flush(&self) -> Result<(), sled::Error> {
-        flush_sled(&self.db).await?;
-        self.segments().sync().map_err(sled::Error::Io)
+    pub async fn flush(&self) -> std::io::Result<()> {
+        sync_sled(&self.db, SledSync::Everything).await?;
+        self.segments().sync()
     }
 
     /// The last log id removed by a purge, if any.
@@ -399,7 +414,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(VOTE, vote)?;
-        self.flush()
+        sync_sled(&self.db, SledSync::SmallValues)
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
@@ -450,10 +465,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log");
-        // The entries being purged are covered by a snapshot whose state the state machine has
-        // applied; make that state, and the purge point, durable before the entries go.
+        // The entries being purged are covered by a snapshot, and building or installing it
+        // made the state it describes durable, audio included (`sync_everything`); what is left
+        // is the purge point, durable before the entries go.
         self.write_meta(LAST_PURGED, &log_id)?;
-        flush_sled(&self.db)
+        sync_sled(&self.db, SledSync::SmallValues)
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let doomed = self
@@ -501,7 +517,13 @@ mod tests {
         let entries = log.try_get_log_entries(2..=3).await.expect("read");
         let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
         assert_eq!(indexes, vec![2, 3]);
-        assert!(log.db.open_tree(LEGACY_LOG_TREE).expect("tree").is_empty());
+        assert!(
+            log.db
+                .db()
+                .open_tree(LEGACY_LOG_TREE)
+                .expect("tree")
+                .is_empty()
+        );
         assert!(!log.is_pristine().expect("pristine"));
     }
 
@@ -513,7 +535,7 @@ mod tests {
     async fn flushes_end_while_sleds_io_pool_is_busy() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, sm) = crate::open(dir.path()).expect("open");
-        let audio = log.db.open_tree("busy").expect("tree");
+        let audio = log.db.db().open_tree("busy").expect("tree");
         let writer = std::thread::spawn(move || {
             let value = vec![7u8; 1024 * 1024];
             for i in 0..256u64 {

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 use crate::OpenError;
 use crate::codec;
 use crate::command::Response;
+use crate::durable::DurableSled;
 use crate::sm_writer::SmWriter;
 use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_AUDIO_REF, TREE_SM};
 use crate::state::tracks::chunk_key;
@@ -111,7 +112,9 @@ pub struct Applied {
 
 #[derive(Debug)]
 struct Inner {
-    db: sled::Db,
+    db: DurableSled,
+    /// Audio was written since the last `sync_everything`: the next snapshot build syncs.
+    audio_unsynced: AtomicBool,
     sm: sled::Tree,
     /// Writes the `sm` batches of applied entries, off the apply path.
     sm_writer: SmWriter,
@@ -289,6 +292,18 @@ impl Inner {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// sled's flush, and if audio was written since the last time, everything sled wrote made
+    /// durable (see `durable`). Blocking.
+    fn sync_audio(&self) -> io::Result<()> {
+        // Cleared first: audio written during the sync is synced next time.
+        if !self.audio_unsynced.swap(false, Ordering::AcqRel) {
+            return self.db.db().flush().map(drop).map_err(sled_io);
+        }
+        self.db.sync_everything().inspect_err(|_| {
+            self.audio_unsynced.store(true, Ordering::Release);
+        })
+    }
+
     fn current_path(&self) -> PathBuf {
         self.dir.join(CURRENT)
     }
@@ -339,8 +354,15 @@ impl Inner {
         }
         writer.finish()?.sync_all()?;
         // The chunks it refers to were written by applies up to `last_applied`; durable before
-        // the file is, so a restarted node can still send what it refers to.
-        self.db.flush().map_err(sled_io)?;
+        // the file takes over (and the log behind it may be purged), so a restarted node still
+        // has what it refers to — sled's own flush leaves their blob files unsynced. Only when
+        // audio was written since the last time: a `syncfs` at every build (every 5,000 writes
+        // of votes) cost one-client writes p99 (all nodes share one disk here). The first build
+        // after a bulk upload writes that audio out at once and writes wait on the disk
+        // meanwhile (`bench/snapshot_stall.py --mib 200`: p99 27–150 ms instead of 3–10 ms);
+        // syncing it earlier in the background cost as much, later, or hit the writes that
+        // followed a small upload (bench/RESULTS.md, eighth session).
+        self.sync_audio()?;
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
         *self.refs() = Some(refs);
@@ -457,7 +479,7 @@ impl Inner {
         // Durable before anything is cleared: a crash from here on is repaired at the next open
         // by installing `current.snap` again.
         self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
-        self.db.flush().map_err(sled_io)?;
+        self.db.sync_small_values()?;
         self.sm.clear().map_err(sled_io)?;
         // A snapshot of this node's own refers to chunks still in its audio tree.
         if !reader.refers_to_audio {
@@ -508,9 +530,12 @@ impl Inner {
         batch.insert(M_MEMBERSHIP, encode_io(&meta.last_membership)?);
         batch.remove(M_INSTALLING_LEGACY);
         self.sm.apply_batch(batch).map_err(sled_io)?;
-        self.db.flush().map_err(sled_io)?;
+        // The installed state, its audio included, durable before the marker goes: openraft
+        // purges the log up to the snapshot next.
+        self.audio_unsynced.store(true, Ordering::Release);
+        self.sync_audio()?;
         self.control.remove(INSTALLING).map_err(sled_io)?;
-        self.db.flush().map_err(sled_io)?;
+        self.db.sync_small_values()?;
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
         *self.refs() = reader.refers_to_audio.then_some(refs);
         guard.last_applied = meta.last_log_id;
@@ -533,7 +558,7 @@ fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: sled::Db, dir: &Path) -> Result<Self, OpenError> {
+    pub(crate) fn open(db: DurableSled, dir: &Path) -> Result<Self, OpenError> {
         let io_err = |source| OpenError::Io {
             path: dir.display().to_string(),
             source,
@@ -550,12 +575,21 @@ impl StateMachineStore {
                 fs::remove_file(&path).map_err(io_err)?;
             }
         }
-        let sm = db.open_tree("sm").map_err(|e| corrupt(e.to_string()))?;
-        let audio = db.open_tree("audio").map_err(|e| corrupt(e.to_string()))?;
+        let sm = db
+            .db()
+            .open_tree("sm")
+            .map_err(|e| corrupt(e.to_string()))?;
+        let audio = db
+            .db()
+            .open_tree("audio")
+            .map_err(|e| corrupt(e.to_string()))?;
         let control = db
+            .db()
             .open_tree("sm_control")
             .map_err(|e| corrupt(e.to_string()))?;
         let inner = Inner {
+            // Whatever an earlier run left unsynced: the first build syncs.
+            audio_unsynced: AtomicBool::new(true),
             db,
             sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
             sm,
@@ -762,6 +796,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         if let Some(audio) = audio {
+            self.inner.audio_unsynced.store(true, Ordering::Release);
             self.inner
                 .audio
                 .apply_batch(audio)
@@ -986,7 +1021,7 @@ mod tests {
             let inner = &sm.inner;
             inner.control.insert(INSTALLING, &[1u8]).expect("marker");
             inner.sm.clear().expect("clear");
-            inner.db.flush().expect("flush");
+            inner.db.db().flush().expect("flush");
             snapshot.meta.last_log_id
         };
         let (_log, mut sm) = crate::reopen(dir.path());
@@ -1127,6 +1162,38 @@ mod tests {
         sm.build_snapshot().await.expect("build");
         assert_eq!(sm.reader().stored_audio_chunks(), 0);
         assert_eq!(trash_entries(&sm), 0);
+    }
+
+    /// The audio a snapshot refers to is on disk before the snapshot takes over (after which the
+    /// log behind it may be purged), on the node that built it and on one that installed it:
+    /// sled's own flush leaves the blob files that hold audio chunks in the page cache, where a
+    /// power loss would take them.
+    #[tokio::test]
+    async fn a_snapshot_leaves_none_of_its_audio_unwritten() {
+        use crate::durable::unsynced;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        let sled_dir = dir.path().join("db");
+        // The second build is the one after audio was written since the last sync.
+        for (first, upload_id) in [(1, 1), (4, 2)] {
+            sm.apply(upload(first, upload_id)).await.expect("apply");
+            sm.inner.sm_writer.drain().expect("drain");
+            sm.inner.db.db().flush().expect("flush");
+            assert!(
+                unsynced::pages_under(&sled_dir).expect("cachestat") > 0,
+                "the chunk's blob file is expected unwritten after sled's flush; if the kernel \
+                 wrote it already, this test shows nothing"
+            );
+            sm.build_snapshot().await.expect("build");
+            assert_eq!(unsynced::pages_under(&sled_dir).expect("cachestat"), 0);
+        }
+
+        let (fresh, _fresh_log, copy) = sent_to_a_fresh_store(&mut sm).await;
+        assert_eq!(copy.reader().stored_audio_chunks(), 4);
+        assert_eq!(
+            unsynced::pages_under(&fresh.path().join("db")).expect("cachestat"),
+            0
+        );
     }
 
     /// openraft's startup call reads only the metadata and gets this node's own small file;

@@ -1,0 +1,173 @@
+//! sled 0.34 made durable where chorus relies on it.
+//!
+//! sled's `flush` is not enough to survive a power loss or a kernel crash (a killed process is
+//! another matter: what it wrote is in the page cache):
+//! - it writes its log file `db` with `sync_file_range`, which neither flushes the drive's write
+//!   cache nor records a grown file's new size (sled's background flusher calls `fsync` on that
+//!   file about once a second, whenever it happens to run);
+//! - it writes every record larger than a quarter segment (128 KiB: every 1 MiB audio chunk, and
+//!   every leaf of them it rewrites) to a file of its own under `blobs/`, and never syncs those
+//!   files. Its recovery skips a record whose blob file is missing or torn and goes on, so after
+//!   a power loss the tree could lack audio that the applied index, the snapshot or the purge
+//!   point says is there — and the log entries that carried it may be gone.
+//!
+//! So where chorus relies on what sled holds — the vote, the purge point, the audio a snapshot
+//! refers to before the log behind it is purged, an installed snapshot — it calls one of these
+//! instead of `flush`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A sled database and the directory sled keeps it in.
+#[derive(Clone, Debug)]
+pub(crate) struct DurableSled {
+    db: sled::Db,
+    dir: Arc<PathBuf>,
+}
+
+impl DurableSled {
+    pub(crate) fn new(db: sled::Db, dir: &Path) -> Self {
+        Self {
+            db,
+            dir: Arc::new(dir.to_path_buf()),
+        }
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// sled's flush, then an `fdatasync` of its log file. Enough for small values, which sled
+    /// keeps inside that file (the vote and the purge point). Blocking.
+    pub(crate) fn sync_small_values(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        File::open(self.dir.join("db"))?.sync_data()
+    }
+
+    /// sled's flush, then `syncfs` of the file system that holds the database: its log file and
+    /// every blob file, with one drive-cache flush (an `fsync` per blob file would cost one
+    /// each, and a library has thousands). Blocking.
+    pub(crate) fn sync_everything(&self) -> io::Result<()> {
+        self.db.flush().map_err(io::Error::other)?;
+        let dir = File::open(&*self.dir)?;
+        // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Test support: how many pages of sled's files are not on disk yet (dirty or under
+/// writeback), from the kernel's page cache (`cachestat`, Linux 6.5 and later).
+#[cfg(test)]
+pub(crate) mod unsynced {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    #[repr(C)]
+    struct CachestatRange {
+        off: u64,
+        len: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct Cachestat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+
+    /// `cachestat`'s number in the generic syscall table (x86_64 and aarch64 alike).
+    const SYS_CACHESTAT: libc::c_long = 451;
+
+    fn pages_not_on_disk(file: &Path) -> io::Result<u64> {
+        let f = File::open(file)?;
+        // The whole file: a length of 0 means "to its end".
+        let range = CachestatRange { off: 0, len: 0 };
+        let mut stat = Cachestat::default();
+        // SAFETY: both pointers refer to live, properly laid out structs for the whole call.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                f.as_raw_fd(),
+                &range as *const CachestatRange,
+                &mut stat as *mut Cachestat,
+                0u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stat.nr_dirty + stat.nr_writeback)
+    }
+
+    /// Pages of every file under `dir` (recursively) that the kernel has not written yet.
+    pub(crate) fn pages_under(dir: &Path) -> io::Result<u64> {
+        let mut total = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    match pages_not_on_disk(&entry.path()) {
+                        Ok(n) => total += n,
+                        // sled removes blob files it no longer needs at any time.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What sled's own flush leaves in the page cache — the blob files of large values — is on
+    /// disk after `sync_everything`; small values are after `sync_small_values`.
+    #[test]
+    fn sync_leaves_nothing_of_sleds_files_unwritten() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()
+            .expect("open sled");
+        let durable = DurableSled::new(db.clone(), &path);
+        let audio = db.open_tree("audio").expect("tree");
+        for i in 0..8u64 {
+            audio
+                .insert(i.to_be_bytes(), vec![i as u8; 1024 * 1024])
+                .expect("insert");
+        }
+        db.flush().expect("flush");
+        let after_flush = unsynced::pages_under(&path).expect("cachestat");
+        assert!(
+            after_flush > 0,
+            "sled's flush left nothing unwritten; this test no longer shows what it is for"
+        );
+        durable.sync_everything().expect("sync everything");
+        assert_eq!(unsynced::pages_under(&path).expect("cachestat"), 0);
+
+        let meta = db.open_tree("raft_meta").expect("tree");
+        meta.insert(b"vote", vec![1u8; 64]).expect("insert");
+        durable.sync_small_values().expect("sync small values");
+        assert_eq!(unsynced::pages_under(&path).expect("cachestat"), 0);
+    }
+}
