@@ -63,7 +63,10 @@ class Cluster:
         for i in ids or self.nodes:
             while http("GET", self.url(i) + "/ready")[0] != 200:
                 if time.time() > end:
-                    sys.exit(f"node {i} not ready; logs in {self.dir}")
+                    # The directory goes with stop(); say what the node said first.
+                    with open(os.path.join(self.dir, f"n{i}.log"), errors="replace") as f:
+                        tail = "".join(f.readlines()[-30:])
+                    sys.exit(f"node {i} not ready after {deadline} s; the end of its log:\n{tail}")
                 time.sleep(0.05)
 
     def leader(self):
