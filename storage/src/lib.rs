@@ -109,5 +109,6 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         message: e.to_string(),
     })?;
     sm.repair_if_behind(purged)?;
+    sm.repair_audio(&log)?;
     Ok((log, sm))
 }

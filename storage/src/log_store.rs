@@ -281,6 +281,40 @@ impl LogStore {
         self.segments().sync()
     }
 
+    /// Calls `f` with each entry of `start..end` that the log still has, in order, reading about
+    /// [`REPLICATION_READ_BYTES`] at a time (a pass over the log at startup). Blocking.
+    pub(crate) fn for_each_entry(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(Entry) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut next = start;
+        while next < end {
+            let spans = self
+                .segments()
+                .spans_within(next, end, REPLICATION_READ_BYTES);
+            let entries = read_entries(spans)?;
+            let Some(last) = entries.last() else {
+                return Ok(());
+            };
+            next = last.log_id.index + 1;
+            for entry in entries {
+                f(entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` and syncs them, outside openraft (tests of what a start finds).
+    #[cfg(test)]
+    pub(crate) fn append_synced(&self, entries: impl IntoIterator<Item = Entry>) {
+        let files = self.segments().append(entries).expect("append");
+        for file in files {
+            file.sync_all().expect("sync");
+        }
+    }
+
     /// The last log id removed by a purge, if any.
     pub(crate) fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
         self.read_meta(LAST_PURGED)

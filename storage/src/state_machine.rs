@@ -100,6 +100,9 @@ impl AudioRefs {
 }
 /// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
 const INSTALLING: &[u8] = b"installing";
+/// Log index up to which the audio that applies wrote is known durable (big-endian u64); a start
+/// repairs audio from the entries after it (`repair_audio`). In `sm_control`.
+const AUDIO_SYNCED: &[u8] = b"audio_synced";
 const CURRENT: &str = "current.snap";
 
 /// The state as of `last_applied`.
@@ -242,9 +245,12 @@ impl StateReader {
     }
 
     /// Waits until the state of every applied entry is in the sled tree (the `sm-writer` has
-    /// caught up), e.g. before a final flush at shutdown. Blocking.
+    /// caught up) and the audio they wrote is durable, so that the next start has no audio to
+    /// repair (`repair_audio`): for shutdown. Blocking.
     pub fn wait_written(&self) -> io::Result<()> {
-        self.inner.sm_writer.drain()
+        self.inner.sm_writer.drain()?;
+        let applied = self.last_applied();
+        self.inner.sync_audio(applied)
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
@@ -279,6 +285,22 @@ impl StateReader {
     }
 }
 
+/// The audio chunks a command writes: (upload id, chunk index, bytes).
+fn chunks_in(command: &crate::Command) -> Vec<(u64, u32, &[u8])> {
+    match command {
+        crate::Command::Tracks(crate::TrackCommand::PutChunk {
+            upload_id,
+            index,
+            bytes,
+        }) => vec![(*upload_id, *index, bytes.as_slice())],
+        crate::Command::Batch(requests) => requests
+            .iter()
+            .flat_map(|r| chunks_in(&r.command))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn sled_io(e: sled::Error) -> io::Error {
     io::Error::other(e)
 }
@@ -292,16 +314,24 @@ impl Inner {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// sled's flush, and if audio was written since the last time, everything sled wrote made
-    /// durable (see `durable`). Blocking.
-    fn sync_audio(&self) -> io::Result<()> {
+    /// Makes the audio that applies up to `upto` wrote durable — sled's flush, and if audio was
+    /// written since the last time, everything sled wrote (see `durable`) — and records `upto`
+    /// as where the next start begins to look for audio to repair (`repair_audio`). Blocking.
+    fn sync_audio(&self, upto: Option<LogId>) -> io::Result<()> {
         // Cleared first: audio written during the sync is synced next time.
-        if !self.audio_unsynced.swap(false, Ordering::AcqRel) {
-            return self.db.db().flush().map(drop).map_err(sled_io);
+        if self.audio_unsynced.swap(false, Ordering::AcqRel) {
+            self.db.sync_everything().inspect_err(|_| {
+                self.audio_unsynced.store(true, Ordering::Release);
+            })?;
+        } else {
+            self.db.db().flush().map_err(sled_io)?;
         }
-        self.db.sync_everything().inspect_err(|_| {
-            self.audio_unsynced.store(true, Ordering::Release);
-        })
+        // Durable with sled's next flush; until then a start looks from an older point.
+        let upto = upto.map_or(0, |l| l.index);
+        self.control
+            .insert(AUDIO_SYNCED, &upto.to_be_bytes())
+            .map_err(sled_io)?;
+        Ok(())
     }
 
     fn current_path(&self) -> PathBuf {
@@ -362,7 +392,7 @@ impl Inner {
         // meanwhile (`bench/snapshot_stall.py --mib 200`: p99 27–150 ms instead of 3–10 ms);
         // syncing it earlier in the background cost as much, later, or hit the writes that
         // followed a small upload (bench/RESULTS.md, eighth session).
-        self.sync_audio()?;
+        self.sync_audio(meta.last_log_id)?;
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
         *self.refs() = Some(refs);
@@ -533,7 +563,7 @@ impl Inner {
         // The installed state, its audio included, durable before the marker goes: openraft
         // purges the log up to the snapshot next.
         self.audio_unsynced.store(true, Ordering::Release);
-        self.sync_audio()?;
+        self.sync_audio(meta.last_log_id)?;
         self.control.remove(INSTALLING).map_err(sled_io)?;
         self.db.sync_small_values()?;
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
@@ -588,7 +618,7 @@ impl StateMachineStore {
             .open_tree("sm_control")
             .map_err(|e| corrupt(e.to_string()))?;
         let inner = Inner {
-            // Whatever an earlier run left unsynced: the first build syncs.
+            // `repair_audio` syncs what an earlier run left unsynced.
             audio_unsynced: AtomicBool::new(true),
             db,
             sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
@@ -684,6 +714,70 @@ impl StateMachineStore {
                 "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
             ))),
         }
+    }
+
+    /// Puts back the audio chunks that the state says exist but the `audio` tree lacks, from the
+    /// log entries applied since the audio was last known durable (`AUDIO_SYNCED`), then makes
+    /// everything sled holds durable. sled's background flush can make `m/applied` durable
+    /// before the blob files of chunks applied earlier (see `durable`); after a power loss those
+    /// chunks would be gone with no entry applied again for them. Chunk keys are never reused, so
+    /// a chunk put back is the one lost. After a clean shutdown there is nothing to look at
+    /// (`wait_written` records the last applied index). Blocking.
+    pub(crate) fn repair_audio(&self, log: &crate::LogStore) -> Result<(), OpenError> {
+        let inner = &self.inner;
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: inner.dir.display().to_string(),
+            message,
+        };
+        let synced = match inner
+            .control
+            .get(AUDIO_SYNCED)
+            .map_err(|e| corrupt(e.to_string()))?
+        {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("bad audio_synced record".to_string()))?,
+            ),
+            // A store from before the record existed: look at the whole log.
+            None => 0,
+        };
+        let applied = self.reader().last_applied();
+        let upto = applied.map_or(0, |l| l.index);
+        if synced < upto {
+            let blobs: std::collections::HashMap<u64, u32> =
+                self.reader().read(|s| s.tracks.chunk_blobs().collect());
+            let mut repaired = 0usize;
+            log.for_each_entry(synced + 1, upto + 1, |entry| {
+                let EntryPayload::Normal(request) = &entry.payload else {
+                    return Ok(());
+                };
+                for (upload_id, index, bytes) in chunks_in(&request.command) {
+                    let exists = blobs.get(&upload_id).is_some_and(|&n| index < n);
+                    let key = chunk_key(upload_id, index);
+                    if exists && !inner.audio.contains_key(key).map_err(sled_io)? {
+                        inner.audio.insert(key, bytes).map_err(sled_io)?;
+                        repaired += 1;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| corrupt(format!("repair audio from the log: {e}")))?;
+            if repaired > 0 {
+                tracing::warn!(
+                    repaired,
+                    from = synced + 1,
+                    upto,
+                    "audio chunks were missing (a power loss?); put back from the log"
+                );
+            }
+        }
+        // Whatever the last run left unsynced, and what was just put back.
+        inner.audio_unsynced.store(true, Ordering::Release);
+        inner
+            .sync_audio(applied)
+            .map_err(|e| corrupt(format!("sync the audio: {e}")))
     }
 
     /// Call just before `Raft::new`. openraft 0.9.25's `Raft::new` calls `get_current_snapshot`
@@ -1194,6 +1288,35 @@ mod tests {
             unsynced::pages_under(&fresh.path().join("db")).expect("cachestat"),
             0
         );
+    }
+
+    /// After a power loss sled may have kept `m/applied` but lost the audio chunks that applies
+    /// before it wrote (see `durable`). A start puts them back from the log, and only those the
+    /// state still has: a deleted upload's chunks stay deleted.
+    #[tokio::test]
+    async fn audio_lost_after_it_was_applied_is_put_back_from_the_log_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (log, mut sm) = crate::open(dir.path()).expect("open");
+            let mut entries = upload(1, 1);
+            entries.extend(upload(4, 2));
+            entries.push(abort(7, 2));
+            log.append_synced(entries.clone());
+            sm.apply(entries).await.expect("apply");
+            sm.inner.sm_writer.drain().expect("drain");
+            assert_eq!(sm.reader().stored_audio_chunks(), 2);
+            // What a power loss can leave: the applied index durable, a chunk's blob gone.
+            sm.inner.audio.remove(chunk_key(1, 0)).expect("remove");
+            sm.inner.db.db().flush().expect("flush");
+            // No clean shutdown (`wait_written` would record the audio as durable).
+        }
+        let (_log, sm) = crate::reopen(dir.path());
+        let chunk = sm.reader().audio_chunk(1, 0).expect("read");
+        assert!(
+            chunk.is_some_and(|c| c.as_ref() == vec![1u8; crate::state::tracks::CHUNK_SIZE]),
+            "chunk 0 of upload 1 was not put back"
+        );
+        assert_eq!(sm.reader().stored_audio_chunks(), 2);
     }
 
     /// openraft's startup call reads only the metadata and gets this node's own small file;
