@@ -22,7 +22,7 @@
 //!   A received snapshot is installed by streaming the file back. An install interrupted by a
 //!   crash is redone from `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
 //!   it lives outside `sm` because the install clears `sm`).
-//! - Audio survives a power loss (see [`crate::durable`]): a build that follows audio writes, and
+//! - Audio survives a power loss (see `durable`): a build that follows audio writes, and
 //!   every install, sync everything sled wrote before the snapshot takes over, and record in
 //!   `sm_control` the index up to which audio is durable (`audio_synced`, also at shutdown); at
 //!   start, chunks the state has but the `audio` tree lacks are put back from the log entries
