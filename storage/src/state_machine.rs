@@ -123,6 +123,9 @@ struct Inner {
     db: DurableSled,
     /// Audio was written since the last `sync_everything`: the next snapshot build syncs.
     audio_unsynced: AtomicBool,
+    /// One `sync_audio` at a time: one that found nothing to sync must not record its index while
+    /// another's sync of earlier audio is still running.
+    audio_sync: Mutex<()>,
     sm: sled::Tree,
     /// Writes the `sm` batches of applied entries, off the apply path.
     sm_writer: SmWriter,
@@ -323,6 +326,10 @@ impl Inner {
     /// written since the last time, everything sled wrote (see `durable`) — and records `upto`
     /// as where the next start begins to look for audio to repair (`repair_audio`). Blocking.
     fn sync_audio(&self, upto: Option<LogId>) -> io::Result<()> {
+        let _one_at_a_time = self
+            .audio_sync
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Cleared first: audio written during the sync is synced next time.
         if self.audio_unsynced.swap(false, Ordering::AcqRel) {
             self.db.sync_everything().inspect_err(|_| {
@@ -625,6 +632,7 @@ impl StateMachineStore {
         let inner = Inner {
             // `repair_audio` syncs what an earlier run left unsynced.
             audio_unsynced: AtomicBool::new(true),
+            audio_sync: Mutex::new(()),
             db,
             sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
             sm,
