@@ -46,8 +46,8 @@ impl DurableSled {
         File::open(self.dir.join("db"))?.sync_data()
     }
 
-    /// sled's flush, then an `fdatasync` of every blob file, of its log file and its `conf` (which
-    /// sled writes once and never syncs), and of the directories that list them. Blocking.
+    /// [`Self::sync_small_values`], then an `fdatasync` of every blob file and of sled's `conf`
+    /// (which sled writes once and never syncs), and of the directories that list them. Blocking.
     ///
     /// Not `syncfs`: that writes everything dirty on the file system, other processes' data too,
     /// and with the three nodes of the benchmarks on one disk the first snapshot build after a
@@ -55,7 +55,7 @@ impl DurableSled {
     /// sync per file, 2.2–2.4 ms (p999 9–12 ms). A blob file already on disk costs little more
     /// than the call (1,500 such `fdatasync`s took 0.1 s here).
     pub(crate) fn sync_everything(&self) -> io::Result<()> {
-        self.db.flush().map_err(io::Error::other)?;
+        self.sync_small_values()?;
         let blobs = self.dir.join("blobs");
         match std::fs::read_dir(&blobs) {
             Ok(entries) => {
@@ -73,7 +73,6 @@ impl DurableSled {
             Err(e) => return Err(e),
         }
         File::open(self.dir.join("conf"))?.sync_data()?;
-        File::open(self.dir.join("db"))?.sync_data()?;
         File::open(&*self.dir)?.sync_all()
     }
 }

@@ -9,7 +9,6 @@
 //!   purge point in sled, group commit with fdatasync.
 //! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
-//!
 //! - `durable`: sled's writes made to survive a power loss where chorus relies on them.
 //!
 //! The log's metadata and the state machine share one `sled::Db`; the log's entries are files.

@@ -778,6 +778,7 @@ impl StateMachineStore {
             })
             .map_err(|e| corrupt(format!("repair audio from the log: {e}")))?;
             if repaired > 0 {
+                inner.audio_unsynced.store(true, Ordering::Release);
                 tracing::warn!(
                     repaired,
                     from = synced + 1,
@@ -786,8 +787,7 @@ impl StateMachineStore {
                 );
             }
         }
-        // Whatever the last run left unsynced, and what was just put back.
-        inner.audio_unsynced.store(true, Ordering::Release);
+        // Syncs whatever the last run left unsynced (the flag starts set) and what was put back.
         inner
             .sync_audio(applied)
             .map_err(|e| corrupt(format!("sync the audio: {e}")))
