@@ -52,15 +52,12 @@ impl BlobReader {
 
     /// Chunk `index` of the blob; an error if it is missing (deleted while being read).
     pub fn chunk(&self, index: u32) -> io::Result<storage::IVec> {
-        self.state
-            .audio_chunk(self.blob, index)
-            .map_err(io::Error::other)?
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("chunk {index} of audio blob {} is missing", self.blob),
-                )
-            })
+        self.state.audio_chunk(self.blob, index)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("chunk {index} of audio blob {} is missing", self.blob),
+            )
+        })
     }
 }
 

@@ -16,6 +16,7 @@
 // openraft's storage traits fix `StorageError` (large) as the error type of every method.
 #![allow(clippy::result_large_err)]
 
+mod audio_mover;
 pub mod codec;
 pub mod command;
 mod durable;
@@ -102,7 +103,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         })?;
     let db = durable::DurableSled::new(db, &db_path);
     let log = LogStore::open(&db, &dir.join("log"))?;
-    let sm = StateMachineStore::open(db, &dir.join("snapshots"))?;
+    let sm = StateMachineStore::open(db, &log, &dir.join("snapshots"))?;
     let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
         path: db_path.display().to_string(),
         message: e.to_string(),

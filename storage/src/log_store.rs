@@ -306,6 +306,12 @@ impl LogStore {
         Ok(())
     }
 
+    /// The entry at `index`, if the log still has it. Blocking.
+    pub(crate) fn entry(&self, index: u64) -> std::io::Result<Option<Entry>> {
+        let spans = self.segments().spans(index, index.saturating_add(1));
+        Ok(read_entries(spans)?.into_iter().next())
+    }
+
     /// Appends `entries` and syncs them, outside openraft (tests of what a start finds).
     #[cfg(test)]
     pub(crate) fn append_synced(&self, entries: impl IntoIterator<Item = Entry>) {

@@ -40,7 +40,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::OpenError;
+use crate::audio_mover::AudioMover;
 use crate::codec;
 use crate::command::Response;
 use crate::durable::DurableSled;
@@ -52,6 +52,7 @@ use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
 };
+use crate::{LogStore, OpenError};
 
 const M_PREFIX: &[u8] = b"m/";
 const M_APPLIED: &[u8] = b"m/applied";
@@ -122,7 +123,7 @@ pub struct Applied {
 struct Inner {
     db: DurableSled,
     /// Audio was written since the last `sync_everything`: the next snapshot build syncs.
-    audio_unsynced: AtomicBool,
+    audio_unsynced: Arc<AtomicBool>,
     /// One `sync_audio` at a time: one that found nothing to sync must not record its index while
     /// another's sync of earlier audio is still running.
     audio_sync: Mutex<()>,
@@ -130,6 +131,8 @@ struct Inner {
     /// Writes the `sm` batches of applied entries, off the apply path.
     sm_writer: SmWriter,
     audio: sled::Tree,
+    /// Copies the chunks that applies put from the log into `audio`, off the apply path.
+    audio_mover: AudioMover,
     /// Holds the install marker. Not `sm`: an install clears `sm`, and with it the marker.
     control: sled::Tree,
     applied: RwLock<Applied>,
@@ -240,11 +243,13 @@ impl StateReader {
         f(&guard.state)
     }
 
-    /// Chunk `index` of audio blob `blob` (see [`crate::state::tracks`]).
-    pub fn audio_chunk(&self, blob: u64, index: u32) -> Result<Option<sled::IVec>, sled::Error> {
+    /// Chunk `index` of audio blob `blob` (see [`crate::state::tracks`]): from the `audio`
+    /// tree, or from its log entry if it was applied so recently that it is not there yet.
+    /// Blocking.
+    pub fn audio_chunk(&self, blob: u64, index: u32) -> io::Result<Option<sled::IVec>> {
         self.inner
-            .audio
-            .get(crate::state::tracks::chunk_key(blob, index))
+            .audio_mover
+            .get(&crate::state::tracks::chunk_key(blob, index))
     }
 
     /// Number of chunks physically in the `audio` tree (walks the tree: for tests and tools).
@@ -258,6 +263,9 @@ impl StateReader {
     pub fn wait_written(&self) -> io::Result<()> {
         self.inner.sm_writer.drain()?;
         let applied = self.last_applied();
+        self.inner
+            .audio_mover
+            .wait_moved(applied.map_or(0, |l| l.index))?;
         self.inner.sync_audio(applied)
     }
 
@@ -294,7 +302,7 @@ impl StateReader {
 }
 
 /// The audio chunks a command writes: (upload id, chunk index, bytes).
-fn chunks_in(command: &crate::Command) -> Vec<(u64, u32, &[u8])> {
+pub(crate) fn chunks_in(command: &crate::Command) -> Vec<(u64, u32, &[u8])> {
     match command {
         crate::Command::Tracks(crate::TrackCommand::PutChunk {
             upload_id,
@@ -395,7 +403,10 @@ impl Inner {
             writer.record(TREE_AUDIO_REF, &key, &[])?;
         }
         writer.finish()?.sync_all()?;
-        // The chunks it refers to were written by applies up to `last_applied`; durable before
+        let upto = meta.last_log_id.map_or(0, |l| l.index);
+        self.audio_mover.wait_moved(upto)?;
+        // The chunks it refers to were put by applies up to `last_applied`, and are in the
+        // tree now that the mover has copied them that far; durable before
         // the file takes over (and the log behind it may be purged), so a restarted node still
         // has what it refers to — sled's own flush leaves their blob files unsynced. Only when
         // audio was written since the last time: a `syncfs` at every build (every 5,000 writes
@@ -408,7 +419,6 @@ impl Inner {
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
         *self.refs() = Some(refs);
-        let upto = meta.last_log_id.map_or(0, |l| l.index);
         self.empty_trash(Some(upto))?;
         Ok(meta)
     }
@@ -516,8 +526,9 @@ impl Inner {
             ));
         }
         let mut guard = self.write_lock();
-        // Nothing queued may land in the tree after it is cleared.
+        // Nothing queued may land in the trees after they are cleared.
         self.sm_writer.drain()?;
+        let _mover_stopped = self.audio_mover.stop_and_clear();
         // Durable before anything is cleared: a crash from here on is repaired at the next open
         // by installing `current.snap` again.
         self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
@@ -600,7 +611,7 @@ fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: DurableSled, dir: &Path) -> Result<Self, OpenError> {
+    pub(crate) fn open(db: DurableSled, log: &LogStore, dir: &Path) -> Result<Self, OpenError> {
         let io_err = |source| OpenError::Io {
             path: dir.display().to_string(),
             source,
@@ -629,9 +640,12 @@ impl StateMachineStore {
             .db()
             .open_tree("sm_control")
             .map_err(|e| corrupt(e.to_string()))?;
+        // `repair_audio` syncs what an earlier run left unsynced.
+        let audio_unsynced = Arc::new(AtomicBool::new(true));
         let inner = Inner {
-            // `repair_audio` syncs what an earlier run left unsynced.
-            audio_unsynced: AtomicBool::new(true),
+            audio_mover: AudioMover::start(audio.clone(), log.clone(), audio_unsynced.clone())
+                .map_err(io_err)?,
+            audio_unsynced,
             audio_sync: Mutex::new(()),
             db,
             sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
@@ -859,17 +873,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         tracing::trace!(target: "chorus::stages", stage = "apply.start");
+        if !self.inner.audio_mover.has_room() {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.audio_mover.wait_for_room())
+                .await
+                .map_err(io::Error::other)
+                .and_then(|waited| waited)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
         let mut guard = self.inner.write_lock();
         let mut changes = Changes::default();
         let mut responses = Vec::new();
+        let mut puts = Vec::new();
         for entry in entries {
             guard.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::done(),
-                EntryPayload::Normal(req) => guard
-                    .state
-                    .apply(&req, &mut changes)
-                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?,
+                EntryPayload::Normal(req) => {
+                    let response = guard
+                        .state
+                        .apply(&req, &mut changes)
+                        .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                    let index = entry.log_id.index;
+                    puts.extend(changes.take_audio_puts().into_iter().map(|k| (k, index)));
+                    response
+                }
                 EntryPayload::Membership(m) => {
                     guard.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::done()
@@ -886,28 +914,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .put(M_MEMBERSHIP.to_vec(), &guard.membership)
             .map_err(encode_err)?;
         // Not flushed: the log already is, and a crash replays entries after `m/applied`.
-        // Audio is written here, before the entries' metadata can be read, so a track is never
-        // visible without its audio; the `sm` writes follow on the writer's thread.
-        let (mut audio, deletes) = changes.take_audio();
+        // The chunks put are readable (from the log) before the entries' state is, so a track
+        // is never visible without its audio; the mover copies them into the `audio` tree and
+        // the `sm` writes follow on the writer's thread.
+        let write_err = |e: io::Error| StorageIOError::write_state_machine(&e);
+        for (key, index) in puts {
+            self.inner.audio_mover.put(key, index).map_err(write_err)?;
+        }
+        let deletes = changes.take_audio_deletes();
         if !deletes.is_empty() {
             let applied_index = guard.last_applied.map_or(0, |l| l.index);
             let refs = self.inner.refs();
+            let mut audio = sled::Batch::default();
+            let mut stored = 0usize;
             for key in deletes {
                 if refs.as_ref().is_some_and(|r| r.covers(&key)) {
                     changes
                         .put(trash_key(&key), &applied_index)
                         .map_err(encode_err)?;
-                } else {
-                    audio.get_or_insert_with(sled::Batch::default).remove(key);
+                } else if !self.inner.audio_mover.delete_pending(&key) {
+                    audio.remove(key);
+                    stored += 1;
                 }
             }
-        }
-        if let Some(audio) = audio {
-            self.inner.audio_unsynced.store(true, Ordering::Release);
-            self.inner
-                .audio
-                .apply_batch(audio)
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            if stored > 0 {
+                self.inner
+                    .audio
+                    .apply_batch(audio)
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            }
         }
         self.inner
             .sm_writer
@@ -1180,6 +1215,21 @@ mod tests {
         )
     }
 
+    /// `entries`, appended to `log` first: the audio mover reads chunks from the log.
+    fn logged(log: &crate::LogStore, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        log.append_synced(entries.clone());
+        entries
+    }
+
+    /// Waits until the audio mover has copied (or dropped) every chunk applied so far.
+    fn settle(sm: &StateMachineStore) {
+        sm.inner
+            .audio_mover
+            .wait_moved(u64::MAX)
+            .expect("audio copied");
+    }
+
     fn trash_entries(sm: &StateMachineStore) -> usize {
         sm.inner.sm_writer.drain().expect("drain");
         sm.inner.sm.scan_prefix(M_TRASH).count()
@@ -1225,8 +1275,8 @@ mod tests {
             Some(vec![2u8; 10]),
         ];
         {
-            let (_log, mut sm) = crate::open(dir.path()).expect("open");
-            sm.apply(upload(1, 1)).await.expect("apply");
+            let (log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
             sm.build_snapshot().await.expect("build");
             let built = fs::metadata(sm.inner.current_path()).expect("stat").len();
             assert!(built < 4096, "the audio is not copied: {built} bytes");
@@ -1234,15 +1284,17 @@ mod tests {
 
             // Deleted after the snapshot: the state forgets it, the disk keeps it for the
             // snapshot, which still sends it.
-            sm.apply([abort(4, 1)]).await.expect("apply");
+            sm.apply(logged(&log, [abort(4, 1)])).await.expect("apply");
             assert_eq!(sm.reader().read(|s| s.tracks.uploads().count()), 0);
+            settle(&sm);
             assert_eq!(sm.reader().stored_audio_chunks(), 2);
             assert_eq!(trash_entries(&sm), 2);
             assert_eq!(chunks_sent(&mut sm, 1).await, expected);
 
             // A chunk no snapshot refers to goes at once.
-            sm.apply(upload(5, 2)).await.expect("apply");
-            sm.apply([abort(8, 2)]).await.expect("apply");
+            sm.apply(logged(&log, upload(5, 2))).await.expect("apply");
+            sm.apply(logged(&log, [abort(8, 2)])).await.expect("apply");
+            settle(&sm);
             assert_eq!(sm.reader().stored_audio_chunks(), 2);
 
             // A newer snapshot: upload 1 is gone from it, and from the disk.
@@ -1252,9 +1304,9 @@ mod tests {
             assert_eq!(chunks_sent(&mut sm, 1).await, vec![None, None]);
 
             // Trashed, then the process stops.
-            sm.apply(upload(9, 3)).await.expect("apply");
+            sm.apply(logged(&log, upload(9, 3))).await.expect("apply");
             sm.build_snapshot().await.expect("build");
-            sm.apply([abort(12, 3)]).await.expect("apply");
+            sm.apply(logged(&log, [abort(12, 3)])).await.expect("apply");
         }
         let (_log, mut sm) = crate::reopen(dir.path());
         assert_eq!(
@@ -1279,11 +1331,14 @@ mod tests {
     async fn a_snapshot_leaves_none_of_its_audio_unwritten() {
         use crate::durable::unsynced;
         let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
         let sled_dir = dir.path().join("db");
         // The second build is the one after audio was written since the last sync.
         for (first, upload_id) in [(1, 1), (4, 2)] {
-            sm.apply(upload(first, upload_id)).await.expect("apply");
+            sm.apply(logged(&log, upload(first, upload_id)))
+                .await
+                .expect("apply");
+            settle(&sm);
             sm.inner.sm_writer.drain().expect("drain");
             sm.inner.db.db().flush().expect("flush");
             assert!(
@@ -1316,6 +1371,7 @@ mod tests {
             entries.push(abort(7, 2));
             log.append_synced(entries.clone());
             sm.apply(entries).await.expect("apply");
+            settle(&sm);
             sm.inner.sm_writer.drain().expect("drain");
             assert_eq!(sm.reader().stored_audio_chunks(), 2);
             // What a power loss can leave: the applied index durable, a chunk's blob gone.
@@ -1332,13 +1388,79 @@ mod tests {
         assert_eq!(sm.reader().stored_audio_chunks(), 2);
     }
 
+    /// Applying a chunk does not write it into sled: until the mover has copied it, it is read
+    /// from its log entry, and a delete meanwhile leaves nothing behind in the tree.
+    #[tokio::test]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
+    )]
+    async fn a_chunk_is_read_from_the_log_until_it_is_copied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        let full = vec![1u8; crate::state::tracks::CHUNK_SIZE];
+        let inner = sm.inner.clone();
+        {
+            let _paused = inner.audio_mover.pause();
+            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+            sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
+            assert_eq!(sm.reader().stored_audio_chunks(), 0, "nothing copied yet");
+            assert_eq!(sm.inner.audio_mover.pending(), 4);
+            let chunk = sm.reader().audio_chunk(1, 0).expect("read");
+            assert_eq!(chunk.as_deref(), Some(&full[..]), "read from the log");
+            sm.apply(logged(&log, [abort(7, 2)])).await.expect("apply");
+            assert_eq!(sm.reader().audio_chunk(2, 0).expect("read"), None);
+        }
+        settle(&sm);
+        assert_eq!(sm.inner.audio_mover.pending(), 0);
+        assert_eq!(
+            sm.reader().stored_audio_chunks(),
+            2,
+            "upload 2's chunks are gone"
+        );
+        let chunk = sm.reader().audio_chunk(1, 1).expect("read");
+        assert_eq!(chunk.as_deref(), Some(&[2u8; 10][..]), "read from the tree");
+    }
+
+    /// A snapshot refers to audio by key, so a build ends only once the mover has copied every
+    /// chunk applied up to its index into the tree (which it then syncs).
+    #[tokio::test]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
+    )]
+    async fn a_build_waits_until_the_audio_it_refers_to_is_copied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        let inner = sm.inner.clone();
+        let paused = inner.audio_mover.pause();
+        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+        let mut builder = sm.clone();
+        let mut build = tokio::spawn(async move { builder.build_snapshot().await });
+        let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut build).await;
+        assert!(
+            early.is_err(),
+            "the build ended before its audio was copied"
+        );
+        drop(paused);
+        build.await.expect("join").expect("build");
+        assert_eq!(sm.reader().stored_audio_chunks(), 2);
+        assert_eq!(
+            chunks_sent(&mut sm, 1).await,
+            vec![
+                Some(vec![1u8; crate::state::tracks::CHUNK_SIZE]),
+                Some(vec![2u8; 10])
+            ]
+        );
+    }
+
     /// openraft's startup call reads only the metadata and gets this node's own small file;
     /// such a file is refused by another node before anything there is replaced.
     #[tokio::test]
     async fn a_snapshot_that_refers_to_audio_never_replaces_another_nodes_state() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(upload(1, 1)).await.expect("apply");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
         sm.build_snapshot().await.expect("build");
         sm.expect_startup_probe();
         let own = sm

@@ -6,7 +6,8 @@
 //! position. On start the in-memory state is rebuilt from the tree ([`State::load`]).
 //!
 //! Keys are `<domain prefix>/<key>`: each domain module owns its prefixes. Audio chunks are the
-//! exception: they go to their own `audio` tree ([`Changes::put_audio`]), see [`tracks`].
+//! exception: they go to their own `audio` tree ([`Changes::put_audio`]), see [`tracks`] and
+//! `audio_mover`.
 
 pub mod dedupe;
 pub mod playlists;
@@ -29,22 +30,21 @@ use tracks::{TrackUpdate, TracksState};
 use users::UsersState;
 
 /// Key/value writes produced by applying entries. The `sm` writes are committed atomically by
-/// the state machine; the audio writes go to the `audio` tree just before them (they are
-/// idempotent, so a crash in between is repaired by applying the entries again).
+/// the state machine; the audio chunks put are copied from their log entries into the `audio`
+/// tree in the background (`audio_mover`), and the ones deleted go from it.
 #[derive(Default)]
 pub struct Changes {
     writes: crate::sm_writer::Writes,
-    audio_puts: sled::Batch,
-    audio_put_count: usize,
+    /// Keys of the chunks put, in order; the bytes stay in the entry (see `audio_mover`).
+    audio_puts: Vec<Vec<u8>>,
     /// Kept apart from the puts: while a snapshot copies audio, deletes wait (see
     /// `state_machine`). A key is never put after it is deleted (blob ids are not reused).
     audio_deletes: Vec<Vec<u8>>,
 }
 
 impl Changes {
-    pub fn put_audio(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
-        self.audio_puts.insert(key, bytes);
-        self.audio_put_count += 1;
+    pub fn put_audio(&mut self, key: Vec<u8>) {
+        self.audio_puts.push(key);
     }
 
     pub fn delete_audio(&mut self, key: Vec<u8>) {
@@ -53,16 +53,17 @@ impl Changes {
 
     /// How many audio writes and deletes are pending.
     pub fn audio_ops(&self) -> usize {
-        self.audio_put_count + self.audio_deletes.len()
+        self.audio_puts.len() + self.audio_deletes.len()
     }
 
-    /// The audio writes, if any, and the audio keys to delete after them.
-    pub fn take_audio(&mut self) -> (Option<sled::Batch>, Vec<Vec<u8>>) {
-        let puts = (self.audio_put_count > 0).then(|| {
-            self.audio_put_count = 0;
-            std::mem::take(&mut self.audio_puts)
-        });
-        (puts, std::mem::take(&mut self.audio_deletes))
+    /// The keys of the audio chunks put since the last call.
+    pub fn take_audio_puts(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.audio_puts)
+    }
+
+    /// The keys of the audio chunks deleted since the last call.
+    pub fn take_audio_deletes(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.audio_deletes)
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CodecError> {

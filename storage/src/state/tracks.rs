@@ -208,7 +208,7 @@ impl TracksState {
         upload.chunks += 1;
         upload.bytes += bytes.len() as u64;
         upload.last_activity_ms = at_ms;
-        changes.put_audio(chunk_key(upload_id, index).to_vec(), bytes.to_vec());
+        changes.put_audio(chunk_key(upload_id, index).to_vec());
         changes.put(numbered_key(UPLOAD, upload_id), &*upload)?;
         Ok(Ok(Outcome::Done))
     }
