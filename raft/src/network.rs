@@ -36,7 +36,7 @@ const MAX_IN_FLIGHT: usize = storage::log_store::REPLICATION_READ_BYTES as usize
 /// How often replication to an unreachable follower is tried again: at first, and after
 /// [`UNREACHABLE_RETRIES_SOON`] tries (see `PeerLink::backoff`).
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(200);
-const UNREACHABLE_RETRIES_SOON: usize = 10;
+const UNREACHABLE_RETRIES_SOON: usize = 50;
 const UNREACHABLE_RETRY_LATER: Duration = Duration::from_secs(1);
 
 /// AppendEntries carrying more than this, to a follower not known to have their `prev_log_id`,
@@ -376,9 +376,12 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     }
 
     /// How long the stream to an unreachable follower waits before trying again (openraft's
-    /// default is 500 ms throughout): every 200 ms for the first two seconds, so that a node
-    /// that restarts catches up at once (it was left waiting up to half a second), then once a
-    /// second — openraft reads the entries to send before each try, up to 24 MiB.
+    /// default is 500 ms throughout): every 200 ms for the first ten seconds, so that a node
+    /// that restarts catches up at once, then once a second — openraft reads the entries to
+    /// send before each try, up to 24 MiB. Ten, not two: a node stopped cleanly after uploads
+    /// syncs sled's files for seconds before it exits, and a restart that came after the
+    /// two seconds waited up to a second more for its first entries (`bench/catch_up.py`:
+    /// 0.7–0.9 s from the new process's session to its first applied entry).
     fn backoff(&self) -> Backoff {
         let soon = std::iter::repeat_n(UNREACHABLE_RETRY, UNREACHABLE_RETRIES_SOON);
         Backoff::new(soon.chain(std::iter::repeat(UNREACHABLE_RETRY_LATER)))
