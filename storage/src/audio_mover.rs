@@ -250,7 +250,6 @@ impl AudioMover {
     }
 
     /// How many chunks are pending.
-    #[cfg(test)]
     pub(crate) fn pending(&self) -> usize {
         self.shared.lock().pending.len()
     }
@@ -297,16 +296,27 @@ fn chunk_from_log(log: &LogStore, key: &[u8], index: u64) -> io::Result<Option<V
             format!("log entry {index} holds no audio"),
         ));
     };
-    crate::state_machine::chunks_in(&request.command)
-        .into_iter()
-        .find(|(upload_id, chunk, _)| crate::state::tracks::chunk_key(*upload_id, *chunk) == key)
-        .map(|(_, _, bytes)| Some(bytes.to_vec()))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("log entry {index} does not hold audio chunk {key:?}"),
-            )
-        })
+    take_chunk(request.command, key).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log entry {index} does not hold audio chunk {key:?}"),
+        )
+    })
+}
+
+/// The bytes of chunk `key` in `command`, moved out rather than copied (1 MiB each).
+fn take_chunk(command: crate::Command, key: &[u8]) -> Option<Vec<u8>> {
+    match command {
+        crate::Command::Tracks(crate::TrackCommand::PutChunk {
+            upload_id,
+            index,
+            bytes,
+        }) => (crate::state::tracks::chunk_key(upload_id, index) == key).then_some(bytes),
+        crate::Command::Batch(requests) => requests
+            .into_iter()
+            .find_map(|r| take_chunk(r.command, key)),
+        _ => None,
+    }
 }
 
 fn move_loop(waiting: &Receiver<Move>, shared: &Shared) {

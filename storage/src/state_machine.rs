@@ -252,6 +252,11 @@ impl StateReader {
             .get(&crate::state::tracks::chunk_key(blob, index))
     }
 
+    /// Chunks applied but not yet copied from their log entries into the `audio` tree.
+    pub fn audio_chunks_in_log_only(&self) -> usize {
+        self.inner.audio_mover.pending()
+    }
+
     /// Number of chunks physically in the `audio` tree (walks the tree: for tests and tools).
     pub fn stored_audio_chunks(&self) -> usize {
         self.inner.audio.len()
