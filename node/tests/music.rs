@@ -1187,4 +1187,22 @@ async fn a_wiped_follower_gets_audio_back_through_the_log() {
         view["snapshot_index"].is_null(),
         "the follower got a snapshot, not the log: {view}"
     );
+
+    eprintln!("=== once the follower has copied the audio from its log into sled, the same bytes");
+    let counts = storage_when(&c, follower, "the audio copied into sled", |s| {
+        s["audio_chunks_in_log_only"] == 0
+    })
+    .await;
+    let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
+    again.expect_status(200);
+    assert!(
+        again.bytes == big,
+        "the copy in sled differs from the upload"
+    );
+    let chunks = counts["audio_chunks"].as_u64().expect("a chunk count");
+    let stored = stored_chunks_after_stop(&mut c).await;
+    assert!(
+        stored.iter().all(|&n| n as u64 == chunks),
+        "every node holds the track's {chunks} chunks in sled: {stored:?}"
+    );
 }
