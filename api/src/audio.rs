@@ -36,7 +36,7 @@ pub struct BlobReader {
     size: u64,
     pos: u64,
     /// The chunk most recently read (sequential reads touch each chunk once).
-    cached: Option<(u32, storage::IVec)>,
+    cached: Option<(u32, axum::body::Bytes)>,
 }
 
 impl BlobReader {
@@ -51,7 +51,7 @@ impl BlobReader {
     }
 
     /// Chunk `index` of the blob; an error if it is missing (deleted while being read).
-    pub fn chunk(&self, index: u32) -> io::Result<storage::IVec> {
+    pub fn chunk(&self, index: u32) -> io::Result<axum::body::Bytes> {
         self.state.audio_chunk(self.blob, index)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,

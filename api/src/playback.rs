@@ -8,7 +8,7 @@
 //! about one chunk whatever the file size.
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -154,8 +154,9 @@ fn body(reader: BlobReader, start: u64, end: u64) -> Body {
                 "stored audio is shorter than recorded",
             ));
         }
-        // Zero-copy: the response shares the chunk sled returned.
-        let bytes = Bytes::from_owner(chunk).slice(offset..stop);
+        // Zero-copy: the response shares the chunk storage returned (sled's buffer, or the
+        // one decoded from the log for a chunk not yet copied into sled).
+        let bytes = chunk.slice(offset..stop);
         let next = pos + bytes.len() as u64;
         Ok(Some((bytes, (reader, next))))
     });

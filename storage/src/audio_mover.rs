@@ -41,6 +41,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::LogStore;
 
 #[derive(Debug, Clone, Copy)]
@@ -190,19 +192,21 @@ impl AudioMover {
         }
     }
 
-    /// Chunk `key`: from its log entry while pending, else from the tree. Blocking.
-    pub(crate) fn get(&self, key: &[u8]) -> io::Result<Option<sled::IVec>> {
+    /// Chunk `key`: from its log entry while pending, else from the tree; never copied after
+    /// the read (both kinds of buffer become `Bytes` as they are). Blocking.
+    pub(crate) fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
         let pending = self.shared.lock().pending.get(key).copied();
         if let Some(pending) = pending {
             if pending.deleted {
                 return Ok(None);
             }
             if let Some(bytes) = chunk_from_log(&self.shared.log, key, pending.index)? {
-                return Ok(Some(sled::IVec::from(bytes)));
+                return Ok(Some(Bytes::from(bytes)));
             }
             // Purged meanwhile: copied by then (or the state is being replaced).
         }
-        self.shared.audio.get(key).map_err(io::Error::other)
+        let stored = self.shared.audio.get(key).map_err(io::Error::other)?;
+        Ok(stored.map(Bytes::from_owner))
     }
 
     /// Waits until no chunk put at or before log index `upto` is pending. Blocking.

@@ -246,7 +246,7 @@ impl StateReader {
     /// Chunk `index` of audio blob `blob` (see [`crate::state::tracks`]): from the `audio`
     /// tree, or from its log entry if it was applied so recently that it is not there yet.
     /// Blocking.
-    pub fn audio_chunk(&self, blob: u64, index: u32) -> io::Result<Option<sled::IVec>> {
+    pub fn audio_chunk(&self, blob: u64, index: u32) -> io::Result<Option<bytes::Bytes>> {
         self.inner
             .audio_mover
             .get(&crate::state::tracks::chunk_key(blob, index))
