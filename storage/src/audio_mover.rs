@@ -33,7 +33,7 @@
 //! - A failed copy is reported by the next `put` and by `wait_moved`: the state machine stops
 //!   rather than go on with audio missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -79,6 +79,27 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Waits until `done` holds (`Ok`) or a copy has failed (`Err`); gives the lock back.
+    fn wait_until<'a>(
+        &self,
+        mut progress: MutexGuard<'a, Progress>,
+        done: impl Fn(&Progress) -> bool,
+    ) -> (MutexGuard<'a, Progress>, io::Result<()>) {
+        loop {
+            if let Some(e) = &progress.failed {
+                let e = failed(e);
+                return (progress, Err(e));
+            }
+            if done(&progress) {
+                return (progress, Ok(()));
+            }
+            progress = self
+                .changed
+                .wait(progress)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// Chunks pending before applies wait for the mover (1 GiB of audio): bounds how much of the log
@@ -91,11 +112,17 @@ const LULL: Duration = Duration::from_millis(20);
 /// Chunks pending beyond which the mover copies without waiting for a lull (512 MiB).
 const YIELD_UP_TO: usize = MAX_PENDING / 2;
 
+/// Pending chunks read from the log kept for the next reader (8 MiB).
+const RECENT_READS: usize = 8;
+
 /// One chunk to copy: its key and the log index of the entry that holds it.
 type Move = (Vec<u8>, u64);
 
 #[derive(Debug)]
 pub(crate) struct AudioMover {
+    /// The pending chunks last read from the log (chunks are immutable, so a copy is never
+    /// stale; a deleted one is answered from `pending` before this is looked at).
+    recent: Mutex<VecDeque<(Vec<u8>, Bytes)>>,
     queue: Option<Sender<Move>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -125,6 +152,7 @@ impl AudioMover {
                 move_loop(&waiting, &for_thread)
             })?;
         Ok(Self {
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_READS)),
             queue: Some(queue),
             shared,
             thread: Some(thread),
@@ -139,20 +167,10 @@ impl AudioMover {
     /// Waits while [`MAX_PENDING`] chunks are pending, so the copy never trails the applies by
     /// more than that. Blocking; call before taking the state lock.
     pub(crate) fn wait_for_room(&self) -> io::Result<()> {
-        let mut progress = self.shared.lock();
-        loop {
-            if let Some(e) = &progress.failed {
-                return Err(failed(e));
-            }
-            if progress.pending.len() < MAX_PENDING {
-                return Ok(());
-            }
-            progress = self
-                .shared
-                .changed
-                .wait(progress)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        let progress = self.shared.lock();
+        self.shared
+            .wait_until(progress, |p| p.pending.len() < MAX_PENDING)
+            .1
     }
 
     /// Records that the entry at log index `index` put chunk `key`, and queues its copy. Call
@@ -200,8 +218,13 @@ impl AudioMover {
             if pending.deleted {
                 return Ok(None);
             }
+            if let Some(bytes) = self.recently_read(key) {
+                return Ok(Some(bytes));
+            }
             if let Some(bytes) = chunk_from_log(&self.shared.log, key, pending.index)? {
-                return Ok(Some(Bytes::from(bytes)));
+                let bytes = Bytes::from(bytes);
+                self.remember(key, &bytes);
+                return Ok(Some(bytes));
             }
             // Purged meanwhile: copied by then (or the state is being replaced).
         }
@@ -209,24 +232,32 @@ impl AudioMover {
         Ok(stored.map(Bytes::from_owner))
     }
 
+    /// A pending chunk read from the log moments ago: streams of a track just uploaded read
+    /// the same chunks at about the same time, and each read from the log decodes the entry.
+    fn recently_read(&self, key: &[u8]) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn remember(&self, key: &[u8], bytes: &Bytes) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT_READS {
+            recent.pop_front();
+        }
+        recent.push_back((key.to_vec(), bytes.clone()));
+    }
+
     /// Waits until no chunk put at or before log index `upto` is pending. Blocking.
     pub(crate) fn wait_moved(&self, upto: u64) -> io::Result<()> {
         let mut progress = self.shared.lock();
         progress.waiting_for_moves += 1;
         self.shared.changed.notify_all();
-        let result = loop {
-            if let Some(e) = &progress.failed {
-                break Err(failed(e));
-            }
-            if progress.pending.values().all(|p| p.index > upto) {
-                break Ok(());
-            }
-            progress = self
-                .shared
-                .changed
-                .wait(progress)
-                .unwrap_or_else(PoisonError::into_inner);
-        };
+        let (mut progress, result) = self
+            .shared
+            .wait_until(progress, |p| p.pending.values().all(|c| c.index > upto));
         progress.waiting_for_moves -= 1;
         result
     }
