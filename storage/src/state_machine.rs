@@ -6,9 +6,10 @@
 //!   and `m/membership`, so the tree always describes exactly one log position. The batches are
 //!   written by their own thread ([`crate::sm_writer`]), so the tree may trail the in-memory
 //!   state; whatever reads or replaces the whole tree drains that writer first.
-//! - Audio chunks go to the `audio` tree in a batch applied just *before* that `sm` batch. Audio
-//!   writes are idempotent (same key, same bytes; deletes of fixed keys), so if a crash falls
-//!   between the two, re-applying the entries after `m/applied` repairs it.
+//! - An applied audio chunk is pending in the `audio_mover` (readable from its log entry)
+//!   until that thread has copied it into the `audio` tree; deletes of stored chunks go to the
+//!   tree during the apply. Builds wait for the copy up to their index; a crash before it is
+//!   repaired at the next start from the log (`StateMachineStore::repair_audio`).
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
 //! - A snapshot is the `sm` tree streamed to a file as of one log position (taken under the
