@@ -331,26 +331,17 @@ fn chunk_from_log(log: &LogStore, key: &[u8], index: u64) -> io::Result<Option<V
             format!("log entry {index} holds no audio"),
         ));
     };
-    take_chunk(request.command, key).map(Some).ok_or_else(|| {
-        io::Error::new(
+    let chunk = request
+        .command
+        .into_chunks()
+        .into_iter()
+        .find(|(upload_id, chunk, _)| crate::state::tracks::chunk_key(*upload_id, *chunk) == key);
+    match chunk {
+        Some((_, _, bytes)) => Ok(Some(bytes)),
+        None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("log entry {index} does not hold audio chunk {key:?}"),
-        )
-    })
-}
-
-/// The bytes of chunk `key` in `command`, moved out rather than copied (1 MiB each).
-fn take_chunk(command: crate::Command, key: &[u8]) -> Option<Vec<u8>> {
-    match command {
-        crate::Command::Tracks(crate::TrackCommand::PutChunk {
-            upload_id,
-            index,
-            bytes,
-        }) => (crate::state::tracks::chunk_key(upload_id, index) == key).then_some(bytes),
-        crate::Command::Batch(requests) => requests
-            .into_iter()
-            .find_map(|r| take_chunk(r.command, key)),
-        _ => None,
+        )),
     }
 }
 
@@ -394,14 +385,13 @@ fn wait_for_a_lull(shared: &Shared) {
 /// Copies one chunk, unless it was deleted or forgotten (by an install) meanwhile.
 fn move_one(shared: &Shared, key: &[u8], index: u64) -> Result<(), String> {
     let _moving = shared.moving.lock().unwrap_or_else(PoisonError::into_inner);
-    let still_pending = |progress: &Progress| {
-        progress
-            .pending
-            .get(key)
-            .filter(|p| p.index == index)
-            .copied()
-    };
-    let pending = still_pending(&shared.lock());
+    // Gone when an install forgot it; the index must match too, although keys are never reused.
+    let pending = shared
+        .lock()
+        .pending
+        .get(key)
+        .filter(|p| p.index == index)
+        .copied();
     match pending {
         None => return Ok(()),
         Some(p) if p.deleted => {

@@ -35,7 +35,6 @@ pub use command::{
     TrackCommand, UserCommand,
 };
 pub use log_store::LogStore;
-pub use sled::IVec;
 pub use state::queue::{PlayedTrack, QueuedTrack};
 pub use state::tracks::{AudioInfo, CHUNK_SIZE, Track, TrackMeta, Upload};
 pub use state::users::User;

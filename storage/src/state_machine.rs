@@ -307,22 +307,6 @@ impl StateReader {
     }
 }
 
-/// The audio chunks a command writes: (upload id, chunk index, bytes).
-pub(crate) fn chunks_in(command: &crate::Command) -> Vec<(u64, u32, &[u8])> {
-    match command {
-        crate::Command::Tracks(crate::TrackCommand::PutChunk {
-            upload_id,
-            index,
-            bytes,
-        }) => vec![(*upload_id, *index, bytes.as_slice())],
-        crate::Command::Batch(requests) => requests
-            .iter()
-            .flat_map(|r| chunks_in(&r.command))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn sled_io(e: sled::Error) -> io::Error {
     io::Error::other(e)
 }
@@ -783,10 +767,10 @@ impl StateMachineStore {
                 self.reader().read(|s| s.tracks.chunk_blobs().collect());
             let mut repaired = 0usize;
             log.for_each_entry(synced + 1, upto + 1, |entry| {
-                let EntryPayload::Normal(request) = &entry.payload else {
+                let EntryPayload::Normal(request) = entry.payload else {
                     return Ok(());
                 };
-                for (upload_id, index, bytes) in chunks_in(&request.command) {
+                for (upload_id, index, bytes) in request.command.into_chunks() {
                     let exists = blobs.get(&upload_id).is_some_and(|&n| index < n);
                     let key = chunk_key(upload_id, index);
                     if exists && !inner.audio.contains_key(key).map_err(sled_io)? {
