@@ -18,8 +18,11 @@ from measure import Cluster  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=500, help="state to catch up, in 10 MiB uploads")
+    ap.add_argument("--through-snapshot", action="store_true",
+                    help="snapshot every 100 entries, keeping 10: the follower gets a snapshot carrying the audio")
     args = ap.parse_args()
-    c = Cluster(3, extra=["[tracks]", "max_upload_mb = 64"])
+    raft = ("snapshot_every = 100", "keep_logs_after_snapshot = 10") if args.through_snapshot else ()
+    c = Cluster(3, extra=["[tracks]", "max_upload_mb = 64"], **({"raft": raft} if raft else {}))
     try:
         c.wait_ready()
         mp3 = os.path.join(tempfile.mkdtemp(prefix="chorus-catch-up-"), "song.mp3")

@@ -271,7 +271,7 @@ def chorus_catch_up(c, token, mp3, state_mib):
     # Caught up means applied (as for etcd); the copy of the audio into sled trails the apply
     # (ARCHITECTURE.md, audio_mover): timed too, with what it cost.
     while ((http("GET", c.url(follower) + "/cluster")[1] or {}).get("storage") or {}).get(
-            "audio_chunks_in_log_only", 0) > 0:
+            "audio_chunks_to_copy", 0) > 0:
         if time.time() - start > 900:
             sys.exit("chorus follower did not copy its audio into sled within 900 s")
         time.sleep(0.05)

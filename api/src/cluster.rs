@@ -113,9 +113,10 @@ pub struct StorageView {
     pub pending_uploads: usize,
     /// Audio chunks that tracks and pending uploads hold.
     pub audio_chunks: u64,
-    /// Audio chunks this node has applied but not yet copied from the Raft log into sled
-    /// (served from the log meanwhile; see ARCHITECTURE.md, `audio_mover`).
-    pub audio_chunks_in_log_only: usize,
+    /// Audio chunks this node has applied or installed but not yet copied into sled from the
+    /// Raft log or the received snapshot (served from there meanwhile; see ARCHITECTURE.md,
+    /// `audio_mover`).
+    pub audio_chunks_to_copy: usize,
     pub queued_tracks: usize,
 }
 
@@ -146,7 +147,7 @@ pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
             tracks: st.tracks.len(),
             pending_uploads: st.tracks.uploads().count(),
             audio_chunks: st.tracks.chunk_count(),
-            audio_chunks_in_log_only: app.replica.state().audio_chunks_in_log_only(),
+            audio_chunks_to_copy: app.replica.state().audio_chunks_to_copy(),
             queued_tracks: st.queue.len(),
         }),
         members: s

@@ -1190,7 +1190,7 @@ async fn a_wiped_follower_gets_audio_back_through_the_log() {
 
     eprintln!("=== once the follower has copied the audio from its log into sled, the same bytes");
     let counts = storage_when(&c, follower, "the audio copied into sled", |s| {
-        s["audio_chunks_in_log_only"] == 0
+        s["audio_chunks_to_copy"] == 0
     })
     .await;
     let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;

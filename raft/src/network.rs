@@ -368,10 +368,14 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(PeerRequest::InstallSnapshot(rpc), &option, |r| match r {
-            PeerResponse::InstallSnapshot(r) => Some(r),
-            _ => None,
-        })
+        self.send(
+            PeerRequest::SnapshotChunk(rpc.into()),
+            &option,
+            |r| match r {
+                PeerResponse::InstallSnapshot(r) => Some(r),
+                _ => None,
+            },
+        )
         .await
     }
 

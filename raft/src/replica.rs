@@ -405,6 +405,9 @@ impl Replica {
             PeerRequest::InstallSnapshot(r) => {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
+            PeerRequest::SnapshotChunk(c) => {
+                PeerResponse::InstallSnapshot(raft.install_snapshot(c.into()).await)
+            }
             PeerRequest::ClientWrite(r) => {
                 PeerResponse::ClientWrite(self.inner.proposer.propose(r).await)
             }

@@ -9,7 +9,9 @@
 //! - An applied audio chunk is pending in the `audio_mover` (readable from its log entry)
 //!   until that thread has copied it into the `audio` tree; deletes of stored chunks go to the
 //!   tree during the apply. Builds wait for the copy up to their index; a crash before it is
-//!   repaired at the next start from the log (`StateMachineStore::repair_audio`).
+//!   repaired at the next start from the log (`StateMachineStore::repair_audio`). An installed
+//!   snapshot's chunks are pending the same way, read from the installed file (`current.snap`),
+//!   which no build replaces before they are copied; a start copies what a crash left there.
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
 //! - A snapshot is the `sm` tree streamed to a file as of one log position (taken under the
@@ -20,7 +22,7 @@
 //!   an apply that deletes one records it in `sm` as `m/trash/<key>` (atomic with the apply)
 //!   instead, and the next build deletes the trash it no longer refers to (`Inner::refs`).
 //!   What is sent to another node is made self-contained first (`Inner::materialize`).
-//!   A received snapshot is installed by streaming the file back. An install interrupted by a
+//!   A received snapshot is installed by streaming the file back, its audio left in the file. An install interrupted by a
 //!   crash is redone from `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
 //!   it lives outside `sm` because the install clears `sm`).
 //! - Audio survives a power loss (see `durable`): a build that follows audio writes, and
@@ -253,8 +255,9 @@ impl StateReader {
             .get(&crate::state::tracks::chunk_key(blob, index))
     }
 
-    /// Chunks applied but not yet copied from their log entries into the `audio` tree.
-    pub fn audio_chunks_in_log_only(&self) -> usize {
+    /// Chunks applied or installed but not yet copied into the `audio` tree (from their log
+    /// entries or the installed snapshot's file).
+    pub fn audio_chunks_to_copy(&self) -> usize {
         self.inner.audio_mover.pending()
     }
 
@@ -413,6 +416,45 @@ impl Inner {
         Ok(meta)
     }
 
+    /// Hands the audio mover the chunks that the state has, the `audio` tree lacks and
+    /// `current.snap` carries: an install leaves its audio in that file for the mover, and a stop
+    /// before the copy finished (a crash; a clean stop waits for it) leaves some there. Returns
+    /// how many. Blocking; for `open`.
+    fn pend_uncopied_snapshot_audio(&self) -> io::Result<usize> {
+        let path = self.current_path();
+        if !path.exists() {
+            return Ok(0);
+        }
+        let file = Arc::new(File::open(&path)?);
+        let mut reader = SnapshotReader::new(&*file)?;
+        // A node's own build carries no audio (its chunks are in the tree before it is written).
+        if reader.refers_to_audio {
+            return Ok(0);
+        }
+        let index = reader.meta.last_log_id.map_or(0, |l| l.index);
+        let exists = AudioRefs(
+            self.applied
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .state
+                .tracks
+                .chunk_blobs()
+                .collect(),
+        );
+        let mut found = 0usize;
+        while let Some((record, at)) = reader.next_record_skipping(|tree| tree == TREE_AUDIO)? {
+            if let Some(at) = at
+                && exists.covers(&record.key)
+                && !self.audio.contains_key(&record.key).map_err(sled_io)?
+            {
+                self.audio_mover
+                    .put_from_snapshot(record.key, index, file.clone(), at)?;
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     fn refs(&self) -> std::sync::MutexGuard<'_, Option<AudioRefs>> {
         self.refs.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -502,7 +544,9 @@ impl Inner {
 
     /// Replaces the whole state with the snapshot in `current.snap`. Blocking.
     fn install_blocking(&self, expected: Option<&SnapshotMeta>) -> io::Result<SnapshotMeta> {
-        let mut reader = SnapshotReader::new(File::open(self.current_path())?)?;
+        // Held open by the audio mover until it has copied the chunks left in it.
+        let file = Arc::new(File::open(self.current_path())?);
+        let mut reader = SnapshotReader::new(&*file)?;
         let meta = reader.meta.clone();
         if let Some(expected) = expected
             && expected.last_log_id != meta.last_log_id
@@ -531,7 +575,9 @@ impl Inner {
         let mut refs = AudioRefs::default();
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
-        while let Some(record) = reader.next_record()? {
+        // The chunks the file carries stay in it: the mover copies them into sled afterwards.
+        let mut audio = Vec::new();
+        while let Some((record, at)) = reader.next_record_skipping(|tree| tree == TREE_AUDIO)? {
             match record.tree {
                 TREE_SM => {
                     batch.insert(record.key, record.value);
@@ -543,11 +589,9 @@ impl Inner {
                         pending = 0;
                     }
                 }
-                // One chunk at a time: a batch of chunks would hold them all in memory.
                 TREE_AUDIO => {
-                    self.audio
-                        .insert(record.key, record.value)
-                        .map_err(sled_io)?;
+                    let at = at.ok_or_else(|| io::Error::other("audio value read, not skipped"))?;
+                    audio.push((record.key, at));
                 }
                 TREE_AUDIO_REF if reader.refers_to_audio => {
                     if !self.audio.contains_key(&record.key).map_err(sled_io)? {
@@ -573,8 +617,15 @@ impl Inner {
         batch.insert(M_MEMBERSHIP, encode_io(&meta.last_membership)?);
         batch.remove(M_INSTALLING_LEGACY);
         self.sm.apply_batch(batch).map_err(sled_io)?;
-        // The installed state, its audio included, durable before the marker goes: openraft
-        // purges the log up to the snapshot next.
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let audio_left = audio.len();
+        for (key, at) in audio {
+            self.audio_mover
+                .put_from_snapshot(key, index, file.clone(), at)?;
+        }
+        // The installed state durable before the marker goes: openraft purges the log up to the
+        // snapshot next. Its audio is durable in the file (`install_snapshot` synced it), which
+        // stays until a build, which waits for the copy, replaces it.
         self.audio_unsynced.store(true, Ordering::Release);
         self.sync_audio(meta.last_log_id)?;
         self.control.remove(INSTALLING).map_err(sled_io)?;
@@ -585,7 +636,7 @@ impl Inner {
         guard.membership = meta.last_membership.clone();
         drop(guard);
         self.waiters.applied(meta.last_log_id);
-        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, chunks_left_in_file = audio_left, "installed snapshot");
         Ok(meta)
     }
 }
@@ -791,6 +842,15 @@ impl StateMachineStore {
                 );
             }
         }
+        let left = inner
+            .pend_uncopied_snapshot_audio()
+            .map_err(|e| corrupt(format!("look for audio left in current.snap: {e}")))?;
+        if left > 0 {
+            tracing::info!(
+                chunks = left,
+                "audio an install left in current.snap is copied into sled again"
+            );
+        }
         // Syncs whatever the last run left unsynced (the flag starts set) and what was put back.
         inner
             .sync_audio(applied)
@@ -950,6 +1010,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        tracing::info!("receiving a snapshot");
         let path = self.inner.next_file("incoming");
         let file = tokio::fs::File::options()
             .read(true)
@@ -977,8 +1038,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             StorageError::from(StorageIOError::write_snapshot(Some(sig.clone()), &e))
         };
         let _serial = self.inner.snapshot_lock.lock().await;
+        let started = std::time::Instant::now();
         snapshot.flush().await.map_err(err)?;
         snapshot.sync_all().await.map_err(err)?;
+        tracing::info!(took = ?started.elapsed(), "received snapshot synced");
         // Only the node that wrote a file with audio references can use it: refused here,
         // before anything of this node's is replaced.
         let mut magic = [0u8; 8];
@@ -1044,10 +1107,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         if refers_to_audio && !probe {
+            let started = std::time::Instant::now();
             let (meta, file) = self
                 .blocking(|inner| inner.materialize())
                 .await
                 .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            tracing::info!(took = ?started.elapsed(), "materialized snapshot to send");
             return Ok(Some(Snapshot {
                 meta,
                 snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -1314,9 +1379,10 @@ mod tests {
     }
 
     /// The audio a snapshot refers to is on disk before the snapshot takes over (after which the
-    /// log behind it may be purged), on the node that built it and on one that installed it:
-    /// sled's own flush leaves the blob files that hold audio chunks in the page cache, where a
-    /// power loss would take them.
+    /// log behind it may be purged), on the node that built it and on one that installed it
+    /// (there, in the received file, from which it is copied into sled later): sled's own flush
+    /// leaves the blob files that hold audio chunks in the page cache, where a power loss would
+    /// take them.
     #[tokio::test]
     async fn a_snapshot_leaves_none_of_its_audio_unwritten() {
         use crate::durable::unsynced;
@@ -1341,11 +1407,90 @@ mod tests {
         }
 
         let (fresh, _fresh_log, copy) = sent_to_a_fresh_store(&mut sm).await;
-        assert_eq!(copy.reader().stored_audio_chunks(), 4);
         assert_eq!(
-            unsynced::pages_under(&fresh.path().join("db")).expect("cachestat"),
+            unsynced::pages_under(&fresh.path().join("snapshots")).expect("cachestat"),
             0
         );
+        settle(&copy);
+        assert_eq!(copy.reader().stored_audio_chunks(), 4);
+    }
+
+    /// An install does not write the audio the snapshot carries into sled: it stays in the
+    /// received file, from which it is read until the mover has copied it; a delete meanwhile
+    /// leaves nothing in the tree.
+    #[tokio::test]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
+    )]
+    async fn an_install_leaves_its_audio_in_the_received_file_until_copied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        let snapshot = sm
+            .get_current_snapshot()
+            .await
+            .expect("get")
+            .expect("a snapshot");
+
+        let fresh = tempfile::tempdir().expect("temp dir");
+        let (_fresh_log, mut copy) = crate::open(fresh.path()).expect("open");
+        let inner = copy.inner.clone();
+        let full = vec![1u8; crate::state::tracks::CHUNK_SIZE];
+        {
+            let _paused = inner.audio_mover.pause();
+            copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .expect("install");
+            assert_eq!(copy.reader().stored_audio_chunks(), 0, "nothing copied yet");
+            assert_eq!(copy.reader().audio_chunks_to_copy(), 4);
+            let chunk = copy.reader().audio_chunk(1, 0).expect("read");
+            assert_eq!(chunk.as_deref(), Some(&full[..]), "read from the file");
+            copy.apply([abort(7, 2)]).await.expect("apply");
+            assert_eq!(copy.reader().audio_chunk(2, 0).expect("read"), None);
+        }
+        settle(&copy);
+        assert_eq!(copy.reader().audio_chunks_to_copy(), 0);
+        assert_eq!(copy.reader().stored_audio_chunks(), 2, "upload 2 is gone");
+        let chunk = copy.reader().audio_chunk(1, 1).expect("read");
+        assert_eq!(chunk.as_deref(), Some(&[2u8; 10][..]), "read from the tree");
+    }
+
+    /// A stop before the mover copied an installed snapshot's audio (or a power loss that took
+    /// it from sled afterwards) leaves it in `current.snap`: the next start copies it from there,
+    /// and only what the state still has.
+    #[tokio::test]
+    async fn audio_an_install_left_in_its_file_is_copied_after_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        let fresh = {
+            let (fresh, _fresh_log, mut copy) = sent_to_a_fresh_store(&mut sm).await;
+            copy.apply([abort(7, 2)]).await.expect("apply");
+            settle(&copy);
+            copy.inner.sm_writer.drain().expect("drain");
+            // What a crash before the copy, or a power loss after it, can leave.
+            copy.inner.audio.clear().expect("clear");
+            copy.inner.db.db().flush().expect("flush");
+            fresh
+        };
+        let (_log, copy) = crate::reopen(fresh.path());
+        let chunk = copy.reader().audio_chunk(1, 0).expect("read");
+        assert_eq!(
+            chunk.as_deref(),
+            Some(&vec![1u8; crate::state::tracks::CHUNK_SIZE][..])
+        );
+        settle(&copy);
+        assert_eq!(
+            copy.reader().stored_audio_chunks(),
+            2,
+            "upload 2 stays deleted"
+        );
+        assert_eq!(copy.reader().audio_chunk(2, 0).expect("read"), None);
     }
 
     /// After a power loss sled may have kept `m/applied` but lost the audio chunks that applies
