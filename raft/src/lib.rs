@@ -21,6 +21,7 @@ pub mod network;
 mod propose;
 pub mod protocol;
 pub mod replica;
+pub mod snapshot_transfer;
 pub mod transport;
 
 use std::collections::BTreeMap;

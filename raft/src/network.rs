@@ -5,14 +5,17 @@
 //! instead of hammering the peer.
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::SnapshotResponse;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{EntryPayload, LogId};
+use openraft::{EntryPayload, LogId, OptionalSend, Snapshot, Vote};
+use std::future::Future;
 use std::time::Duration;
 use storage::{ChorusNode, Entry, TypeConfig};
 
@@ -363,19 +366,37 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         result
     }
 
+    /// The whole snapshot, in parts several in flight (`crate::snapshot_transfer`), instead of
+    /// openraft's one chunk at a time through `install_snapshot`.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        crate::snapshot_transfer::send(
+            &self.transport,
+            self.target,
+            vote,
+            snapshot,
+            cancel,
+            &option,
+        )
+        .await
+    }
+
+    /// Not called (see `full_snapshot`); what openraft's own transfer would send, and what
+    /// older chorus nodes still do.
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(
-            PeerRequest::SnapshotChunk(rpc.into()),
-            &option,
-            |r| match r {
-                PeerResponse::InstallSnapshot(r) => Some(r),
-                _ => None,
-            },
-        )
+        self.send(PeerRequest::InstallSnapshot(rpc), &option, |r| match r {
+            PeerResponse::InstallSnapshot(r) => Some(r),
+            _ => None,
+        })
         .await
     }
 

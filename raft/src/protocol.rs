@@ -2,13 +2,15 @@
 //! single ractor_cluster RPC of [`crate::transport::PeerMsg`]; the answer is a [`PeerResponse`].
 
 use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::SnapshotResponse;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 use storage::{ChorusNode, Request, Response, TypeConfig};
+
+use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -31,47 +33,10 @@ pub enum PeerRequest {
     /// Client writes forwarded together (see `crate::forward`); answered in the same order.
     /// Added after the others so that the existing variants keep their encoding.
     ClientWrites(Vec<Request>),
-    /// A snapshot chunk as sent since `InstallSnapshot` was found slow (see [`SnapshotChunk`]);
-    /// answered like `InstallSnapshot`, which older nodes still send.
-    SnapshotChunk(SnapshotChunk),
-}
-
-/// openraft's [`InstallSnapshotRequest`] with its data encoded as one byte string. openraft's
-/// own type serialises `data` as a sequence of single bytes: for a 500 MiB snapshot that was
-/// 27 % of the sender's CPU time and 16 % of the receiver's, and the transfer ran at
-/// ~150 MiB/s (`perf record` during `bench/catch_up.py --through-snapshot`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SnapshotChunk {
-    pub vote: Vote<u64>,
-    pub meta: SnapshotMeta<u64, ChorusNode>,
-    pub offset: u64,
-    #[serde(with = "storage::codec::bytes")]
-    pub data: Vec<u8>,
-    pub done: bool,
-}
-
-impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
-    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
-        Self {
-            vote: r.vote,
-            meta: r.meta,
-            offset: r.offset,
-            data: r.data,
-            done: r.done,
-        }
-    }
-}
-
-impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
-    fn from(c: SnapshotChunk) -> Self {
-        Self {
-            vote: c.vote,
-            meta: c.meta,
-            offset: c.offset,
-            data: c.data,
-            done: c.done,
-        }
-    }
+    /// Part of a snapshot file, and the end of one (`crate::snapshot_transfer`), which replace
+    /// `InstallSnapshot` (still answered for older nodes).
+    SnapshotPart(SnapshotPart),
+    SnapshotDone(SnapshotDone),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,6 +52,8 @@ pub enum PeerResponse {
     Malformed(String),
     /// One result per write of a `ClientWrites`, in order.
     ClientWrites(Vec<Result<WriteReply, ForwardError>>),
+    SnapshotPart(Result<(), SnapshotRefused>),
+    SnapshotDone(Result<SnapshotResponse<u64>, SnapshotRefused>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,35 +81,4 @@ pub enum ForwardError {
     /// Raft failed to carry out the request; it may be retried.
     #[error("{0}")]
     Failed(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A chunk goes over the wire as a `SnapshotChunk` and reaches openraft as the request the
-    /// leader's openraft made.
-    #[test]
-    fn a_snapshot_chunk_carries_the_request_unchanged() {
-        let request = InstallSnapshotRequest::<TypeConfig> {
-            vote: Vote::new_committed(3, 1),
-            meta: SnapshotMeta {
-                last_log_id: None,
-                last_membership: Default::default(),
-                snapshot_id: "s-1".into(),
-            },
-            offset: 4096,
-            data: (0..=255u8).cycle().take(70_000).collect(),
-            done: false,
-        };
-        let wire = storage::codec::encode(&PeerRequest::SnapshotChunk(request.clone().into()))
-            .expect("encode");
-        let PeerRequest::SnapshotChunk(chunk) =
-            storage::codec::decode::<PeerRequest>(&wire).expect("decode")
-        else {
-            panic!("decoded as another request");
-        };
-        let back: InstallSnapshotRequest<TypeConfig> = chunk.into();
-        assert_eq!(back, request);
-    }
 }

@@ -104,6 +104,8 @@ struct Inner {
     reads: ReadRounds,
     forwarder: Forwarder,
     proposer: Proposer,
+    /// The snapshot a leader is sending this node, if any.
+    incoming: crate::snapshot_transfer::Incoming,
 }
 
 /// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
@@ -172,6 +174,7 @@ impl Replica {
         Self {
             inner: Arc::new(Inner {
                 proposer: Proposer::start(raft.clone()),
+                incoming: Default::default(),
                 id,
                 raft,
                 reader,
@@ -405,8 +408,11 @@ impl Replica {
             PeerRequest::InstallSnapshot(r) => {
                 PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
-            PeerRequest::SnapshotChunk(c) => {
-                PeerResponse::InstallSnapshot(raft.install_snapshot(c.into()).await)
+            PeerRequest::SnapshotPart(part) => {
+                PeerResponse::SnapshotPart(self.inner.incoming.part(raft, part).await)
+            }
+            PeerRequest::SnapshotDone(done) => {
+                PeerResponse::SnapshotDone(self.inner.incoming.done(raft, done).await)
             }
             PeerRequest::ClientWrite(r) => {
                 PeerResponse::ClientWrite(self.inner.proposer.propose(r).await)

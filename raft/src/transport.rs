@@ -21,8 +21,6 @@ use storage::codec;
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::replica::Replica;
 use crate::{StartArgs, StartError};
-use openraft::raft::AppendEntriesRequest;
-use storage::TypeConfig;
 
 const TICK: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -340,19 +338,20 @@ impl PendingCall {
 /// each continues the one before it.
 struct PeerEndpoint;
 
-/// An AppendEntries carrying entries and where its answer goes, waiting for its turn.
-type QueuedAppend = (AppendEntriesRequest<TypeConfig>, RpcReplyPort<Vec<u8>>);
+/// A request that must be handled in arrival order (an AppendEntries carrying entries, a
+/// snapshot part) and where its answer goes, waiting for its turn.
+type Ordered = (PeerRequest, RpcReplyPort<Vec<u8>>);
 
 struct EndpointState {
     replica: Replica,
-    appends: tokio::sync::mpsc::UnboundedSender<QueuedAppend>,
+    in_order: tokio::sync::mpsc::UnboundedSender<Ordered>,
 }
 
-/// Hands AppendEntries to openraft in arrival order, one at a time (openraft's core handles
-/// them one at a time anyway: a follower answers after its flush).
-async fn run_appends(replica: Replica, mut rx: tokio::sync::mpsc::UnboundedReceiver<QueuedAppend>) {
-    while let Some((rpc, reply)) = rx.recv().await {
-        let response = replica.handle_peer(PeerRequest::AppendEntries(rpc)).await;
+/// Handles AppendEntries and snapshot parts in arrival order, one at a time (openraft's core
+/// handles AppendEntries one at a time anyway: a follower answers after its flush).
+async fn run_in_order(replica: Replica, mut rx: tokio::sync::mpsc::UnboundedReceiver<Ordered>) {
+    while let Some((req, reply)) = rx.recv().await {
+        let response = replica.handle_peer(req).await;
         answer(reply, &response);
     }
 }
@@ -377,9 +376,9 @@ impl Actor for PeerEndpoint {
         _: ActorRef<PeerMsg>,
         replica: Replica,
     ) -> Result<EndpointState, ActorProcessingErr> {
-        let (appends, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_appends(replica.clone(), rx));
-        Ok(EndpointState { replica, appends })
+        let (in_order, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_in_order(replica.clone(), rx));
+        Ok(EndpointState { replica, in_order })
     }
 
     async fn handle(
@@ -402,20 +401,23 @@ impl Actor for PeerEndpoint {
             }
         };
         drop(bytes);
-        // Only AppendEntries that carry entries keep their order. An empty one (a heartbeat, or
-        // the leader confirming its leadership for a linearizable read) changes no entry, so
-        // it need not wait behind frames of audio that are being written.
-        let req = match req {
-            PeerRequest::AppendEntries(rpc) if !rpc.entries.is_empty() => {
-                if let Err(e) = state.appends.send((rpc, reply)) {
-                    tracing::error!("the AppendEntries task has stopped");
-                    let (_, reply) = e.0;
-                    answer(reply, &PeerResponse::Malformed("node is stopping".into()));
-                }
-                return Ok(());
-            }
-            other => other,
+        // Only AppendEntries that carry entries, and snapshot parts, keep their order. An empty
+        // AppendEntries (a heartbeat, or the leader confirming its leadership for a
+        // linearizable read) changes no entry, so it need not wait behind frames of audio that
+        // are being written.
+        let ordered = match &req {
+            PeerRequest::AppendEntries(rpc) => !rpc.entries.is_empty(),
+            PeerRequest::SnapshotPart(_) => true,
+            _ => false,
         };
+        if ordered {
+            if let Err(e) = state.in_order.send((req, reply)) {
+                tracing::error!("the task that handles ordered requests has stopped");
+                let (_, reply) = e.0;
+                answer(reply, &PeerResponse::Malformed("node is stopping".into()));
+            }
+            return Ok(());
+        }
         let replica = state.replica.clone();
         tokio::spawn(async move {
             let response = replica.handle_peer(req).await;
