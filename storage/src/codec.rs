@@ -24,6 +24,27 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::serde::encode_to_vec(value, config())?)
 }
 
+/// The encoding of `value` after `prefix` zero bytes, which the caller fills in (a frame's
+/// length): one allocation of the exact size, and no copy of the encoding afterwards.
+pub fn encode_after<T: Serialize>(value: &T, prefix: usize) -> Result<Vec<u8>, CodecError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config())?;
+    let mut out = Vec::with_capacity(prefix + size.bytes_written);
+    out.resize(prefix, 0);
+    bincode::serde::encode_into_writer(value, VecWriter(&mut out), config())?;
+    Ok(out)
+}
+
+/// Appends to a vector that already has the room (see `encode_after`).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())?;
     if used != bytes.len() {
