@@ -352,7 +352,7 @@ def write_results(rows, recovery, args, started):
                      f"{a['secs']:.1f} | {c['secs'] / a['secs']:.2f} |")
         lines.append(f"| | CPU s / peak RSS of the new follower | {c['cpu_s']:.1f} s / {c['rss_mib']:.0f} MiB | "
                      f"{a['cpu_s']:.1f} s / {a['rss_mib']:.0f} MiB | |")
-        lines.append(f"| | chorus: audio copied from the log into sled after (s; CPU s / peak RSS then) | "
+        lines.append(f"| | chorus: audio copied into sled after (s; CPU s / peak RSS then) | "
                      f"{c['copied_secs']:.1f} ({c['copied_cpu_s']:.1f} s / {c['copied_rss_mib']:.0f} MiB) | | |")
     lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for writes, reads and catch-up; nginx (sendfile) "
               "for streaming. Latency plot: [results/latency.svg](results/latency.svg).", ""]

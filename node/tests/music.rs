@@ -1148,6 +1148,51 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
     }
 }
 
+/// Stops `follower`, wipes its data directory and starts it again, then checks that it streams
+/// track `id` as `uploaded` once caught up, and again once it has copied the audio into sled,
+/// and that every node then holds the track's chunks in sled (which stops them all). Returns
+/// the follower's `/cluster` view from when it was caught up.
+async fn wiped_follower_streams(
+    c: &mut TestCluster,
+    follower: u64,
+    id: &str,
+    uploaded: &[u8],
+) -> Value {
+    eprintln!("=== stop follower {follower}, wipe it, start it again");
+    c.stop(follower).await;
+    c.wipe(follower);
+    c.restart(follower);
+    c.wait_ready(follower).await;
+
+    let api = c.api(follower);
+    let whole = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
+    whole.expect_status(200);
+    assert!(
+        whole.bytes == uploaded,
+        "the wiped follower streams something else than was uploaded"
+    );
+    let caught_up = c.cluster_view(follower).await;
+
+    eprintln!("=== once the follower has copied the audio into sled, the same bytes");
+    let counts = storage_when(c, follower, "the audio copied into sled", |s| {
+        s["audio_chunks_to_copy"] == 0
+    })
+    .await;
+    let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
+    again.expect_status(200);
+    assert!(
+        again.bytes == uploaded,
+        "the copy in sled differs from the upload"
+    );
+    let chunks = counts["audio_chunks"].as_u64().expect("a chunk count");
+    let stored = stored_chunks_after_stop(c).await;
+    assert!(
+        stored.iter().all(|&n| n as u64 == chunks),
+        "every node holds the track's {chunks} chunks in sled: {stored:?}"
+    );
+    caught_up
+}
+
 /// A follower whose data directory was wiped gets a dozen MiB of audio back through the log (the
 /// leader has taken no snapshot yet): the leader first asks where the follower's log ends
 /// without sending audio, then sends the chunks as several AppendEntries frames in flight at
@@ -1169,41 +1214,10 @@ async fn a_wiped_follower_gets_audio_back_through_the_log() {
     );
 
     let follower = *c.followers(leader).iter().min().expect("a follower");
-    eprintln!("=== stop follower {follower}, wipe it, start it again");
-    c.stop(follower).await;
-    c.wipe(follower);
-    c.restart(follower);
-    c.wait_ready(follower).await;
-
-    let api = c.api(follower);
-    let whole = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
-    whole.expect_status(200);
-    assert!(
-        whole.bytes == big,
-        "the wiped follower streams something else than was uploaded"
-    );
-    let view = c.cluster_view(follower).await;
+    let view = wiped_follower_streams(&mut c, follower, &id, &big).await;
     assert!(
         view["snapshot_index"].is_null(),
         "the follower got a snapshot, not the log: {view}"
-    );
-
-    eprintln!("=== once the follower has copied the audio from its log into sled, the same bytes");
-    let counts = storage_when(&c, follower, "the audio copied into sled", |s| {
-        s["audio_chunks_to_copy"] == 0
-    })
-    .await;
-    let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
-    again.expect_status(200);
-    assert!(
-        again.bytes == big,
-        "the copy in sled differs from the upload"
-    );
-    let chunks = counts["audio_chunks"].as_u64().expect("a chunk count");
-    let stored = stored_chunks_after_stop(&mut c).await;
-    assert!(
-        stored.iter().all(|&n| n as u64 == chunks),
-        "every node holds the track's {chunks} chunks in sled: {stored:?}"
     );
 }
 
@@ -1235,40 +1249,9 @@ async fn a_wiped_follower_gets_audio_back_through_a_snapshot() {
     .await;
 
     let follower = *c.followers(leader).iter().min().expect("a follower");
-    eprintln!("=== stop follower {follower}, wipe it, start it again");
-    c.stop(follower).await;
-    c.wipe(follower);
-    c.restart(follower);
-    c.wait_ready(follower).await;
-
-    let api = c.api(follower);
-    let whole = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
-    whole.expect_status(200);
-    assert!(
-        whole.bytes == big,
-        "the wiped follower streams something else than was uploaded"
-    );
-    let view = c.cluster_view(follower).await;
+    let view = wiped_follower_streams(&mut c, follower, &id, &big).await;
     assert!(
         view["snapshot_index"].as_u64() >= Some(uploaded_at),
         "the follower did not get the snapshot: {view}"
-    );
-
-    eprintln!("=== once the follower has copied the audio into sled, the same bytes");
-    let counts = storage_when(&c, follower, "the audio copied into sled", |s| {
-        s["audio_chunks_to_copy"] == 0
-    })
-    .await;
-    let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
-    again.expect_status(200);
-    assert!(
-        again.bytes == big,
-        "the copy in sled differs from the upload"
-    );
-    let chunks = counts["audio_chunks"].as_u64().expect("a chunk count");
-    let stored = stored_chunks_after_stop(&mut c).await;
-    assert!(
-        stored.iter().all(|&n| n as u64 == chunks),
-        "every node holds the track's {chunks} chunks in sled: {stored:?}"
     );
 }

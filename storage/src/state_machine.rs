@@ -1020,11 +1020,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .open(&path)
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        *self
+        let abandoned = self
             .inner
             .receiving
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(path);
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(path);
+        // A transfer that never finished (a leader that went away, a refused part): its file
+        // would otherwise stay until the next start, one per abandoned transfer.
+        if let Some(abandoned) = abandoned
+            && let Err(e) = tokio::fs::remove_file(&abandoned).await
+        {
+            tracing::debug!(path = %abandoned.display(), error = %e, "cannot remove an abandoned incoming snapshot");
+        }
         Ok(Box::new(file))
     }
 
@@ -1285,6 +1293,18 @@ mod tests {
             .expect("audio copied");
     }
 
+    /// A store in `dir` that applied uploads 1 and 2 (entries 1–6, two chunks each) and built a
+    /// snapshot of them.
+    async fn two_uploads_in_a_snapshot(
+        dir: &std::path::Path,
+    ) -> (crate::LogStore, StateMachineStore) {
+        let (log, mut sm) = crate::open(dir).expect("open");
+        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        (log, sm)
+    }
+
     fn trash_entries(sm: &StateMachineStore) -> usize {
         sm.inner.sm_writer.drain().expect("drain");
         sm.inner.sm.scan_prefix(M_TRASH).count()
@@ -1425,10 +1445,7 @@ mod tests {
     )]
     async fn an_install_leaves_its_audio_in_the_received_file_until_copied() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
-        sm.build_snapshot().await.expect("build");
+        let (_log, mut sm) = two_uploads_in_a_snapshot(dir.path()).await;
         let snapshot = sm
             .get_current_snapshot()
             .await
@@ -1464,10 +1481,7 @@ mod tests {
     #[tokio::test]
     async fn audio_an_install_left_in_its_file_is_copied_after_a_restart() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
-        sm.build_snapshot().await.expect("build");
+        let (_log, mut sm) = two_uploads_in_a_snapshot(dir.path()).await;
         let fresh = {
             let (fresh, _fresh_log, mut copy) = sent_to_a_fresh_store(&mut sm).await;
             copy.apply([abort(7, 2)]).await.expect("apply");
