@@ -22,9 +22,10 @@
 //!   an apply that deletes one records it in `sm` as `m/trash/<key>` (atomic with the apply)
 //!   instead, and the next build deletes the trash it no longer refers to (`Inner::refs`).
 //!   What is sent to another node is made self-contained first (`Inner::materialize`).
-//!   A received snapshot is installed by streaming the file back, its audio left in the file. An install interrupted by a
-//!   crash is redone from `current.snap` on the next start (the `installing` marker in the `sm_control` tree says so;
-//!   it lives outside `sm` because the install clears `sm`).
+//!   A received snapshot is installed by streaming the file back, its audio left in the file.
+//!   An install interrupted by a crash is redone from `current.snap` on the next start (the
+//!   `installing` marker in the `sm_control` tree says so; it lives outside `sm` because the
+//!   install clears `sm`).
 //! - Audio survives a power loss (see `durable`): a build that follows audio writes, and
 //!   every install, sync everything sled wrote before the snapshot takes over, and record in
 //!   `sm_control` the index up to which audio is durable (`audio_synced`, also at shutdown); at
