@@ -236,12 +236,29 @@ impl PeerLink {
     }
 }
 
+/// What a transport failure is to openraft: an unreadable answer is a network error, anything
+/// else (no session, a timeout, a lost session) means the peer is unreachable, and openraft
+/// backs off. For RPCs ([`rpc_error`]) and snapshot transfers (`crate::snapshot_transfer`).
+pub(crate) enum TransportFailure {
+    Network(NetworkError),
+    Unreachable(Unreachable),
+}
+
+impl From<TransportError> for TransportFailure {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Malformed(..) => Self::Network(NetworkError::new(&e)),
+            _ => Self::Unreachable(Unreachable::new(&e)),
+        }
+    }
+}
+
 fn rpc_error<E: std::error::Error>(
     e: TransportError,
 ) -> RPCError<u64, ChorusNode, RaftError<u64, E>> {
-    match e {
-        TransportError::Malformed(..) => RPCError::Network(NetworkError::new(&e)),
-        _ => RPCError::Unreachable(Unreachable::new(&e)),
+    match TransportFailure::from(e) {
+        TransportFailure::Network(e) => RPCError::Network(e),
+        TransportFailure::Unreachable(e) => RPCError::Unreachable(e),
     }
 }
 

@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use openraft::error::{Fatal, NetworkError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{Fatal, NetworkError, ReplicationClosed, StreamingError};
 use openraft::network::RPCOption;
 use openraft::raft::SnapshotResponse;
 use openraft::{StorageError, StorageIOError, Vote};
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use storage::{ChorusNode, TypeConfig};
 
 use crate::Raft;
+use crate::network::TransportFailure;
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::transport::{Transport, TransportError};
 
@@ -160,9 +161,9 @@ async fn read_at(file: &Arc<File>, offset: u64, n: u64) -> io::Result<Vec<u8>> {
 }
 
 fn unreachable(e: TransportError) -> Streaming {
-    match e {
-        TransportError::Malformed(..) => NetworkError::new(&e).into(),
-        _ => Unreachable::new(&e).into(),
+    match TransportFailure::from(e) {
+        TransportFailure::Network(e) => e.into(),
+        TransportFailure::Unreachable(e) => e.into(),
     }
 }
 

@@ -417,11 +417,11 @@ impl Inner {
         Ok(meta)
     }
 
-    /// Hands the audio mover the chunks that the state has, the `audio` tree lacks and
-    /// `current.snap` carries: an install leaves its audio in that file for the mover, and a stop
-    /// before the copy finished (a crash; a clean stop waits for it) leaves some there. Returns
-    /// how many. Blocking; for `open`.
-    fn pend_uncopied_snapshot_audio(&self) -> io::Result<usize> {
+    /// Hands the audio mover the chunks that `exists` covers (what the state has), the `audio`
+    /// tree lacks and `current.snap` carries: an install leaves its audio in that file for the
+    /// mover, and a stop before the copy finished (a crash; a clean stop waits for it) leaves some
+    /// there. Returns how many. Blocking; for `open`.
+    fn pend_uncopied_snapshot_audio(&self, exists: &AudioRefs) -> io::Result<usize> {
         let path = self.current_path();
         if !path.exists() {
             return Ok(0);
@@ -433,18 +433,12 @@ impl Inner {
             return Ok(0);
         }
         let index = reader.meta.last_log_id.map_or(0, |l| l.index);
-        let exists = AudioRefs(
-            self.applied
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .state
-                .tracks
-                .chunk_blobs()
-                .collect(),
-        );
         let mut found = 0usize;
-        while let Some((record, at)) = reader.next_record_skipping(|tree| tree == TREE_AUDIO)? {
+        // Every value is skipped: only the audio's keys and places are needed, and the `sm`
+        // records (megabytes with a full dedupe table) would be read at every start for nothing.
+        while let Some((record, at)) = reader.next_record_skipping(|_| true)? {
             if let Some(at) = at
+                && record.tree == TREE_AUDIO
                 && exists.covers(&record.key)
                 && !self.audio.contains_key(&record.key).map_err(sled_io)?
             {
@@ -814,18 +808,17 @@ impl StateMachineStore {
         };
         let applied = self.reader().last_applied();
         let upto = applied.map_or(0, |l| l.index);
+        // The chunks the state says exist: only those are put back, from the log or the file.
+        let exists = AudioRefs(self.reader().read(|s| s.tracks.chunk_blobs().collect()));
         if synced < upto {
-            let blobs: std::collections::HashMap<u64, u32> =
-                self.reader().read(|s| s.tracks.chunk_blobs().collect());
             let mut repaired = 0usize;
             log.for_each_entry(synced + 1, upto + 1, |entry| {
                 let EntryPayload::Normal(request) = entry.payload else {
                     return Ok(());
                 };
                 for (upload_id, index, bytes) in request.command.into_chunks() {
-                    let exists = blobs.get(&upload_id).is_some_and(|&n| index < n);
                     let key = chunk_key(upload_id, index);
-                    if exists && !inner.audio.contains_key(key).map_err(sled_io)? {
+                    if exists.covers(&key) && !inner.audio.contains_key(key).map_err(sled_io)? {
                         inner.audio.insert(key, bytes).map_err(sled_io)?;
                         repaired += 1;
                     }
@@ -844,7 +837,7 @@ impl StateMachineStore {
             }
         }
         let left = inner
-            .pend_uncopied_snapshot_audio()
+            .pend_uncopied_snapshot_audio(&exists)
             .map_err(|e| corrupt(format!("look for audio left in current.snap: {e}")))?;
         if left > 0 {
             tracing::info!(
