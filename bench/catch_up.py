@@ -29,7 +29,7 @@ def main():
         make_mp3(mp3, 10)
         token = chorus_token(c.url(c.leader()))
         r = chorus_catch_up(c, token, mp3, args.mib)
-        print(f"catch-up of {args.mib} MiB: {r['secs']:.2f} s, new follower {r['cpu_s']:.1f} CPU s, "
+        print(f"uploads took {r['upload_secs']:.1f} s; catch-up of {args.mib} MiB: {r['secs']:.2f} s, new follower {r['cpu_s']:.1f} CPU s, "
               f"leader {r['leader_cpu_s']:.1f} CPU s meanwhile, "
               f"peak RSS {r['rss_mib']:.0f} MiB; audio copied into sled after {r['copied_secs']:.2f} s, "
               f"{r['copied_cpu_s']:.1f} CPU s, peak RSS {r['copied_rss_mib']:.0f} MiB")

@@ -248,8 +248,10 @@ def chorus_upload(base, token, path, title):
 def chorus_catch_up(c, token, mp3, state_mib):
     """Uploads state_mib MiB of tracks, wipes a follower, and times its catch-up."""
     leader = c.leader()
+    uploading = time.time()
     for n in range(max(1, state_mib // 10)):
         chorus_upload(c.url(leader), token, mp3, f"state {n}")
+    upload_secs = time.time() - uploading
     follower = next(i for i in c.procs if i != leader)
     target = http("GET", c.url(leader) + "/cluster")[1]["commit_index"]
     c.procs[follower].send_signal(signal.SIGTERM)
@@ -277,7 +279,7 @@ def chorus_catch_up(c, token, mp3, state_mib):
         time.sleep(0.05)
     copied_secs = time.time() - start
     copied_cpu, copied_rss = proc_stat(c.procs[follower].pid)
-    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu,
+    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu, "upload_secs": upload_secs,
             "copied_secs": copied_secs, "copied_cpu_s": copied_cpu, "copied_rss_mib": copied_rss}
 
 

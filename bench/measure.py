@@ -37,8 +37,10 @@ class Cluster:
     def __init__(self, n=3, extra=(), raft=("snapshot_every = 5000", "keep_logs_after_snapshot = 1000")):
         self.dir = tempfile.mkdtemp(prefix="chorus-bench-")
         self.nodes = {i: (free_port(), free_port()) for i in range(1, n + 1)}
+        # CHORUS_RAFT adds `[raft]` lines for an A/B of a setting ("snapshot_every_mib = 0; ...").
+        ab = [line.strip() for line in os.environ.get("CHORUS_RAFT", "").split(";") if line.strip()]
         lines = ['cluster_name = "bench"', 'secret = "bench-secret-123"', 'admin_token = "bench"',
-                 "[queue]", "allow_anonymous_clear = true", "[raft]", *raft,  # default: chorus's
+                 "[queue]", "allow_anonymous_clear = true", "[raft]", *raft, *ab,  # default: chorus's
                  *extra]
         for i, (h, r) in self.nodes.items():
             lines += ["[[nodes]]", f"id = {i}", f'http_addr = "127.0.0.1:{h}"', f'raft_addr = "127.0.0.1:{r}"',

@@ -77,6 +77,8 @@ pub struct RaftConfig {
     pub election_timeout_max_ms: u64,
     pub snapshot_every: u64,
     pub keep_logs_after_snapshot: u64,
+    pub snapshot_every_mib: u64,
+    pub keep_log_mib_after_snapshot: u64,
     pub request_timeout_ms: u64,
 }
 
@@ -89,6 +91,8 @@ impl Default for RaftConfig {
             election_timeout_max_ms: d.election_timeout_max.as_millis() as u64,
             snapshot_every: d.snapshot_every,
             keep_logs_after_snapshot: d.keep_logs_after_snapshot,
+            snapshot_every_mib: d.snapshot_every_bytes >> 20,
+            keep_log_mib_after_snapshot: d.keep_log_bytes_after_snapshot >> 20,
             request_timeout_ms: d.request_timeout.as_millis() as u64,
         }
     }
@@ -102,6 +106,8 @@ impl RaftConfig {
             election_timeout_max: Duration::from_millis(self.election_timeout_max_ms),
             snapshot_every: self.snapshot_every,
             keep_logs_after_snapshot: self.keep_logs_after_snapshot,
+            snapshot_every_bytes: self.snapshot_every_mib << 20,
+            keep_log_bytes_after_snapshot: self.keep_log_mib_after_snapshot << 20,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
         }
     }
@@ -165,6 +171,14 @@ impl ClusterConfig {
         }
         if r.snapshot_every == 0 || r.request_timeout_ms == 0 {
             bail!("[raft] snapshot_every and request_timeout_ms must be positive");
+        }
+        for (name, mib) in [
+            ("snapshot_every_mib", r.snapshot_every_mib),
+            ("keep_log_mib_after_snapshot", r.keep_log_mib_after_snapshot),
+        ] {
+            if mib > 1024 * 1024 {
+                bail!("[raft] {name} must be at most 1048576 (1 TiB)");
+            }
         }
         if self.users.token_ttl_secs == 0 {
             bail!("[users] token_ttl_secs must be positive");

@@ -1221,6 +1221,45 @@ async fn a_wiped_follower_gets_audio_back_through_the_log() {
     );
 }
 
+/// A bulk upload is compacted by the log's size, not only by its entry count: with a snapshot
+/// every 1,000 entries and 1,000 kept behind it (openraft's rules, which a 12 MiB upload never
+/// reaches), `snapshot_every_mib = 8` builds a snapshot and `keep_log_mib_after_snapshot = 2`
+/// purges the log behind it to half the state's audio. A follower whose data directory is then
+/// wiped needs the purged start of the log, so it gets the snapshot and streams the track from
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_is_compacted_by_its_size_and_a_wiped_follower_gets_the_snapshot() {
+    let compaction = "snapshot_every = 1000\nkeep_logs_after_snapshot = 1000\n\
+                      snapshot_every_mib = 8\nkeep_log_mib_after_snapshot = 2";
+    let mut c = TestCluster::start_compacting(3, compaction, "").await;
+    let leader = c.leader_id().await;
+    let alice = register(&c.api(leader), "alice").await;
+
+    eprintln!("=== a 12+ MiB upload: a snapshot by size, the log behind it purged by size");
+    let big = long_mp3(780);
+    assert!(big.len() > 12 * MIB);
+    let id = upload(&c.api(leader), &alice, Some("Compact me"), &big).await;
+    let view = eventually("a snapshot and a purge", CONVERGE_TIMEOUT, async || {
+        let view = c.cluster_view(leader).await;
+        let purged = view["purged_index"].as_u64();
+        purged.is_some().then_some(view)
+    })
+    .await;
+    let snapshot = view["snapshot_index"].as_u64().expect("a snapshot index");
+    let last = view["last_log_index"].as_u64().expect("a last log index");
+    assert!(
+        last < 1000,
+        "more entries than openraft's count rules take: {view}"
+    );
+
+    let follower = *c.followers(leader).iter().min().expect("a follower");
+    let view = wiped_follower_streams(&mut c, follower, &id, &big).await;
+    assert!(
+        view["snapshot_index"].as_u64() >= Some(snapshot),
+        "the follower did not get the snapshot: {view}"
+    );
+}
+
 /// A follower whose data directory was wiped after the leader took a snapshot that holds ~30 MiB
 /// of audio gets it through that snapshot: sent in parts, several in flight (more than fit in
 /// flight at once), installed with the audio left in the received file, read from there, then

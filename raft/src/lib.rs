@@ -13,9 +13,11 @@
 //! - [`replica`]: [`Replica`], the handle the API uses: `write` (forwarded to the leader, retried
 //!   safely across leader changes), `read_barrier` (linearizable reads on any node), membership.
 //! - [`bootstrap`]: initialising a brand-new cluster exactly once.
+//! - [`compaction`]: snapshots and log purges by the log's size, beside openraft's by count.
 
 mod batch;
 pub mod bootstrap;
+mod compaction;
 mod forward;
 pub mod network;
 mod propose;
@@ -43,6 +45,12 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// Entries kept in the log after a snapshot (for followers that are only a little behind).
     pub keep_logs_after_snapshot: u64,
+    /// Also build a snapshot once the log since the last one takes this many bytes (0: only by
+    /// count; see `compaction`).
+    pub snapshot_every_bytes: u64,
+    /// The log behind a snapshot is also cut down to this many bytes, or half the audio the
+    /// state holds if that is more (see `compaction`).
+    pub keep_log_bytes_after_snapshot: u64,
     /// Upper bound on how long a client request waits for the cluster (then 503).
     pub request_timeout: Duration,
 }
@@ -55,6 +63,8 @@ impl Default for RaftSettings {
             election_timeout_max: Duration::from_millis(1200),
             snapshot_every: 5000,
             keep_logs_after_snapshot: 1000,
+            snapshot_every_bytes: 64 << 20,
+            keep_log_bytes_after_snapshot: 64 << 20,
             request_timeout: Duration::from_secs(5),
         }
     }
@@ -122,6 +132,15 @@ pub async fn start(
         sm,
     )
     .await?;
+    compaction::spawn(
+        raft.clone(),
+        log.clone(),
+        reader.clone(),
+        compaction::SizePolicy {
+            snapshot_every: s.snapshot_every_bytes,
+            keep_at_least: s.keep_log_bytes_after_snapshot,
+        },
+    );
     let replica = Replica::new(
         args.node_id,
         raft,

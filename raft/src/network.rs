@@ -374,7 +374,20 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             }
         }
         let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        let (count, started) = (rpc.entries.len(), std::time::Instant::now());
         let result = self.send_frames(rpc, &option, later_deadline).await;
+        if count > 0 {
+            tracing::debug!(
+                target: "chorus::replication",
+                to = self.target,
+                entries = count,
+                mib = bytes as f64 / 1048576.0,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                budget_mib = self.in_flight_budget / 1048576,
+                answer = ?result.as_ref().map_err(|e| e.to_string()),
+                "append_entries round"
+            );
+        }
         self.matched = match &result {
             Ok(AppendEntriesResponse::Success) => last,
             Ok(AppendEntriesResponse::PartialSuccess(m)) => *m,

@@ -321,6 +321,17 @@ impl LogStore {
         }
     }
 
+    /// Bytes the entries `start..end` take in the log (what is purged takes nothing).
+    pub fn bytes(&self, start: u64, end: u64) -> u64 {
+        self.segments().bytes(start, end)
+    }
+
+    /// The first index from which the entries before `end` take at most `max_bytes` in the log:
+    /// where a purge that keeps that much behind `end` would stop.
+    pub fn first_within(&self, end: u64, max_bytes: u64) -> u64 {
+        self.segments().first_within(end, max_bytes)
+    }
+
     /// The last log id removed by a purge, if any.
     pub(crate) fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
         self.read_meta(LAST_PURGED)

@@ -429,8 +429,44 @@ impl SegmentLog {
             .collect()
     }
 
+    /// Bytes the records of `start..end` take on disk (purged entries excluded).
+    pub(crate) fn bytes(&self, start: u64, end: u64) -> u64 {
+        self.ranges(start, end)
+            .map(|(segment, from, to)| segment.offset_of(to) - segment.offset_of(from))
+            .sum()
+    }
+
+    /// The first index from which the records before `end` take at most `max_bytes` (`end`
+    /// itself when even the record before it is larger; the first entry kept when all fit).
+    pub(crate) fn first_within(&self, end: u64, max_bytes: u64) -> u64 {
+        let mut budget = max_bytes;
+        let mut first = end;
+        for (segment, from, to) in self.ranges(0, end).rev() {
+            let upto = segment.offset_of(to);
+            let whole = upto - segment.offset_of(from);
+            if whole <= budget {
+                budget -= whole;
+                first = from;
+                continue;
+            }
+            // Offsets rise with the index: the first record of the segment that starts at or
+            // after `upto - budget` begins what fits.
+            let limit = upto - budget;
+            let skip = (from - segment.first) as usize;
+            let fits_from = segment.offsets[skip..(to - segment.first) as usize]
+                .partition_point(|&offset| offset < limit);
+            first = from + fits_from as u64;
+            break;
+        }
+        first
+    }
+
     /// The part of `start..end` each segment holds (purged entries excluded), in order.
-    fn ranges(&self, start: u64, end: u64) -> impl Iterator<Item = (&Segment, u64, u64)> {
+    fn ranges(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl DoubleEndedIterator<Item = (&Segment, u64, u64)> {
         self.segments.values().filter_map(move |segment| {
             let from = start.max(segment.first).max(self.kept_from);
             let to = end.min(segment.next_index());
@@ -775,6 +811,30 @@ mod tests {
         let log = SegmentLog::open(dir.path(), purged).expect("reopen");
         assert_eq!(read_all(&log, 10, 12), vec![10, 11]);
         assert_eq!(log.last().map(|l| l.index), Some(11));
+    }
+
+    #[test]
+    fn bytes_and_the_first_index_within_a_budget_count_whole_records_across_segments() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        three_segments(dir.path());
+        let mut log = SegmentLog::open(dir.path(), None).expect("open");
+        let one = records(1, 1).len() as u64;
+        assert_eq!(log.bytes(1, 8), 7 * one);
+        assert_eq!(log.bytes(3, 5), 2 * one, "across a segment boundary");
+        assert_eq!(log.bytes(8, 20), 0);
+        assert_eq!(log.first_within(8, 3 * one), 5);
+        assert_eq!(log.first_within(8, 3 * one - 1), 6);
+        assert_eq!(
+            log.first_within(6, 2 * one),
+            4,
+            "a whole segment fits exactly"
+        );
+        assert_eq!(log.first_within(8, 0), 8, "not even one record");
+        assert_eq!(log.first_within(8, u64::MAX), 1);
+        let gone = log.purge(2).expect("purge");
+        remove_files(dir.path(), &gone).expect("remove");
+        assert_eq!(log.bytes(1, 8), 5 * one, "purged entries take nothing");
+        assert_eq!(log.first_within(8, u64::MAX), 3);
     }
 
     #[test]

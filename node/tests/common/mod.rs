@@ -37,6 +37,12 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// Raft settings written to the configuration (the tests rely on `SNAPSHOT_EVERY`).
 pub const SNAPSHOT_EVERY: u64 = 50;
 
+/// How the test clusters compact their logs unless a test says otherwise: a snapshot every
+/// [`SNAPSHOT_EVERY`] entries (or 64 MiB, chorus's default), nothing kept behind it.
+pub static DEFAULT_COMPACTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("snapshot_every = {SNAPSHOT_EVERY}\nkeep_logs_after_snapshot = 0")
+});
+
 const LOG_TAIL_LINES: usize = 80;
 
 /// Set this environment variable to keep a failed test's directory (config, data, logs).
@@ -336,6 +342,12 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with `extra` TOML sections (`[users]`, `[tracks]`) added to
     /// the configuration.
     pub async fn start_with(n: u64, extra: &str) -> Self {
+        Self::start_compacting(n, &DEFAULT_COMPACTION, extra).await
+    }
+
+    /// Like [`TestCluster::start_with`], with `compaction` (`[raft]` lines) in place of
+    /// [`DEFAULT_COMPACTION`].
+    pub async fn start_compacting(n: u64, compaction: &str, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chorus-test-")
             .tempdir()
@@ -376,9 +388,8 @@ allow_anonymous_clear = true
 heartbeat_ms = 100
 election_timeout_min_ms = 600
 election_timeout_max_ms = 1200
-snapshot_every = {SNAPSHOT_EVERY}
-keep_logs_after_snapshot = 0
 request_timeout_ms = 5000
+{compaction}
 {extra}
 "#
         );
