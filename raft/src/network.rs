@@ -1,13 +1,14 @@
 //! openraft's network, carried by [`Transport`]. What openraft hands to one AppendEntries is sent
 //! as frames of at most [`MAX_APPEND_BYTES`], several in flight at once, and reported back as
 //! far as the follower took them in order (openraft's `PartialSuccess`). A transport
-//! failure (no session, timeout, lost session) is reported as `Unreachable`, so openraft backs off
-//! instead of hammering the peer.
+//! failure (no session, lost session) is reported as `Unreachable`, so openraft backs off
+//! instead of hammering the peer; an AppendEntries answered late is a `Timeout` (`append_error`).
 
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Unreachable,
+    StreamingError, Timeout, Unreachable,
 };
+use openraft::network::RPCTypes;
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::SnapshotResponse;
 use openraft::raft::{
@@ -228,7 +229,10 @@ impl PeerLink {
     }
 
     async fn frame_answer(&self, call: PendingCall) -> RpcResult<AppendEntriesResponse<u64>> {
-        let resp = call.answer().await.map_err(rpc_error)?;
+        let resp = call
+            .answer()
+            .await
+            .map_err(|e| append_error(self.transport.node_id(), e))?;
         self.extract(resp, |r| match r {
             PeerResponse::AppendEntries(r) => Some(r),
             _ => None,
@@ -238,7 +242,8 @@ impl PeerLink {
 
 /// What a transport failure is to openraft: an unreadable answer is a network error, anything
 /// else (no session, a timeout, a lost session) means the peer is unreachable, and openraft
-/// backs off. For RPCs ([`rpc_error`]) and snapshot transfers (`crate::snapshot_transfer`).
+/// backs off. For RPCs ([`rpc_error`]) and snapshot transfers (`crate::snapshot_transfer`); an
+/// AppendEntries answered late is a timeout instead ([`append_error`]).
 pub(crate) enum TransportFailure {
     Network(NetworkError),
     Unreachable(Unreachable),
@@ -259,6 +264,25 @@ fn rpc_error<E: std::error::Error>(
     match TransportFailure::from(e) {
         TransportFailure::Network(e) => RPCError::Network(e),
         TransportFailure::Unreachable(e) => RPCError::Unreachable(e),
+    }
+}
+
+/// A follower that does not answer an AppendEntries in time is slow, not gone: a stalled
+/// fdatasync (three nodes share one disk here) held both followers' answers for ~160 ms, and
+/// as `Unreachable` that put openraft's streams in their 200 ms back-off on top — writes
+/// stopped for ~355 ms (a one-client p99 of 250 ms). As openraft's `Timeout` the next
+/// AppendEntries goes as soon as there is something to send. A peer that is really gone
+/// still backs off: its session is dropped after failed pings, and then every call fails
+/// at once with `NotConnected`.
+fn append_error(own_id: u64, e: TransportError) -> RPCError<u64, ChorusNode, RaftError<u64>> {
+    match e {
+        TransportError::Timeout(target, timeout) => RPCError::Timeout(Timeout {
+            action: RPCTypes::AppendEntries,
+            id: own_id,
+            target,
+            timeout,
+        }),
+        e => rpc_error(e),
     }
 }
 
@@ -460,6 +484,25 @@ mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
     use storage::{Command, QueueCommand, Request, TrackCommand};
+
+    #[test]
+    fn a_late_append_answer_is_a_timeout_and_a_missing_session_unreachable() {
+        // openraft backs a stream off for 200 ms after Unreachable, not after Timeout.
+        let late = TransportError::Timeout(2, Duration::from_millis(150));
+        assert!(matches!(
+            append_error(1, late),
+            RPCError::Timeout(Timeout {
+                action: RPCTypes::AppendEntries,
+                id: 1,
+                target: 2,
+                ..
+            })
+        ));
+        let gone = TransportError::NotConnected(2);
+        assert!(matches!(append_error(1, gone), RPCError::Unreachable(_)));
+        let garbled = TransportError::Malformed(2, "?".into());
+        assert!(matches!(append_error(1, garbled), RPCError::Network(_)));
+    }
 
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
