@@ -74,58 +74,22 @@ fn tune_malloc() {
 /// The trim threshold only returns memory at the top of the heap. A node that has applied many
 /// writes holds ~100,000 small long-lived dedupe records scattered through the heap, and the
 /// free pages between them stayed resident: 178 MiB RSS after 2 x 10 s of 64-client writes,
-/// 114 MiB with a periodic trim, same throughput (`python3 bench/sustained_writes.py`).
-///
-/// Trimmed only when the resident set has grown by [`TRIM_AFTER_GROWTH`] since the last trim:
-/// `malloc_trim` holds each arena's lock while it walks the free chunks and `madvise`s them,
-/// which on the follower taking one-client writes after a 64-client phase took 9-21 ms every
-/// 2 s (its requests stalled behind it, a one-client p99 of 10-12 ms), and the pages it gave
-/// back were faulted in again by the next requests. A heap that stays the same size has nothing
-/// new to give back.
+/// 114 MiB with this periodic trim, same throughput (`python3 bench/sustained_writes.py`).
 fn start_malloc_trimmer() {
     let trimmer = std::thread::Builder::new()
         .name("malloc-trim".into())
         .spawn(|| {
-            let mut after_last_trim = 0u64;
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(2));
-                let Some(resident) = resident_bytes() else {
-                    continue;
-                };
-                if resident < after_last_trim + TRIM_AFTER_GROWTH {
-                    // Freed memory below the mark is reused by the next allocations.
-                    after_last_trim = after_last_trim.min(resident);
-                    continue;
-                }
-                let started = std::time::Instant::now();
                 // SAFETY: malloc_trim only releases free heap pages; it is thread-safe.
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                after_last_trim = resident_bytes().unwrap_or(resident);
-                tracing::debug!(
-                    took_us = started.elapsed().as_micros() as u64,
-                    before_mib = resident >> 20,
-                    after_mib = after_last_trim >> 20,
-                    "malloc_trim"
-                );
             }
         });
     if let Err(e) = trimmer {
         tracing::warn!(error = %e, "cannot start the malloc-trim thread; memory stays as it is");
     }
-}
-
-/// Growth of the resident set since the last trim that makes the trimmer trim again.
-const TRIM_AFTER_GROWTH: u64 = 16 * 1024 * 1024;
-
-/// This process's resident set (`/proc/self/statm`), if it can be read.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
 }
 
 fn main() -> anyhow::Result<()> {
