@@ -153,7 +153,7 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
         })
 }
 
-fn verify(app: &AppState, token: &str) -> Result<u64, ApiError> {
+async fn verify(app: &AppState, token: &str) -> Result<u64, ApiError> {
     let invalid = || {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
@@ -180,7 +180,8 @@ fn verify(app: &AppState, token: &str) -> Result<u64, ApiError> {
             _ => invalid(),
         })?;
     let user_id: u64 = data.claims.sub.parse().map_err(|_| invalid())?;
-    if app.replica.state().read(|s| s.users.get(user_id).is_none()) {
+    let exists = crate::read_confirming_absence(&app.replica, |s| s.users.get(user_id).map(drop));
+    if exists.await?.is_none() {
         return Err(ApiError::unauthorized(
             "the account this token belongs to no longer exists",
         ));
@@ -193,7 +194,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Ok(Self(verify(app, token)?)),
+            Some(token) => Ok(Self(verify(app, token).await?)),
             None => Err(ApiError::unauthorized(
                 "log in first: send `Authorization: Bearer <token>` with the token from POST /users/login",
             )),
@@ -206,7 +207,7 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         match bearer(parts)? {
-            Some(token) => Ok(Self(Some(verify(app, token)?))),
+            Some(token) => Ok(Self(Some(verify(app, token).await?))),
             None => Ok(Self(None)),
         }
     }

@@ -195,6 +195,23 @@ pub(crate) async fn read<T>(
     Ok(replica.state().read(f))
 }
 
+/// Reads `f` from the local state and, when it finds nothing, again after a read barrier: this
+/// node may not yet have applied what another node acknowledged a moment ago (a track uploaded,
+/// a user registered there), and a refusal must not come from a copy that is behind. What it
+/// does find is used as it is (the callers look at what never changes once written: a track's
+/// owner, a user's existence until deleted, and the state machine checks again when a write
+/// applies).
+pub(crate) async fn read_confirming_absence<T>(
+    replica: &Replica,
+    f: impl Fn(&storage::state::State) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    if let Some(found) = replica.state().read(&f) {
+        return Ok(Some(found));
+    }
+    replica.read_barrier().await?;
+    Ok(replica.state().read(f))
+}
+
 /// Sends a request to a domain actor and waits for its answer.
 pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
     actor: &ActorRef<M>,

@@ -456,7 +456,7 @@ async fn update(
     // Refuse early (from the local state) rather than after streaming a file for nothing; the
     // state machine checks again when the change is applied.
     if let Some(id) = path_id {
-        check_owner(&r, id, by)?;
+        check_owner(&r, id, by).await?;
     }
     let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
     let track_id = match (path_id, fields.track_id.as_deref()) {
@@ -496,8 +496,9 @@ async fn update(
     receipt.response.result.map(drop).map_err(ApiError::from)
 }
 
-fn check_owner(r: &Replica, track_id: u64, by: u64) -> Result<(), ApiError> {
-    match r.state().read(|s| s.tracks.get(track_id).map(|t| t.owner)) {
+async fn check_owner(r: &Replica, track_id: u64, by: u64) -> Result<(), ApiError> {
+    let owner = crate::read_confirming_absence(r, |s| s.tracks.get(track_id).map(|t| t.owner));
+    match owner.await? {
         None => Err(ApiError::not_found(format!(
             "track {track_id} does not exist"
         ))),
