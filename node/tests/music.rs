@@ -1221,6 +1221,43 @@ async fn a_wiped_follower_gets_audio_back_through_the_log() {
     );
 }
 
+/// A node that is behind confirms before it refuses: while follower `a` is frozen, frank
+/// registers and erin uploads a track through the other follower; the moment `a` thaws, frank
+/// tries to edit erin's track there. `a` has applied neither yet, and must answer what the
+/// cluster knows — 403, not the uploader — rather than what its copy says (401 for frank's
+/// token, or 404 for the track).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_behind_confirms_before_it_refuses() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let [a, b] = [c.followers(leader)[0], c.followers(leader)[1]];
+    let erin = register(&c.api(b), "erin").await;
+    eventually("node a knows erin", CONVERGE_TIMEOUT, async || {
+        let path = format!("/users/{}", erin.id);
+        let me = call(&c.api(a), Method::GET, &path, Body::None, Some(&erin)).await;
+        (me.status == 200).then_some(())
+    })
+    .await;
+
+    eprintln!("=== node {a} frozen: frank registers, erin uploads through node {b}");
+    c.freeze(a, true);
+    let frank = register(&c.api(b), "frank").await;
+    let track = upload(
+        &c.api(b),
+        &erin,
+        Some("Erin's"),
+        &fixture("untagged-2s.mp3"),
+    )
+    .await;
+
+    eprintln!("=== node {a} thawed: frank edits erin's track there at once");
+    c.freeze(a, false);
+    let meta_only = form(&[Part::Json("metadata", json!({"title": "Stolen"}))]);
+    let path = format!("/tracks/{track}");
+    let edit = call(&c.api(a), Method::PATCH, &path, meta_only, Some(&frank)).await;
+    edit.expect_error_code(403, "forbidden");
+}
+
 /// A bulk upload is compacted by the log's size, not only by its entry count: with a snapshot
 /// every 1,000 entries and 1,000 kept behind it (openraft's rules, which a 12 MiB upload never
 /// reaches), `snapshot_every_mib = 8` builds a snapshot and `keep_log_mib_after_snapshot = 2`
