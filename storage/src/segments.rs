@@ -127,13 +127,17 @@ impl Segment {
 
     /// The records `from..to` of this segment (both within it).
     fn span(&self, from: u64, to: u64) -> Span {
-        let offset = self.offset_of(from);
         Span {
             file: self.file.clone(),
-            offset,
-            len: self.offset_of(to) - offset,
+            offset: self.offset_of(from),
+            len: self.bytes(from, to),
             count: (to - from) as usize,
         }
+    }
+
+    /// Bytes the records `from..to` of this segment take.
+    fn bytes(&self, from: u64, to: u64) -> u64 {
+        self.offset_of(to) - self.offset_of(from)
     }
 
     fn offset_of(&self, index: u64) -> u64 {
@@ -432,7 +436,7 @@ impl SegmentLog {
     /// Bytes the records of `start..end` take on disk (purged entries excluded).
     pub(crate) fn bytes(&self, start: u64, end: u64) -> u64 {
         self.ranges(start, end)
-            .map(|(segment, from, to)| segment.offset_of(to) - segment.offset_of(from))
+            .map(|(segment, from, to)| segment.bytes(from, to))
             .sum()
     }
 
@@ -442,8 +446,7 @@ impl SegmentLog {
         let mut budget = max_bytes;
         let mut first = end;
         for (segment, from, to) in self.ranges(0, end).rev() {
-            let upto = segment.offset_of(to);
-            let whole = upto - segment.offset_of(from);
+            let whole = segment.bytes(from, to);
             if whole <= budget {
                 budget -= whole;
                 first = from;
@@ -451,7 +454,7 @@ impl SegmentLog {
             }
             // Offsets rise with the index: the first record of the segment that starts at or
             // after `upto - budget` begins what fits.
-            let limit = upto - budget;
+            let limit = segment.offset_of(to) - budget;
             let skip = (from - segment.first) as usize;
             let fits_from = segment.offsets[skip..(to - segment.first) as usize]
                 .partition_point(|&offset| offset < limit);
