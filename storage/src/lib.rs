@@ -11,7 +11,8 @@
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
 //! - `durable`: sled's writes made to survive a power loss where chorus relies on them.
 //!
-//! The log's metadata and the state machine share one `sled::Db`; the log's entries are files.
+//! The log's metadata and the state machine share one `sled::Db`, the audio chunks have one of
+//! their own (`audio/`); the log's entries are files.
 
 // openraft's storage traits fix `StorageError` (large) as the error type of every method.
 #![allow(clippy::result_large_err)]
@@ -85,29 +86,44 @@ pub(crate) fn reopen(dir: &Path) -> (LogStore, StateMachineStore) {
 
 /// Opens (or creates) the store in `dir`: the Raft log and the state machine.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let db_path = dir.join("db");
-    let db = sled::Config::new()
-        .path(&db_path)
-        // sled's own periodic flush is not what makes writes durable (LogStore flushes
-        // explicitly before acknowledging, and see `durable`); a background safety net only.
-        .flush_every_ms(Some(1000))
-        // sled's default cache target is 1 GiB. It is only a hint: measured with sled 0.34.7,
-        // values written or read stay resident whatever the setting, so a node's RSS grows with
-        // the audio it has stored or streamed since it started (see ARCHITECTURE.md).
-        .cache_capacity(64 * 1024 * 1024)
-        .open()
-        .map_err(|source| OpenError::Sled {
-            path: db_path.display().to_string(),
-            source,
-        })?;
-    let db = durable::DurableSled::new(db, &db_path);
+    // sled's default cache target is 1 GiB. It is only a hint: measured with sled 0.34.7, values
+    // written or read stay resident whatever the setting, so a node's RSS grows with the audio
+    // it has stored or streamed since it started (see ARCHITECTURE.md). The state's trees are
+    // small and also held in memory (`state`), the audio is what streaming reads.
+    let db = open_sled(&dir.join("db"), 32)?;
+    let audio_db = open_sled(&dir.join("audio"), 64)?;
+    durable::move_audio_out(&db, &audio_db).map_err(|e| OpenError::Corrupt {
+        path: dir.display().to_string(),
+        message: format!("move the audio into its own database: {e}"),
+    })?;
     let log = LogStore::open(&db, &dir.join("log"))?;
-    let sm = StateMachineStore::open(db, &log, &dir.join("snapshots"))?;
+    let sm = StateMachineStore::open(db.clone(), audio_db, &log, &dir.join("snapshots"))?;
     let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
-        path: db_path.display().to_string(),
+        path: dir.join("db").display().to_string(),
         message: e.to_string(),
     })?;
     sm.repair_if_behind(purged)?;
     sm.repair_audio(&log)?;
     Ok((log, sm))
+}
+
+/// One sled database. The audio has one of its own: sled 0.34 keeps a leaf of values larger
+/// than a quarter segment as one blob file, and rewrites live pages while it cleans the
+/// segments that other writes fill. With the audio beside the state, a vote-only load made
+/// each node rewrite the 10 MiB leaf of a track's chunks, which the kernel wrote out in bursts
+/// that stalled every node's log fdatasync on a shared disk (bench/RESULTS.md, eleventh
+/// session).
+fn open_sled(path: &Path, cache_mib: u64) -> Result<durable::DurableSled, OpenError> {
+    let db = sled::Config::new()
+        .path(path)
+        // sled's own periodic flush is not what makes writes durable (LogStore flushes
+        // explicitly before acknowledging, and see `durable`); a background safety net only.
+        .flush_every_ms(Some(1000))
+        .cache_capacity(cache_mib * 1024 * 1024)
+        .open()
+        .map_err(|source| OpenError::Sled {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(durable::DurableSled::new(db, path))
 }

@@ -125,7 +125,10 @@ pub struct Applied {
 
 #[derive(Debug)]
 struct Inner {
+    /// The state's trees (`sm`, `sm_control`) and the log's metadata.
     db: DurableSled,
+    /// The `audio` tree, in a database of its own (see `crate::open_sled`).
+    audio_db: DurableSled,
     /// Audio was written since the last `sync_everything`: the next snapshot build syncs.
     audio_unsynced: Arc<AtomicBool>,
     /// One `sync_audio` at a time: one that found nothing to sync must not record its index while
@@ -324,9 +327,9 @@ impl Inner {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes the audio that applies up to `upto` wrote durable — sled's flush, and if audio was
-    /// written since the last time, everything sled wrote (see `durable`) — and records `upto`
-    /// as where the next start begins to look for audio to repair (`repair_audio`). Blocking.
+    /// Makes the audio that applies up to `upto` wrote durable — if audio was written since the
+    /// last time, everything the audio's database holds (see `durable`) — and records `upto` as
+    /// where the next start begins to look for audio to repair (`repair_audio`). Blocking.
     fn sync_audio(&self, upto: Option<LogId>) -> io::Result<()> {
         let _one_at_a_time = self
             .audio_sync
@@ -334,11 +337,9 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner);
         // Cleared first: audio written during the sync is synced next time.
         if self.audio_unsynced.swap(false, Ordering::AcqRel) {
-            self.db.sync_everything().inspect_err(|_| {
+            self.audio_db.sync_everything().inspect_err(|_| {
                 self.audio_unsynced.store(true, Ordering::Release);
             })?;
-        } else {
-            self.db.db().flush().map_err(sled_io)?;
         }
         // Durable with sled's next flush; until then a start looks from an older point.
         let upto = upto.map_or(0, |l| l.index);
@@ -621,6 +622,7 @@ impl Inner {
         // The installed state durable before the marker goes: openraft purges the log up to the
         // snapshot next. Its audio is durable in the file (`install_snapshot` synced it), which
         // stays until a build, which waits for the copy, replaces it.
+        self.db.sync_everything()?;
         self.audio_unsynced.store(true, Ordering::Release);
         self.sync_audio(meta.last_log_id)?;
         self.control.remove(INSTALLING).map_err(sled_io)?;
@@ -647,7 +649,12 @@ fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: DurableSled, log: &LogStore, dir: &Path) -> Result<Self, OpenError> {
+    pub(crate) fn open(
+        db: DurableSled,
+        audio_db: DurableSled,
+        log: &LogStore,
+        dir: &Path,
+    ) -> Result<Self, OpenError> {
         let io_err = |source| OpenError::Io {
             path: dir.display().to_string(),
             source,
@@ -668,9 +675,9 @@ impl StateMachineStore {
             .db()
             .open_tree("sm")
             .map_err(|e| corrupt(e.to_string()))?;
-        let audio = db
+        let audio = audio_db
             .db()
-            .open_tree("audio")
+            .open_tree(crate::durable::AUDIO_TREE)
             .map_err(|e| corrupt(e.to_string()))?;
         let control = db
             .db()
@@ -684,6 +691,7 @@ impl StateMachineStore {
             audio_unsynced,
             audio_sync: Mutex::new(()),
             db,
+            audio_db,
             sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
             sm,
             audio,
@@ -847,7 +855,9 @@ impl StateMachineStore {
         }
         // Syncs whatever the last run left unsynced (the flag starts set) and what was put back.
         inner
-            .sync_audio(applied)
+            .db
+            .sync_everything()
+            .and_then(|()| inner.sync_audio(applied))
             .map_err(|e| corrupt(format!("sync the audio: {e}")))
     }
 
@@ -1132,6 +1142,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Inner {
+        /// sled's own flush of both databases: what a process that dies next leaves.
+        fn flush_both(&self) {
+            self.db.db().flush().expect("flush the state's database");
+            self.audio_db
+                .db()
+                .flush()
+                .expect("flush the audio's database");
+        }
+    }
     use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request};
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
@@ -1402,7 +1423,7 @@ mod tests {
         use crate::durable::unsynced;
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, mut sm) = crate::open(dir.path()).expect("open");
-        let sled_dir = dir.path().join("db");
+        let sled_dir = dir.path().join("audio");
         // The second build is the one after audio was written since the last sync.
         for (first, upload_id) in [(1, 1), (4, 2)] {
             sm.apply(logged(&log, upload(first, upload_id)))
@@ -1410,7 +1431,7 @@ mod tests {
                 .expect("apply");
             settle(&sm);
             sm.inner.sm_writer.drain().expect("drain");
-            sm.inner.db.db().flush().expect("flush");
+            sm.inner.audio_db.db().flush().expect("flush");
             assert!(
                 unsynced::pages_under(&sled_dir).expect("cachestat") > 0,
                 "the chunk's blob file is expected unwritten after sled's flush; if the kernel \
@@ -1483,7 +1504,7 @@ mod tests {
             copy.inner.sm_writer.drain().expect("drain");
             // What a crash before the copy, or a power loss after it, can leave.
             copy.inner.audio.clear().expect("clear");
-            copy.inner.db.db().flush().expect("flush");
+            copy.inner.flush_both();
             fresh
         };
         let (_log, copy) = crate::reopen(fresh.path());
@@ -1519,7 +1540,7 @@ mod tests {
             assert_eq!(sm.reader().stored_audio_chunks(), 2);
             // What a power loss can leave: the applied index durable, a chunk's blob gone.
             sm.inner.audio.remove(chunk_key(1, 0)).expect("remove");
-            sm.inner.db.db().flush().expect("flush");
+            sm.inner.flush_both();
             // No clean shutdown (`wait_written` would record the audio as durable).
         }
         let (_log, sm) = crate::reopen(dir.path());
@@ -1529,6 +1550,49 @@ mod tests {
             "chunk 0 of upload 1 was not put back"
         );
         assert_eq!(sm.reader().stored_audio_chunks(), 2);
+    }
+
+    /// A store written before the audio had a database of its own keeps its chunks in the
+    /// state's database; opening it moves them, also after a move that a crash cut short (some
+    /// chunks in both). Nothing repairs them from the log here: the shutdown was clean.
+    #[tokio::test]
+    async fn audio_in_the_old_layout_is_moved_into_its_own_database() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+            sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
+            sm.reader().wait_written().expect("written");
+            assert_eq!(sm.reader().stored_audio_chunks(), 4);
+            let old = sm
+                .inner
+                .db
+                .db()
+                .open_tree(crate::durable::AUDIO_TREE)
+                .expect("tree");
+            for item in sm.inner.audio.iter() {
+                let (key, value) = item.expect("read");
+                old.insert(&key, value).expect("insert");
+                // The one left behind is where a move was cut short.
+                if key.as_ref() != chunk_key(2, 0).as_slice() {
+                    sm.inner.audio.remove(key).expect("remove");
+                }
+            }
+            sm.inner.flush_both();
+        }
+        let (_log, sm) = crate::reopen(dir.path());
+        assert_eq!(sm.reader().stored_audio_chunks(), 4);
+        for (upload_id, index) in [(1, 0), (1, 1), (2, 0), (2, 1)] {
+            let chunk = sm.reader().audio_chunk(upload_id, index).expect("read");
+            assert!(chunk.is_some(), "chunk {index} of upload {upload_id} lost");
+        }
+        let names = sm.inner.db.db().tree_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == crate::durable::AUDIO_TREE.as_bytes()),
+            "the old audio tree is still in the state's database"
+        );
     }
 
     /// Applying a chunk does not write it into sled: until the mover has copied it, it is read
