@@ -15,7 +15,10 @@ linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients)
 streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and a 1 MiB range);
 recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
 Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
-the busiest node. Everything it starts is stopped, also on failure or Ctrl-C.
+the busiest node. Every measured run starts with nothing dirty in the page cache (`sync`, not
+timed), after the setup's upload has been copied into sled on every node: what one run or the
+setup wrote is not written back inside another's measurement. Everything it starts is stopped,
+also on failure or Ctrl-C.
 """
 import argparse, base64, json, os, platform, shutil, signal, subprocess, sys, tempfile, time
 import urllib.request
@@ -213,7 +216,9 @@ def wrk(url, conns, seconds, method="GET", path="/", body="", range_=""):
 
 
 def measured(pids, fn):
-    """Runs fn() and adds the CPU seconds of `pids` and their highest peak RSS."""
+    """Runs fn() and adds the CPU seconds of `pids` and their highest peak RSS. What earlier
+    runs left dirty is written out first (not timed)."""
+    os.sync()
     reset_peak(pids)
     before = sum(proc_stat(p)[0] for p in pids)
     r = fn()
@@ -243,6 +248,21 @@ def chorus_upload(base, token, path, title):
     if out.returncode != 0:
         sys.exit(f"upload failed: {out.stdout} {out.stderr}")
     return json.loads(out.stdout)["track_id"]
+
+
+def settle(c, deadline=120):
+    """Ends the setup: waits until every chorus node has copied the uploaded audio into sled,
+    so that the `sync` before each measured run finds the upload's writes. Without these the
+    upload's audio, which sled leaves in the page cache (~19 MiB per node for the 10 MiB track),
+    is written back ~30 s later, inside whichever measured run is going then (bench/RESULTS.md,
+    twelfth session)."""
+    end = time.time() + deadline
+    for i in c.procs:
+        while ((http("GET", c.url(i) + "/cluster")[1] or {}).get("storage") or {}).get(
+                "audio_chunks_to_copy", 1) > 0:
+            if time.time() > end:
+                sys.exit(f"chorus node {i} did not copy the uploaded audio within {deadline} s")
+            time.sleep(0.05)
 
 
 def chorus_catch_up(c, token, mp3, state_mib):
@@ -330,7 +350,7 @@ def write_results(rows, recovery, args, started):
              f"{' --only ' + repr(args.only) if args.only else ''}` "
              f"on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Linux {platform.release()}; "
              f"3-node clusters on 127.0.0.1, data in one temporary directory. Medians of {args.rounds} "
-             "alternating rounds. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
+             "alternating rounds, each after a `sync` (untimed) and once the upload's audio was copied into sled. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
              "for latency (lower is better for chorus).", "",
              "| scenario | metric | chorus | anchor | ratio |", "|---|---|---|---|---|"]
     for name, unit, c, a in rows:
@@ -439,6 +459,7 @@ def main():
         http("POST", c.url(leader) + "/add_track", {"id": int(track)})
         post(e.url(e.leader()) + "/v3/kv/put", {"key": b64("k"), "value": b64("v")})
         ef = e.follower()
+        settle(c)
         cpids = lambda: [p.pid for p in c.procs.values()]
         print(f"chorus follower {cf}, etcd follower {ef}, nginx on {ng.url()}", flush=True)
 
@@ -475,6 +496,9 @@ def main():
                 for results, pids, fn in (order if rnd % 2 == 0 else order[::-1]):
                     results.append(measured(pids, fn))
             unit_key = "mib_s" if unit == "MiB/s" else "rps"
+            for rnd, (a, b) in enumerate(zip(cr, ar)):
+                print(f"  round {rnd + 1}: chorus {a[unit_key]:,.0f} {unit} p99 {a['p99_us'] / 1000:.2f} ms, "
+                      f"anchor {b[unit_key]:,.0f} {unit} p99 {b['p99_us'] / 1000:.2f} ms", flush=True)
             print(f"{name}: chorus {median(r[unit_key] for r in cr):,.0f} {unit}, "
                   f"anchor {median(r[unit_key] for r in ar):,.0f} {unit}", flush=True)
             rows.append((name, unit, cr, ar))
