@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
 use serde::{Deserialize, Serialize};
-use storage::{Command, Outcome, PlayedTrack, QueueCommand, QueuedTrack};
+use storage::{Command, Outcome, PlayedTrack, QueueCommand, QueuedTrack, ReadBack, ReadBackValue};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -180,19 +180,18 @@ impl Actor for QueueActor {
                     artist: t.artist,
                     duration: t.duration,
                 };
-                write(&r, cmd, key).await?;
-                Ok(r.state().read(|s| s.queue.queue()))
+                Ok(write_then_queue(&r, cmd, key).await?.1)
             }),
             QueueMsg::Remove(id, key, reply) => respond(reply, async move {
-                write(&r, QueueCommand::Remove { id }, key).await?;
-                Ok(r.state().read(|s| s.queue.queue()))
+                Ok(write_then_queue(&r, QueueCommand::Remove { id }, key)
+                    .await?
+                    .1)
             }),
             QueueMsg::Vote { id, up, key, reply } => respond(reply, async move {
-                let voted = match write(&r, QueueCommand::Vote { id, up }, key).await? {
-                    Outcome::Track(t) => t,
-                    other => return Err(unexpected(other)),
-                };
-                Ok((voted, r.state().read(|s| s.queue.queue())))
+                match write_then_queue(&r, QueueCommand::Vote { id, up }, key).await? {
+                    (Outcome::Track(voted), queue) => Ok((voted, queue)),
+                    (other, _) => Err(unexpected(other)),
+                }
             }),
             QueueMsg::PlayNext(key, reply) => respond(reply, async move {
                 match write(&r, QueueCommand::PlayNext, key).await? {
@@ -221,6 +220,19 @@ impl Actor for QueueActor {
 
 async fn write(r: &Replica, cmd: QueueCommand, key: Option<String>) -> Result<Outcome, ApiError> {
     crate::write(r, Command::Queue(cmd), key).await
+}
+
+/// Writes `cmd` and returns its outcome with the queue right after it, as the leader read it
+/// (`Replica::write_reading_back`: no wait for this node to apply the write).
+async fn write_then_queue(
+    r: &Replica,
+    cmd: QueueCommand,
+    key: Option<String>,
+) -> Result<(Outcome, Vec<QueuedTrack>), ApiError> {
+    let (receipt, ReadBackValue::Queue(queue)) = r
+        .write_reading_back(Command::Queue(cmd), key, ReadBack::Queue)
+        .await?;
+    Ok((receipt.response.result?, queue))
 }
 
 async fn read<T>(

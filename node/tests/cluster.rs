@@ -79,6 +79,16 @@ async fn follower_writes_are_visible_everywhere() {
             .await;
         assert_eq!(voted["id"].as_u64(), Some(id), "{voted}");
         assert_eq!(voted["votes"].as_i64(), Some(1), "{voted}");
+        // The queue in the answer is the leader's right after the vote (the follower does not
+        // wait to apply it itself): it has the vote.
+        let in_answer = voted["queue"]
+            .as_array()
+            .and_then(|q| q.iter().find(|t| t["id"].as_u64() == Some(id)));
+        assert_eq!(
+            in_answer.map(|t| t["votes"].as_i64()),
+            Some(Some(1)),
+            "{voted}"
+        );
         for node in c.ids() {
             let meta = c.api(node).read_ok(&format!("/metadata/{id}")).await;
             assert_track(&meta, id, 1);

@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use storage::Request;
+use storage::{ReadBack, Request};
 use tokio::sync::oneshot;
 
 use crate::batch::{self, Batcher, Limits};
-use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteReply};
-use crate::transport::{Transport, TransportError};
+use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteAnswer};
+use crate::transport::{CANNOT_DECODE, Transport, TransportError};
 
 const LIMITS: Limits = Limits {
     // One batch under way at a time: what arrives meanwhile leaves together in the next. Two
@@ -30,11 +30,12 @@ const LIMITS: Limits = Limits {
 /// Writes larger than this (audio chunks) are not batched.
 pub(crate) const MAX_BATCHED_SIZE: usize = 64 * 1024;
 
-pub(crate) type ForwardResult = Result<Result<WriteReply, ForwardError>, TransportError>;
+pub(crate) type ForwardResult = Result<Result<WriteAnswer, ForwardError>, TransportError>;
 
 struct Pending {
     leader: u64,
     request: Request,
+    read_back: Option<ReadBack>,
     reply: oneshot::Sender<ForwardResult>,
 }
 
@@ -72,17 +73,20 @@ impl Forwarder {
         Self { batcher }
     }
 
-    /// Proposes `request` on `leader` in the next batch; waits at most `timeout` for the answer.
+    /// Proposes `request` on `leader` in the next batch, with what to read back after it;
+    /// waits at most `timeout` for the answer.
     pub(crate) async fn write(
         &self,
         leader: u64,
         request: Request,
+        read_back: Option<ReadBack>,
         timeout: Duration,
     ) -> ForwardResult {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             leader,
             request,
+            read_back,
             reply,
         };
         if self.batcher.push(pending).is_err() {
@@ -103,11 +107,43 @@ impl Forwarder {
 }
 
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
-    let (requests, mut replies): (Vec<Request>, Vec<_>) =
-        group.into_iter().map(|p| (p.request, p.reply)).unzip();
-    let sent = requests.len();
-    let request = PeerRequest::ClientWrites(requests);
-    let call = transport.call(leader, &request, timeout);
+    let (writes, mut replies): (Vec<(Request, Option<ReadBack>)>, Vec<_>) = group
+        .into_iter()
+        .map(|p| ((p.request, p.read_back), p.reply))
+        .unzip();
+    let sent = writes.len();
+    let call = async {
+        let request = PeerRequest::ClientWritesReadingBack(writes);
+        let answer = transport.call(leader, &request, timeout).await;
+        match (answer, request) {
+            // A leader from before read-backs existed cannot decode the request: the writes go
+            // again the old way, and their callers read back locally.
+            (
+                Err(TransportError::Malformed(_, m)),
+                PeerRequest::ClientWritesReadingBack(writes),
+            ) if m.starts_with(CANNOT_DECODE) => {
+                let old = PeerRequest::ClientWrites(writes.into_iter().map(|(r, _)| r).collect());
+                transport
+                    .call(leader, &old, timeout)
+                    .await
+                    .map(|answer| match answer {
+                        PeerResponse::ClientWrites(results) => PeerResponse::ClientWritesReadBack(
+                            results
+                                .into_iter()
+                                .map(|r| {
+                                    r.map(|reply| WriteAnswer {
+                                        reply,
+                                        read_back: None,
+                                    })
+                                })
+                                .collect(),
+                        ),
+                        other => other,
+                    })
+            }
+            (answer, _) => answer,
+        }
+    };
     // Once every caller has gone (each moved on to a new leader, see `Replica::route`), the
     // batch stops waiting: it holds the forwarder's one in-flight slot, and the writes queued
     // behind it are for the new leader.
@@ -117,7 +153,7 @@ async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, tim
         _ = everyone_gone => return,
     };
     match answer {
-        Ok(PeerResponse::ClientWrites(results)) if results.len() == sent => {
+        Ok(PeerResponse::ClientWritesReadBack(results)) if results.len() == sent => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }

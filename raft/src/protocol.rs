@@ -8,7 +8,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use storage::{ChorusNode, Request, Response, TypeConfig};
+use storage::{ChorusNode, ReadBack, ReadBackValue, Request, Response, TypeConfig};
 
 use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 
@@ -37,6 +37,11 @@ pub enum PeerRequest {
     /// `InstallSnapshot` (still answered for older nodes).
     SnapshotPart(SnapshotPart),
     SnapshotDone(SnapshotDone),
+    /// A client write whose caller reads the state right after it: the leader answers with what
+    /// it read ([`WriteAnswer`]), so the caller need not apply the entry first.
+    ClientWriteReadingBack(Request, Option<ReadBack>),
+    /// `ClientWrites` with a read-back per write, answered in the same order.
+    ClientWritesReadingBack(Vec<(Request, Option<ReadBack>)>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +59,16 @@ pub enum PeerResponse {
     ClientWrites(Vec<Result<WriteReply, ForwardError>>),
     SnapshotPart(Result<(), SnapshotRefused>),
     SnapshotDone(Result<SnapshotResponse<u64>, SnapshotRefused>),
+    ClientWriteReadBack(Result<WriteAnswer, ForwardError>),
+    ClientWritesReadBack(Vec<Result<WriteAnswer, ForwardError>>),
+}
+
+/// A write's reply with what the leader read right after applying it (`None` when nothing was
+/// asked for).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteAnswer {
+    pub reply: WriteReply,
+    pub read_back: Option<ReadBackValue>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

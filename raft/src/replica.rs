@@ -5,6 +5,9 @@
 //!   until a deadline. Every write carries a dedupe key, so a retry of a write that did commit
 //!   returns the first result instead of applying twice. After the leader answers, `write` waits
 //!   until this node has applied the entry, so the caller reads its own write locally.
+//!   `write_reading_back` is for a caller that reads the state right after its write (a vote
+//!   answers with the queue): the leader reads it after applying the write and sends it with
+//!   its reply, and this node does not wait to apply the entry itself.
 //! - `read_barrier` makes the next local read linearizable: it gets a read index from the leader
 //!   (which confirms it still leads with a heartbeat round) and waits until this node has
 //!   applied up to it. Concurrent reads share one such round ([`ReadRounds`]).
@@ -16,12 +19,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, TryAsRef};
-use storage::{ApplyWaitError, ChorusNode, Command, LogStore, Request, Response, StateReader};
+use storage::{
+    ApplyWaitError, ChorusNode, Command, LogStore, ReadBack, ReadBackValue, Request, Response,
+    StateReader,
+};
 
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
 use crate::propose::Proposer;
-use crate::protocol::{ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReply};
+use crate::protocol::{
+    ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteAnswer, WriteReply,
+};
 use crate::transport::{Transport, TransportError};
 
 /// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
@@ -217,14 +225,7 @@ impl Replica {
         command: Command,
         dedupe_key: Option<String>,
     ) -> Result<WriteReceipt, ReplicaError> {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let key = dedupe_key
-            .unwrap_or_else(|| format!("w:{}:{:x}:{seq}", self.inner.id, self.inner.boot));
-        let req = Request {
-            dedupe_key: Some(key),
-            at_ms: now_ms(),
-            command,
-        };
+        let req = self.request(command, dedupe_key);
         tracing::trace!(target: "chorus::stages", stage = "write.start");
         let started = Instant::now();
         let reply: WriteReply = self
@@ -244,6 +245,81 @@ impl Replica {
             index: reply.index,
             response: reply.response,
         })
+    }
+
+    /// [`Self::write`] for a caller that reads `read_back` from the state right after the write:
+    /// the leader reads it once it has applied the write and sends it with its reply, so this
+    /// returns without waiting for this node to apply the entry (a stale read here may not show
+    /// the write yet; a linearizable one does). The wait it saves is for the commit to reach this
+    /// node and for this node's own log flush, where the commit needed the leader and any one
+    /// follower.
+    pub async fn write_reading_back(
+        &self,
+        command: Command,
+        dedupe_key: Option<String>,
+        read_back: ReadBack,
+    ) -> Result<(WriteReceipt, ReadBackValue), ReplicaError> {
+        let req = self.request(command, dedupe_key);
+        tracing::trace!(target: "chorus::stages", stage = "write.start");
+        let started = Instant::now();
+        let answer: WriteAnswer = self
+            .route(
+                PeerRequest::ClientWriteReadingBack(req, Some(read_back)),
+                self.inner.timeout,
+                |r| match r {
+                    PeerResponse::ClientWriteReadBack(r) => Some(r),
+                    _ => None,
+                },
+            )
+            .await?;
+        let value = match answer.read_back {
+            Some(value) => value,
+            // A leader from before read-backs: read here once the write is applied here.
+            None => {
+                self.wait_applied(answer.reply.index, started + self.inner.timeout)
+                    .await?;
+                self.inner.reader.read(|s| read_back.read(s))
+            }
+        };
+        tracing::trace!(target: "chorus::stages", stage = "write.done");
+        let receipt = WriteReceipt {
+            index: answer.reply.index,
+            response: answer.reply.response,
+        };
+        Ok((receipt, value))
+    }
+
+    fn request(&self, command: Command, dedupe_key: Option<String>) -> Request {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let key = dedupe_key
+            .unwrap_or_else(|| format!("w:{}:{:x}:{seq}", self.inner.id, self.inner.boot));
+        Request {
+            dedupe_key: Some(key),
+            at_ms: now_ms(),
+            command,
+        }
+    }
+
+    /// On the leader: proposes `request`, then reads `read_back` from the state, which has
+    /// applied the write by then (openraft answers a client write after applying it; the wait
+    /// only guards that).
+    async fn propose_reading_back(
+        &self,
+        request: Request,
+        read_back: Option<ReadBack>,
+    ) -> Result<WriteAnswer, ForwardError> {
+        let reply = self.inner.proposer.propose(request).await?;
+        let read_back = match read_back {
+            None => None,
+            Some(read_back) => {
+                let deadline = Instant::now() + self.inner.timeout;
+                self.wait_applied(reply.index, deadline)
+                    .await
+                    .map_err(|e| ForwardError::Failed(e.to_string()))?;
+                Some(self.inner.reader.read(|s| read_back.read(s)))
+            }
+        };
+        Ok(WriteAnswer { reply, read_back })
     }
 
     /// Waits until a read of the local state reflects every write acknowledged before the call.
@@ -332,15 +408,23 @@ impl Replica {
                             .map_err(|_| TransportError::Timeout(leader, remaining))
                     } else {
                         let wait = remaining.min(ATTEMPT_TIMEOUT);
+                        let forwarder = &self.inner.forwarder;
                         match &req {
                             PeerRequest::ClientWrite(write)
                                 if write.approx_size() <= MAX_BATCHED_SIZE =>
                             {
-                                let forwarder = &self.inner.forwarder;
                                 forwarder
-                                    .write(leader, write.clone(), wait)
+                                    .write(leader, write.clone(), None, wait)
                                     .await
-                                    .map(PeerResponse::ClientWrite)
+                                    .map(|r| PeerResponse::ClientWrite(r.map(|a| a.reply)))
+                            }
+                            PeerRequest::ClientWriteReadingBack(write, read_back)
+                                if write.approx_size() <= MAX_BATCHED_SIZE =>
+                            {
+                                forwarder
+                                    .write(leader, write.clone(), *read_back, wait)
+                                    .await
+                                    .map(PeerResponse::ClientWriteReadBack)
                             }
                             _ => self.inner.transport.call(leader, &req, wait).await,
                         }
@@ -374,7 +458,12 @@ impl Replica {
             let now = Instant::now();
             if now >= deadline {
                 return Err(match in_doubt {
-                    Some(m) if matches!(req, PeerRequest::ClientWrite(_)) => {
+                    Some(m)
+                        if matches!(
+                            req,
+                            PeerRequest::ClientWrite(_) | PeerRequest::ClientWriteReadingBack(..)
+                        ) =>
+                    {
                         ReplicaError::Unknown(m)
                     }
                     _ => ReplicaError::NoLeader,
@@ -421,6 +510,15 @@ impl Replica {
                 // Queued together, so they normally share one log entry.
                 let proposals = requests.into_iter().map(|r| self.inner.proposer.propose(r));
                 PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
+            }
+            PeerRequest::ClientWriteReadingBack(r, read_back) => {
+                PeerResponse::ClientWriteReadBack(self.propose_reading_back(r, read_back).await)
+            }
+            PeerRequest::ClientWritesReadingBack(writes) => {
+                let proposals = writes
+                    .into_iter()
+                    .map(|(r, read_back)| self.propose_reading_back(r, read_back));
+                PeerResponse::ClientWritesReadBack(futures_util::future::join_all(proposals).await)
             }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
                 raft.get_read_log_id()

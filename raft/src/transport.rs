@@ -28,6 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consecutive failed pings after which a session is considered dead and dropped.
 const MAX_PING_FAILURES: u32 = 4;
+/// How a node's answer to a request it cannot decode begins (a request kind newer than it).
+pub(crate) const CANNOT_DECODE: &str = "cannot decode request";
 /// Peers sending frames larger than this are disconnected by ractor_cluster.
 const MAX_FRAME: u64 = 64 * 1024 * 1024;
 
@@ -464,7 +466,7 @@ impl Actor for PeerEndpoint {
                 tracing::warn!(error = %e, "malformed request from a peer");
                 answer(
                     reply,
-                    &PeerResponse::Malformed(format!("cannot decode request: {e}")),
+                    &PeerResponse::Malformed(format!("{CANNOT_DECODE}: {e}")),
                 );
                 return Ok(());
             }

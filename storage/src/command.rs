@@ -243,3 +243,28 @@ impl Response {
         }
     }
 }
+
+/// What a write's caller reads from the state right after the write. The leader reads it once
+/// its apply of the write has answered and sends it with its reply, so the node that took the
+/// request can answer without applying the entry itself first: it would wait for the commit to
+/// reach it and for its own log flush, where the commit needs only the leader and any one
+/// follower (bench/RESULTS.md, twelfth session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadBack {
+    /// The voting queue, in play order.
+    Queue,
+}
+
+/// The answer to a [`ReadBack`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadBackValue {
+    Queue(Vec<QueuedTrack>),
+}
+
+impl ReadBack {
+    pub fn read(self, state: &crate::state::State) -> ReadBackValue {
+        match self {
+            ReadBack::Queue => ReadBackValue::Queue(state.queue.queue()),
+        }
+    }
+}

@@ -32,8 +32,8 @@ pub mod types;
 use std::path::Path;
 
 pub use command::{
-    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request, Response,
-    TrackCommand, UserCommand,
+    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, ReadBack,
+    ReadBackValue, Request, Response, TrackCommand, UserCommand,
 };
 pub use log_store::LogStore;
 pub use state::queue::{PlayedTrack, QueuedTrack};
