@@ -648,6 +648,89 @@ mod tests {
         assert_eq!(a.drop_session(2).await, 0, "nothing left to drop");
     }
 
+    /// A peer that knows only the requests from before read-backs: it cannot decode
+    /// `ClientWritesReadingBack` and answers `ClientWrites` with index 7 for every write.
+    struct OldLeader;
+
+    impl Actor for OldLeader {
+        type Msg = PeerMsg;
+        type State = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+        type Arguments = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<PeerMsg>,
+            asked: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(asked)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<PeerMsg>,
+            PeerMsg::Rpc(frame, reply): PeerMsg,
+            asked: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let response = match codec::decode::<PeerRequest>(frame.request()) {
+                Ok(PeerRequest::ClientWrites(writes)) => PeerResponse::ClientWrites(
+                    writes
+                        .iter()
+                        .map(|_| {
+                            Ok(crate::protocol::WriteReply {
+                                index: 7,
+                                response: storage::Response::done(),
+                            })
+                        })
+                        .collect(),
+                ),
+                _ => PeerResponse::Malformed(format!("{CANNOT_DECODE}: unknown variant")),
+            };
+            answer(reply, &response);
+            Ok(())
+        }
+    }
+
+    /// A follower forwarding a write with a read-back to a leader from before read-backs asks
+    /// again the old way, and gets the write's reply without a read-back (its caller then reads
+    /// locally).
+    #[tokio::test]
+    async fn a_leader_that_cannot_decode_a_read_back_is_asked_the_old_way() {
+        const OLD: u64 = 9_001;
+        let follower = transport(9_002, free_addr()).await;
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
+            .await
+            .expect("spawn the old leader");
+        ractor::pg::join(group(OLD), vec![old.get_cell()]);
+
+        let forwarder = crate::forward::Forwarder::start(follower, Duration::from_secs(5));
+        let request = storage::Request {
+            dedupe_key: Some("k".into()),
+            at_ms: 0,
+            command: storage::Command::Queue(storage::QueueCommand::Clear),
+        };
+        let answer = forwarder
+            .write(
+                OLD,
+                request,
+                Some(storage::ReadBack::Queue),
+                Duration::from_secs(5),
+            )
+            .await;
+        let Ok(Ok(answer)) = answer else {
+            panic!("the write failed: {answer:?}");
+        };
+        assert_eq!(answer.reply.index, 7);
+        assert!(answer.read_back.is_none());
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "asked once the new way, once the old way"
+        );
+        old.stop(None);
+    }
+
     #[test]
     fn a_session_name_is_matched_to_its_node_exactly() {
         assert!(is_name_of("chorus-3@10.77.0.3", 3));
