@@ -38,7 +38,10 @@ class Cluster:
         self.dir = tempfile.mkdtemp(prefix="chorus-bench-")
         self.nodes = {i: (free_port(), free_port()) for i in range(1, n + 1)}
         # CHORUS_RAFT adds `[raft]` lines for an A/B of a setting ("snapshot_every_mib = 0; ...").
+        # A key given there replaces the same key of `raft` (TOML refuses a key given twice).
         ab = [line.strip() for line in os.environ.get("CHORUS_RAFT", "").split(";") if line.strip()]
+        replaced = {line.split("=")[0].strip() for line in ab}
+        raft = [line for line in raft if line.split("=")[0].strip() not in replaced]
         lines = ['cluster_name = "bench"', 'secret = "bench-secret-123"', 'admin_token = "bench"',
                  "[queue]", "allow_anonymous_clear = true", "[raft]", *raft, *ab,  # default: chorus's
                  *extra]
