@@ -254,7 +254,8 @@ def settle(c, deadline=120):
     """Ends the setup: waits until every chorus node has copied the uploaded audio into sled,
     so that the `sync` before each measured run finds the upload's writes. Without these the
     upload's audio, which sled leaves in the page cache (~19 MiB per node for the 10 MiB track),
-    is written back ~30 s later, inside whichever measured run is going then (bench/RESULTS.md,
+    is written out by the first snapshot build after it (all three nodes at once) or the
+    kernel's 30 s expiry, inside whichever measured run is going then (bench/RESULTS.md,
     twelfth session)."""
     end = time.time() + deadline
     for i in c.procs:

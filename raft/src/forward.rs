@@ -106,6 +106,31 @@ impl Forwarder {
     }
 }
 
+/// A leader from before read-backs existed cannot decode `ClientWritesReadingBack`: the writes
+/// go again as `ClientWrites`, answered without read-backs (their callers read locally).
+async fn ask_the_old_way(
+    transport: &Transport,
+    leader: u64,
+    writes: Vec<(Request, Option<ReadBack>)>,
+    timeout: Duration,
+) -> Result<PeerResponse, TransportError> {
+    let old = PeerRequest::ClientWrites(writes.into_iter().map(|(r, _)| r).collect());
+    let answer = transport.call(leader, &old, timeout).await?;
+    let PeerResponse::ClientWrites(results) = answer else {
+        return Ok(answer);
+    };
+    let without_read_backs = |reply| WriteAnswer {
+        reply,
+        read_back: None,
+    };
+    Ok(PeerResponse::ClientWritesReadBack(
+        results
+            .into_iter()
+            .map(|r| r.map(without_read_backs))
+            .collect(),
+    ))
+}
+
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
     let (writes, mut replies): (Vec<(Request, Option<ReadBack>)>, Vec<_>) = group
         .into_iter()
@@ -116,30 +141,11 @@ async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, tim
         let request = PeerRequest::ClientWritesReadingBack(writes);
         let answer = transport.call(leader, &request, timeout).await;
         match (answer, request) {
-            // A leader from before read-backs existed cannot decode the request: the writes go
-            // again the old way, and their callers read back locally.
             (
                 Err(TransportError::Malformed(_, m)),
                 PeerRequest::ClientWritesReadingBack(writes),
             ) if m.starts_with(CANNOT_DECODE) => {
-                let old = PeerRequest::ClientWrites(writes.into_iter().map(|(r, _)| r).collect());
-                transport
-                    .call(leader, &old, timeout)
-                    .await
-                    .map(|answer| match answer {
-                        PeerResponse::ClientWrites(results) => PeerResponse::ClientWritesReadBack(
-                            results
-                                .into_iter()
-                                .map(|r| {
-                                    r.map(|reply| WriteAnswer {
-                                        reply,
-                                        read_back: None,
-                                    })
-                                })
-                                .collect(),
-                        ),
-                        other => other,
-                    })
+                ask_the_old_way(transport, leader, writes, timeout).await
             }
             (answer, _) => answer,
         }

@@ -39,7 +39,7 @@ pub enum PeerRequest {
     SnapshotDone(SnapshotDone),
     /// A client write whose caller reads the state right after it: the leader answers with what
     /// it read ([`WriteAnswer`]), so the caller need not apply the entry first.
-    ClientWriteReadingBack(Request, Option<ReadBack>),
+    ClientWriteReadingBack(Request, ReadBack),
     /// `ClientWrites` with a read-back per write, answered in the same order.
     ClientWritesReadingBack(Vec<(Request, Option<ReadBack>)>),
 }

@@ -264,7 +264,7 @@ impl Replica {
         let started = Instant::now();
         let answer: WriteAnswer = self
             .route(
-                PeerRequest::ClientWriteReadingBack(req, Some(read_back)),
+                PeerRequest::ClientWriteReadingBack(req, read_back),
                 self.inner.timeout,
                 |r| match r {
                     PeerResponse::ClientWriteReadBack(r) => Some(r),
@@ -422,7 +422,7 @@ impl Replica {
                                 if write.approx_size() <= MAX_BATCHED_SIZE =>
                             {
                                 forwarder
-                                    .write(leader, write.clone(), *read_back, wait)
+                                    .write(leader, write.clone(), Some(*read_back), wait)
                                     .await
                                     .map(PeerResponse::ClientWriteReadBack)
                             }
@@ -511,9 +511,9 @@ impl Replica {
                 let proposals = requests.into_iter().map(|r| self.inner.proposer.propose(r));
                 PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
             }
-            PeerRequest::ClientWriteReadingBack(r, read_back) => {
-                PeerResponse::ClientWriteReadBack(self.propose_reading_back(r, read_back).await)
-            }
+            PeerRequest::ClientWriteReadingBack(r, read_back) => PeerResponse::ClientWriteReadBack(
+                self.propose_reading_back(r, Some(read_back)).await,
+            ),
             PeerRequest::ClientWritesReadingBack(writes) => {
                 let proposals = writes
                     .into_iter()

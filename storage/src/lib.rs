@@ -90,7 +90,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     // written or read stay resident whatever the setting, so a node's RSS grows with the audio
     // it has stored or streamed since it started (see ARCHITECTURE.md). The state's trees are
     // small and also held in memory (`state`), the audio is what streaming reads.
-    let db = open_sled(&dir.join("db"), 32)?;
+    let db_path = dir.join("db");
+    let db = open_sled(&db_path, 32)?;
     let audio_db = open_sled(&dir.join("audio"), 64)?;
     durable::move_audio_out(&db, &audio_db).map_err(|e| OpenError::Corrupt {
         path: dir.display().to_string(),
@@ -99,7 +100,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let log = LogStore::open(&db, &dir.join("log"))?;
     let sm = StateMachineStore::open(db.clone(), audio_db, &log, &dir.join("snapshots"))?;
     let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
-        path: dir.join("db").display().to_string(),
+        path: db_path.display().to_string(),
         message: e.to_string(),
     })?;
     sm.repair_if_behind(purged)?;

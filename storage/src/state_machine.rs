@@ -1142,6 +1142,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request};
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
     impl Inner {
         /// sled's own flush of both databases: what a process that dies next leaves.
@@ -1153,8 +1155,6 @@ mod tests {
                 .expect("flush the audio's database");
         }
     }
-    use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request};
-    use openraft::{CommittedLeaderId, Entry as RaftEntry};
 
     fn add(index: u64, id: u64) -> Entry {
         RaftEntry {
