@@ -692,7 +692,7 @@ impl StateMachineStore {
             audio_sync: Mutex::new(()),
             db,
             audio_db,
-            sm_writer: SmWriter::start(sm.clone()).map_err(io_err)?,
+            sm_writer: SmWriter::start(sm.clone(), crate::sm_writer::COALESCE).map_err(io_err)?,
             sm,
             audio,
             control,
