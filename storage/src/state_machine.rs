@@ -1629,6 +1629,42 @@ mod tests {
         assert_eq!(chunk.as_deref(), Some(&[2u8; 10][..]), "read from the tree");
     }
 
+    /// After a crash the `sm` tree can be behind the `audio` tree: entries after its
+    /// `m/applied` are applied again, and a chunk an earlier run already copied is pending once
+    /// more. An abort while it is pending removes the old copy as well.
+    #[tokio::test]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
+    )]
+    async fn a_chunk_copied_before_a_crash_and_applied_again_goes_with_its_upload() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, mut sm) = crate::open(dir.path()).expect("open");
+        let inner = sm.inner.clone();
+        // What the killed run left: upload 1's chunks in the audio tree, no state that has them.
+        for index in 0..2 {
+            inner
+                .audio
+                .insert(
+                    crate::state::tracks::chunk_key(1, index),
+                    &b"copied before"[..],
+                )
+                .expect("insert");
+        }
+        {
+            let _paused = inner.audio_mover.pause();
+            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
+            assert_eq!(
+                sm.inner.audio_mover.pending(),
+                2,
+                "applied again, pending again"
+            );
+            sm.apply(logged(&log, [abort(4, 1)])).await.expect("apply");
+        }
+        settle(&sm);
+        assert_eq!(sm.reader().stored_audio_chunks(), 0, "no chunk left behind");
+    }
+
     /// A snapshot refers to audio by key, so a build ends only once the mover has copied every
     /// chunk applied up to its index into the tree (which it then syncs).
     #[tokio::test]
