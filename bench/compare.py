@@ -220,10 +220,11 @@ def measured(pids, fn):
     runs left dirty is written out first (not timed)."""
     os.sync()
     reset_peak(pids)
-    before = sum(proc_stat(p)[0] for p in pids)
+    before = [proc_stat(p)[0] for p in pids]
     r = fn()
     after = [proc_stat(p) for p in pids]
-    r["cpu_s"] = sum(c for c, _ in after) - before
+    r["per_node"] = [(c - b, m) for b, (c, m) in zip(before, after)]
+    r["cpu_s"] = sum(c for c, _ in r["per_node"])
     r["rss_mib"] = max((m for _, m in after), default=0.0)
     return r
 
@@ -344,6 +345,13 @@ def fmt_lat(us):
 KEEP_MARKER = "<!-- compare.py replaces the text above this line and keeps the rest -->"
 
 
+def per_node(results):
+    """Median CPU seconds and peak RSS of each process over the rounds, in the order measured."""
+    n = min(len(r["per_node"]) for r in results)
+    return " · ".join(f"{median(r['per_node'][i][0] for r in results):.1f} s / "
+                      f"{median(r['per_node'][i][1] for r in results):.0f}" for i in range(n))
+
+
 def write_results(rows, recovery, args, started):
     lines = ["# chorus side by side: results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} with "
@@ -365,6 +373,8 @@ def write_results(rows, recovery, args, started):
         cr, ar = median(r["rss_mib"] for r in c), median(r["rss_mib"] for r in a)
         lines.append(f"| | CPU s (all nodes) | {cc:.1f} | {ac:.1f} | {cc / ac if ac else float('nan'):.2f} |")
         lines.append(f"| | peak RSS, busiest node (MiB) | {cr:.0f} | {ar:.0f} | {cr / ar if ar else float('nan'):.2f} |")
+        lines.append(f"| | per node: CPU s / peak RSS MiB (the node taking the requests first; nginx: master, workers) | "
+                     f"{per_node(c)} | {per_node(a)} | |")
         errors = sum(r["errors"] + r["non2xx"] for r in c + a)
         if errors:
             lines.append(f"| | errors or non-2xx (all rounds) | {sum(r['errors'] + r['non2xx'] for r in c)} | "
@@ -461,7 +471,9 @@ def main():
         post(e.url(e.leader()) + "/v3/kv/put", {"key": b64("k"), "value": b64("v")})
         ef = e.follower()
         settle(c)
-        cpids = lambda: [p.pid for p in c.procs.values()]
+        # The node taking the requests first, so the per-node figures say which is which.
+        cpids = lambda: [c.procs[cf].pid] + [p.pid for i, p in c.procs.items() if i != cf]
+        epids = lambda: [e.procs[ef].pid] + [p.pid for i, p in e.procs.items() if i != ef and p.poll() is None]
         print(f"chorus follower {cf}, etcd follower {ef}, nginx on {ng.url()}", flush=True)
 
         put = json.dumps({"key": b64("k"), "value": b64("v")})
@@ -493,7 +505,7 @@ def main():
             cr, ar = [], []
             for rnd in range(args.rounds):
                 # Alternate which system goes first, so drift on a noisy machine hits both.
-                order = [(cr, cpids(), run_chorus), (ar, e.pids() if "stream" not in name else ng.pids(), run_anchor)]
+                order = [(cr, cpids(), run_chorus), (ar, epids() if "stream" not in name else ng.pids(), run_anchor)]
                 for results, pids, fn in (order if rnd % 2 == 0 else order[::-1]):
                     results.append(measured(pids, fn))
             unit_key = "mib_s" if unit == "MiB/s" else "rps"
