@@ -131,6 +131,34 @@ async fn ask_the_old_way(
     ))
 }
 
+/// Sends a write with a read-back that is too large to batch straight to `leader`. A leader from
+/// before read-backs cannot decode it: the write then goes again as a plain `ClientWrite`,
+/// answered without the read-back (the caller reads locally, as for a batch asked the old way).
+pub(crate) async fn write_reading_back_directly(
+    transport: &Transport,
+    leader: u64,
+    write: &Request,
+    read_back: ReadBack,
+    timeout: Duration,
+) -> Result<PeerResponse, TransportError> {
+    let request = PeerRequest::ClientWriteReadingBack(write.clone(), read_back);
+    match transport.call(leader, &request, timeout).await {
+        Err(TransportError::Malformed(_, m)) if m.starts_with(CANNOT_DECODE) => {
+            let old = PeerRequest::ClientWrite(write.clone());
+            Ok(match transport.call(leader, &old, timeout).await? {
+                PeerResponse::ClientWrite(result) => {
+                    PeerResponse::ClientWriteReadBack(result.map(|reply| WriteAnswer {
+                        reply,
+                        read_back: None,
+                    }))
+                }
+                other => other,
+            })
+        }
+        answer => answer,
+    }
+}
+
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
     let (writes, mut replies): (Vec<(Request, Option<ReadBack>)>, Vec<_>) = group
         .into_iter()

@@ -426,6 +426,16 @@ impl Replica {
                                     .await
                                     .map(PeerResponse::ClientWriteReadBack)
                             }
+                            PeerRequest::ClientWriteReadingBack(write, read_back) => {
+                                crate::forward::write_reading_back_directly(
+                                    &self.inner.transport,
+                                    leader,
+                                    write,
+                                    *read_back,
+                                    wait,
+                                )
+                                .await
+                            }
                             _ => self.inner.transport.call(leader, &req, wait).await,
                         }
                     }

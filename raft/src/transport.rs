@@ -684,6 +684,12 @@ mod tests {
                         })
                         .collect(),
                 ),
+                Ok(PeerRequest::ClientWrite(_)) => {
+                    PeerResponse::ClientWrite(Ok(crate::protocol::WriteReply {
+                        index: 8,
+                        response: storage::Response::done(),
+                    }))
+                }
                 _ => PeerResponse::Malformed(format!("{CANNOT_DECODE}: unknown variant")),
             };
             answer(reply, &response);
@@ -722,6 +728,44 @@ mod tests {
             panic!("the write failed: {answer:?}");
         };
         assert_eq!(answer.reply.index, 7);
+        assert!(answer.read_back.is_none());
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "asked once the new way, once the old way"
+        );
+        old.stop(None);
+    }
+
+    /// A write too large to batch goes alone; to a leader from before read-backs it goes again
+    /// as a plain `ClientWrite`, instead of failing to decode there until its deadline.
+    #[tokio::test]
+    async fn a_large_write_with_a_read_back_to_an_old_leader_is_asked_the_old_way() {
+        const OLD: u64 = 9_011;
+        let follower = transport(9_012, free_addr()).await;
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
+            .await
+            .expect("spawn the old leader");
+        ractor::pg::join(group(OLD), vec![old.get_cell()]);
+
+        let request = storage::Request {
+            dedupe_key: Some("k".into()),
+            at_ms: 0,
+            command: storage::Command::Queue(storage::QueueCommand::Clear),
+        };
+        let answer = crate::forward::write_reading_back_directly(
+            &follower,
+            OLD,
+            &request,
+            storage::ReadBack::Queue,
+            Duration::from_secs(5),
+        )
+        .await;
+        let Ok(PeerResponse::ClientWriteReadBack(Ok(answer))) = answer else {
+            panic!("the write failed: {answer:?}");
+        };
+        assert_eq!(answer.reply.index, 8);
         assert!(answer.read_back.is_none());
         assert_eq!(
             asked.load(std::sync::atomic::Ordering::Relaxed),
