@@ -15,7 +15,7 @@ linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients)
 streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and a 1 MiB range);
 recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
 Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
-the busiest node. Every measured run starts with nothing dirty in the page cache (`sync`, not
+the busiest node, and each node's CPU seconds and peak RSS. Every measured run starts with nothing dirty in the page cache (`sync`, not
 timed), after the setup's upload has been copied into sled on every node: what one run or the
 setup wrote is not written back inside another's measurement. Everything it starts is stopped,
 also on failure or Ctrl-C.

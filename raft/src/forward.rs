@@ -106,56 +106,59 @@ impl Forwarder {
     }
 }
 
-/// A leader from before read-backs existed cannot decode `ClientWritesReadingBack`: the writes
-/// go again as `ClientWrites`, answered without read-backs (their callers read locally).
-async fn ask_the_old_way(
+/// Sends `request` to `leader`. A leader from before read-backs cannot decode a write that
+/// carries one (`ClientWriteReadingBack`, `ClientWritesReadingBack`): it is asked again the old
+/// way (`ClientWrite`, `ClientWrites`), and its answer comes back as the new kind without
+/// read-backs, so the callers read locally. Any other request or answer passes through as it is.
+pub(crate) async fn call_leader(
     transport: &Transport,
     leader: u64,
-    writes: Vec<(Request, Option<ReadBack>)>,
+    request: &PeerRequest,
     timeout: Duration,
 ) -> Result<PeerResponse, TransportError> {
-    let old = PeerRequest::ClientWrites(writes.into_iter().map(|(r, _)| r).collect());
-    let answer = transport.call(leader, &old, timeout).await?;
-    let PeerResponse::ClientWrites(results) = answer else {
-        return Ok(answer);
+    let answer = transport.call(leader, request, timeout).await;
+    let old = match &answer {
+        Err(TransportError::Malformed(_, m)) if m.starts_with(CANNOT_DECODE) => {
+            without_read_backs(request)
+        }
+        _ => None,
     };
-    let without_read_backs = |reply| WriteAnswer {
+    match old {
+        Some(old) => transport
+            .call(leader, &old, timeout)
+            .await
+            .map(answered_without_read_backs),
+        None => answer,
+    }
+}
+
+/// The request an older leader understands for a write that carries read-backs.
+fn without_read_backs(request: &PeerRequest) -> Option<PeerRequest> {
+    match request {
+        PeerRequest::ClientWriteReadingBack(write, _) => {
+            Some(PeerRequest::ClientWrite(write.clone()))
+        }
+        PeerRequest::ClientWritesReadingBack(writes) => Some(PeerRequest::ClientWrites(
+            writes.iter().map(|(write, _)| write.clone()).collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// An older leader's answer to [`without_read_backs`]'s request, as the kind asked for.
+fn answered_without_read_backs(answer: PeerResponse) -> PeerResponse {
+    let no_read_back = |reply| WriteAnswer {
         reply,
         read_back: None,
     };
-    Ok(PeerResponse::ClientWritesReadBack(
-        results
-            .into_iter()
-            .map(|r| r.map(without_read_backs))
-            .collect(),
-    ))
-}
-
-/// Sends a write with a read-back that is too large to batch straight to `leader`. A leader from
-/// before read-backs cannot decode it: the write then goes again as a plain `ClientWrite`,
-/// answered without the read-back (the caller reads locally, as for a batch asked the old way).
-pub(crate) async fn write_reading_back_directly(
-    transport: &Transport,
-    leader: u64,
-    write: &Request,
-    read_back: ReadBack,
-    timeout: Duration,
-) -> Result<PeerResponse, TransportError> {
-    let request = PeerRequest::ClientWriteReadingBack(write.clone(), read_back);
-    match transport.call(leader, &request, timeout).await {
-        Err(TransportError::Malformed(_, m)) if m.starts_with(CANNOT_DECODE) => {
-            let old = PeerRequest::ClientWrite(write.clone());
-            Ok(match transport.call(leader, &old, timeout).await? {
-                PeerResponse::ClientWrite(result) => {
-                    PeerResponse::ClientWriteReadBack(result.map(|reply| WriteAnswer {
-                        reply,
-                        read_back: None,
-                    }))
-                }
-                other => other,
-            })
+    match answer {
+        PeerResponse::ClientWrite(result) => {
+            PeerResponse::ClientWriteReadBack(result.map(no_read_back))
         }
-        answer => answer,
+        PeerResponse::ClientWrites(results) => PeerResponse::ClientWritesReadBack(
+            results.into_iter().map(|r| r.map(no_read_back)).collect(),
+        ),
+        other => other,
     }
 }
 
@@ -165,19 +168,8 @@ async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, tim
         .map(|p| ((p.request, p.read_back), p.reply))
         .unzip();
     let sent = writes.len();
-    let call = async {
-        let request = PeerRequest::ClientWritesReadingBack(writes);
-        let answer = transport.call(leader, &request, timeout).await;
-        match (answer, request) {
-            (
-                Err(TransportError::Malformed(_, m)),
-                PeerRequest::ClientWritesReadingBack(writes),
-            ) if m.starts_with(CANNOT_DECODE) => {
-                ask_the_old_way(transport, leader, writes, timeout).await
-            }
-            (answer, _) => answer,
-        }
-    };
+    let request = PeerRequest::ClientWritesReadingBack(writes);
+    let call = call_leader(transport, leader, &request, timeout);
     // Once every caller has gone (each moved on to a new leader, see `Replica::route`), the
     // batch stops waiting: it holds the forwarder's one in-flight slot, and the writes queued
     // behind it are for the new leader.

@@ -426,17 +426,17 @@ impl Replica {
                                     .await
                                     .map(PeerResponse::ClientWriteReadBack)
                             }
-                            PeerRequest::ClientWriteReadingBack(write, read_back) => {
-                                crate::forward::write_reading_back_directly(
+                            // Anything else, including a write with a read-back too large
+                            // to batch, goes alone.
+                            _ => {
+                                crate::forward::call_leader(
                                     &self.inner.transport,
                                     leader,
-                                    write,
-                                    *read_back,
+                                    &req,
                                     wait,
                                 )
                                 .await
                             }
-                            _ => self.inner.transport.call(leader, &req, wait).await,
                         }
                     }
                 };

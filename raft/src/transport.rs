@@ -648,8 +648,9 @@ mod tests {
         assert_eq!(a.drop_session(2).await, 0, "nothing left to drop");
     }
 
-    /// A peer that knows only the requests from before read-backs: it cannot decode
-    /// `ClientWritesReadingBack` and answers `ClientWrites` with index 7 for every write.
+    /// A peer that knows only the requests from before read-backs: it cannot decode the
+    /// `...ReadingBack` requests, answers `ClientWrites` with index 7 for every write and
+    /// `ClientWrite` with index 8.
     struct OldLeader;
 
     impl Actor for OldLeader {
@@ -697,6 +698,29 @@ mod tests {
         }
     }
 
+    /// An [`OldLeader`] reachable as node `id`, and the count of requests it was sent.
+    async fn old_leader(
+        id: u64,
+    ) -> (
+        ActorRef<PeerMsg>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
+            .await
+            .expect("spawn the old leader");
+        ractor::pg::join(group(id), vec![old.get_cell()]);
+        (old, asked)
+    }
+
+    fn clear_the_queue() -> storage::Request {
+        storage::Request {
+            dedupe_key: Some("k".into()),
+            at_ms: 0,
+            command: storage::Command::Queue(storage::QueueCommand::Clear),
+        }
+    }
+
     /// A follower forwarding a write with a read-back to a leader from before read-backs asks
     /// again the old way, and gets the write's reply without a read-back (its caller then reads
     /// locally).
@@ -704,18 +728,10 @@ mod tests {
     async fn a_leader_that_cannot_decode_a_read_back_is_asked_the_old_way() {
         const OLD: u64 = 9_001;
         let follower = transport(9_002, free_addr()).await;
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
-            .await
-            .expect("spawn the old leader");
-        ractor::pg::join(group(OLD), vec![old.get_cell()]);
+        let (old, asked) = old_leader(OLD).await;
 
         let forwarder = crate::forward::Forwarder::start(follower, Duration::from_secs(5));
-        let request = storage::Request {
-            dedupe_key: Some("k".into()),
-            at_ms: 0,
-            command: storage::Command::Queue(storage::QueueCommand::Clear),
-        };
+        let request = clear_the_queue();
         let answer = forwarder
             .write(
                 OLD,
@@ -743,22 +759,13 @@ mod tests {
     async fn a_large_write_with_a_read_back_to_an_old_leader_is_asked_the_old_way() {
         const OLD: u64 = 9_011;
         let follower = transport(9_012, free_addr()).await;
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
-            .await
-            .expect("spawn the old leader");
-        ractor::pg::join(group(OLD), vec![old.get_cell()]);
+        let (old, asked) = old_leader(OLD).await;
 
-        let request = storage::Request {
-            dedupe_key: Some("k".into()),
-            at_ms: 0,
-            command: storage::Command::Queue(storage::QueueCommand::Clear),
-        };
-        let answer = crate::forward::write_reading_back_directly(
+        let request = clear_the_queue();
+        let answer = crate::forward::call_leader(
             &follower,
             OLD,
-            &request,
-            storage::ReadBack::Queue,
+            &PeerRequest::ClientWriteReadingBack(request, storage::ReadBack::Queue),
             Duration::from_secs(5),
         )
         .await;
