@@ -1,7 +1,7 @@
 //! MP3 checks on uploads and reading stored audio.
 //!
-//! - [`BlobReader`] reads a stored blob chunk by chunk (`Read + Seek`), so the checks below and
-//!   playback never hold a whole file in memory.
+//! - [`AudioReader`] reads a track's or an upload's audio chunk by chunk (`Read + Seek`) from
+//!   the chunk store, so the checks below and playback never hold a whole file in memory.
 //! - [`check_head`] rejects an upload that is plainly not MP3 from its first chunk, before the
 //!   rest is replicated.
 //! - [`analyse`] demuxes every MP3 frame of a complete upload to measure its real playing time,
@@ -15,8 +15,10 @@ use lofty::config::ParseOptions;
 use lofty::file::{FileType, TaggedFileExt};
 use lofty::prelude::Accessor;
 use lofty::probe::Probe;
-use storage::StateReader;
+use std::sync::Arc;
+
 use storage::state::tracks::CHUNK_SIZE;
+use storage::{ChunkHash, StateReader};
 use symphonia::core::codecs::DecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
@@ -28,40 +30,42 @@ use symphonia::core::probe::Hint;
 /// which is enough to measure the duration and ~100× cheaper).
 const DECODED_FRAMES: usize = 16;
 
-/// Reads blob `blob` of `size` bytes from the local `audio` tree.
+/// Reads audio of `size` bytes, made of `chunks` in order, from the local chunk store.
 #[derive(Clone)]
-pub struct BlobReader {
+pub struct AudioReader {
     state: StateReader,
-    blob: u64,
+    chunks: Arc<[ChunkHash]>,
     size: u64,
     pos: u64,
     /// The chunk most recently read (sequential reads touch each chunk once).
     cached: Option<(u32, axum::body::Bytes)>,
 }
 
-impl BlobReader {
-    pub fn new(state: StateReader, blob: u64, size: u64) -> Self {
+impl AudioReader {
+    pub fn new(state: StateReader, chunks: &[ChunkHash], size: u64) -> Self {
         Self {
             state,
-            blob,
+            chunks: chunks.into(),
             size,
             pos: 0,
             cached: None,
         }
     }
 
-    /// Chunk `index` of the blob; an error if it is missing (deleted while being read).
+    /// Chunk `index`, checked against its hash; an error if it is missing or damaged here.
+    /// Blocking.
     pub fn chunk(&self, index: u32) -> io::Result<axum::body::Bytes> {
-        self.state.audio_chunk(self.blob, index)?.ok_or_else(|| {
+        let hash = self.chunks.get(index as usize).ok_or_else(|| {
             io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("chunk {index} of audio blob {} is missing", self.blob),
+                io::ErrorKind::UnexpectedEof,
+                format!("the audio has no chunk {index}"),
             )
-        })
+        })?;
+        Ok(self.state.chunk(hash)?)
     }
 }
 
-impl Read for BlobReader {
+impl Read for AudioReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.size || buf.is_empty() {
             return Ok(0);
@@ -90,7 +94,7 @@ impl Read for BlobReader {
     }
 }
 
-impl Seek for BlobReader {
+impl Seek for AudioReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(n) => Some(n),
@@ -103,7 +107,7 @@ impl Seek for BlobReader {
     }
 }
 
-impl MediaSource for BlobReader {
+impl MediaSource for AudioReader {
     fn is_seekable(&self) -> bool {
         true
     }
@@ -158,7 +162,7 @@ pub fn check_head(head: &[u8]) -> Result<(), NotMp3> {
 }
 
 /// Measures, checks and reads the tags of a complete MP3 of `size` bytes.
-pub fn analyse(source: BlobReader) -> Result<Analysis, NotMp3> {
+pub fn analyse(source: AudioReader) -> Result<Analysis, NotMp3> {
     let mut head = [0u8; 10];
     let head_len = source
         .clone()
@@ -236,7 +240,7 @@ fn frames(source: Box<dyn MediaSource>, audio_bytes: Option<u64>) -> Result<u64,
 }
 
 /// The file's ID3 (or APE) tags; none if it has none or they are unreadable.
-fn read_tags(source: BlobReader) -> Tags {
+fn read_tags(source: AudioReader) -> Tags {
     let options = ParseOptions::new().read_properties(false);
     let file = match Probe::with_file_type(source, FileType::Mpeg)
         .options(options)

@@ -111,12 +111,8 @@ pub struct StorageView {
     pub tracks: usize,
     /// Uploads still receiving audio (or abandoned and not yet dropped).
     pub pending_uploads: usize,
-    /// Audio chunks that tracks and pending uploads hold.
+    /// Distinct audio chunks that tracks and pending uploads name (each one file on disk).
     pub audio_chunks: u64,
-    /// Audio chunks this node has applied or installed but not yet copied into sled from the
-    /// Raft log or the received snapshot (served from there meanwhile; see ARCHITECTURE.md,
-    /// `audio_mover`).
-    pub audio_chunks_to_copy: usize,
     pub queued_tracks: usize,
 }
 
@@ -147,7 +143,6 @@ pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
             tracks: st.tracks.len(),
             pending_uploads: st.tracks.uploads().count(),
             audio_chunks: st.tracks.chunk_count(),
-            audio_chunks_to_copy: app.replica.state().audio_chunks_to_copy(),
             queued_tracks: st.queue.len(),
         }),
         members: s

@@ -19,7 +19,7 @@ use raft::Replica;
 use storage::Track;
 use storage::state::tracks::CHUNK_SIZE;
 
-use crate::audio::BlobReader;
+use crate::audio::AudioReader;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, PathParam, ReadOptions};
 use crate::tracks::parse_track_id;
@@ -135,7 +135,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The bytes `[start, end]` of the track's audio, read one stored chunk at a time.
-fn body(reader: BlobReader, start: u64, end: u64) -> Body {
+fn body(reader: AudioReader, start: u64, end: u64) -> Body {
     let chunks = stream::try_unfold((reader, start), move |(reader, pos)| async move {
         if pos > end {
             return Ok::<_, std::io::Error>(None);
@@ -154,8 +154,7 @@ fn body(reader: BlobReader, start: u64, end: u64) -> Body {
                 "stored audio is shorter than recorded",
             ));
         }
-        // Zero-copy: the response shares the chunk storage returned (sled's buffer, or the
-        // one decoded from the log for a chunk not yet copied into sled).
+        // The response shares the buffer the chunk was read (and checked) into.
         let bytes = chunk.slice(offset..stop);
         let next = pos + bytes.len() as u64;
         Ok(Some((bytes, (reader, next))))
@@ -219,13 +218,13 @@ async fn stream_track(
         }
         Span::Whole if size == 0 => Response::new(Body::empty()),
         Span::Whole => Response::new(body(
-            BlobReader::new(app.replica.state().clone(), track.blob, size),
+            AudioReader::new(app.replica.state().clone(), &track.chunks, size),
             0,
             size - 1,
         )),
         Span::Part(start, end) => {
             let mut response = Response::new(body(
-                BlobReader::new(app.replica.state().clone(), track.blob, size),
+                AudioReader::new(app.replica.state().clone(), &track.chunks, size),
                 start,
                 end,
             ));

@@ -24,7 +24,7 @@ use storage::state::tracks::CHUNK_SIZE;
 use storage::{AudioInfo, Command, Outcome, Track, TrackCommand, TrackMeta};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audio::{self, BlobReader, NotMp3};
+use crate::audio::{self, AudioReader, NotMp3};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, IdempotencyKey, PathParam, QueryParam, ReadOptions};
@@ -388,11 +388,18 @@ async fn read_form(
 
 /// Checks and measures a received file from the local copy of its chunks.
 async fn analyse(r: &Replica, received: &mut Received) -> Result<audio::Analysis, ApiError> {
-    let reader = BlobReader::new(
-        r.state().clone(),
-        received.upload.upload_id,
-        received.info.size,
-    );
+    let upload_id = received.upload.upload_id;
+    let chunks = r
+        .state()
+        .read(|s| s.tracks.upload(upload_id).map(|u| u.chunks.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "upload_gone",
+                format!("upload {upload_id} no longer exists (it was idle too long); upload again"),
+            )
+        })?;
+    let reader = AudioReader::new(r.state().clone(), &chunks, received.info.size);
     let analysis = tokio::task::spawn_blocking(move || audio::analyse(reader))
         .await
         .map_err(|e| internal(format!("MP3 analysis failed to run: {e}")))?

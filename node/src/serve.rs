@@ -79,10 +79,10 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
 
     tracing::info!(node = node_id, "shutting down");
     replica.shutdown().await;
-    // The state machine's last writes may still be queued for sled: written, and the audio made
-    // durable, so the next start has nothing to repair from the log.
+    // The state machine's last writes may still be queued for sled: written (with the chunk
+    // files they name synced), so the next start has no entries to apply again.
     let state = replica.state().clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || state.wait_written())
+    if let Err(e) = tokio::task::spawn_blocking(move || state.finish_writes())
         .await
         .context("waiting for the state machine's writes")?
     {

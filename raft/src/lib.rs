@@ -48,8 +48,7 @@ pub struct RaftSettings {
     /// Also build a snapshot once the log since the last one takes this many bytes (0: only by
     /// count; see `compaction`).
     pub snapshot_every_bytes: u64,
-    /// The log behind a snapshot is also cut down to this many bytes, or half the audio the
-    /// state holds if that is more (see `compaction`).
+    /// The log behind a snapshot is also cut down to this many bytes (see `compaction`).
     pub keep_log_bytes_after_snapshot: u64,
     /// Upper bound on how long a client request waits for the cluster (then 503).
     pub request_timeout: Duration,
@@ -123,7 +122,6 @@ pub async fn start(
     let transport = transport::Transport::start(&args).await?;
     let network = network::Network::new(transport.clone());
     let reader = sm.reader();
-    sm.expect_startup_probe();
     let raft = Raft::new(
         args.node_id,
         std::sync::Arc::new(config),
@@ -135,10 +133,9 @@ pub async fn start(
     compaction::spawn(
         raft.clone(),
         log.clone(),
-        reader.clone(),
         compaction::SizePolicy {
             snapshot_every: s.snapshot_every_bytes,
-            keep_at_least: s.keep_log_bytes_after_snapshot,
+            keep: s.keep_log_bytes_after_snapshot,
         },
     );
     let replica = Replica::new(

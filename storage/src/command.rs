@@ -43,25 +43,6 @@ pub enum Command {
     Batch(Vec<Request>),
 }
 
-impl Command {
-    /// The audio chunks this command writes, moved out of it (1 MiB each): (upload id, chunk
-    /// index, bytes).
-    pub(crate) fn into_chunks(self) -> Vec<(u64, u32, Vec<u8>)> {
-        match self {
-            Command::Tracks(TrackCommand::PutChunk {
-                upload_id,
-                index,
-                bytes,
-            }) => vec![(upload_id, index, bytes)],
-            Command::Batch(requests) => requests
-                .into_iter()
-                .flat_map(|r| r.command.into_chunks())
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
 impl Request {
     /// Roughly how many bytes this write takes on the wire: the audio it carries plus a small
     /// allowance for everything else (which is a few hundred bytes at most). Used to keep

@@ -5,18 +5,13 @@
 //! - it writes its log file `db` with `sync_file_range`, which neither flushes the drive's write
 //!   cache nor records a grown file's new size (sled's background flusher calls `fsync` on that
 //!   file about once a second, whenever it happens to run);
-//! - it writes every record larger than a quarter segment (128 KiB: every 1 MiB audio chunk, and
-//!   every leaf of them it rewrites) to a file of its own under `blobs/`, and never syncs those
-//!   files. Its recovery skips a record whose blob file is missing or torn and goes on, so after
-//!   a power loss the tree could lack audio that the applied index, the snapshot or the purge
-//!   point says is there — and the log entries that carried it may be gone.
+//! - it writes every record larger than a quarter segment (128 KiB: a large dedupe group or
+//!   state record, and every leaf of them it rewrites) to a file of its own under `blobs/`, and
+//!   never syncs those files. Its recovery skips a record whose blob file is missing or torn and
+//!   goes on.
 //!
-//! The audio has a database of its own (see `crate::open_sled`), synced by `sync_everything`
-//! when audio was written; the state's database gets it only at an install and at open.
-//!
-//! So where chorus relies on what sled holds — the vote, the purge point, the audio a snapshot
-//! refers to before the log behind it is purged, an installed snapshot — it calls one of these
-//! instead of `flush`.
+//! So where chorus relies on what sled holds — the vote, the purge point, an installed
+//! snapshot before the log behind it is purged — it calls one of these instead of `flush`.
 
 use std::fs::File;
 use std::io;
@@ -78,35 +73,6 @@ impl DurableSled {
         File::open(self.dir.join("conf"))?.sync_data()?;
         File::open(&*self.dir)?.sync_all()
     }
-}
-
-/// The tree that holds the audio chunks, in the audio's own database.
-pub(crate) const AUDIO_TREE: &str = "audio";
-
-/// Moves the `audio` tree of a store written before the audio had a database of its own
-/// (`main`) into `audio`. Durable in `audio` before it is dropped from `main`, so a crash
-/// between leaves both copies and the next open moves it again (same keys, same values).
-/// Blocking; a no-op once moved.
-pub(crate) fn move_audio_out(main: &DurableSled, audio: &DurableSled) -> io::Result<()> {
-    let legacy = AUDIO_TREE.as_bytes();
-    if !main.db.tree_names().iter().any(|name| name == legacy) {
-        return Ok(());
-    }
-    let from = main.db.open_tree(legacy).map_err(io::Error::other)?;
-    let to = audio.db.open_tree(AUDIO_TREE).map_err(io::Error::other)?;
-    let mut moved = 0usize;
-    for item in from.iter() {
-        let (key, value) = item.map_err(io::Error::other)?;
-        to.insert(key, value).map_err(io::Error::other)?;
-        moved += 1;
-    }
-    audio.sync_everything()?;
-    main.db.drop_tree(legacy).map_err(io::Error::other)?;
-    main.sync_small_values()?;
-    if moved > 0 {
-        tracing::info!(chunks = moved, "moved the audio into its own database");
-    }
-    Ok(())
 }
 
 /// Test support: how many pages of sled's files are not on disk yet (dirty or under

@@ -281,46 +281,6 @@ impl LogStore {
         self.segments().sync()
     }
 
-    /// Calls `f` with each entry of `start..end` that the log still has, in order, reading about
-    /// [`REPLICATION_READ_BYTES`] at a time (a pass over the log at startup). Blocking.
-    pub(crate) fn for_each_entry(
-        &self,
-        start: u64,
-        end: u64,
-        mut f: impl FnMut(Entry) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut next = start;
-        while next < end {
-            let spans = self
-                .segments()
-                .spans_within(next, end, REPLICATION_READ_BYTES);
-            let entries = read_entries(spans)?;
-            let Some(last) = entries.last() else {
-                return Ok(());
-            };
-            next = last.log_id.index + 1;
-            for entry in entries {
-                f(entry)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The entry at `index`, if the log still has it. Blocking.
-    pub(crate) fn entry(&self, index: u64) -> std::io::Result<Option<Entry>> {
-        let spans = self.segments().spans(index, index.saturating_add(1));
-        Ok(read_entries(spans)?.into_iter().next())
-    }
-
-    /// Appends `entries` and syncs them, outside openraft (tests of what a start finds).
-    #[cfg(test)]
-    pub(crate) fn append_synced(&self, entries: impl IntoIterator<Item = Entry>) {
-        let files = self.segments().append(entries).expect("append");
-        for file in files {
-            file.sync_all().expect("sync");
-        }
-    }
-
     /// Bytes the entries `start..end` take in the log (what is purged takes nothing).
     pub fn bytes(&self, start: u64, end: u64) -> u64 {
         self.segments().bytes(start, end)

@@ -27,6 +27,9 @@
 //!   queue their batches, and the tree stays at that log position until the hold ends.
 //! - A failed write is reported by the next `submit` or `drain`: the state machine stops instead
 //!   of going on with a tree that lost a batch.
+//! - Before each write the writer runs its `before_write` hook: the state machine makes the
+//!   chunk files the batch names durable there, so the tree never names a chunk a power loss
+//!   could take.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -37,6 +40,9 @@ use std::time::{Duration, Instant};
 
 /// Key/value writes of the `sm` tree: `None` deletes the key.
 pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Run by the writer before each write to the tree; an error fails the write.
+pub type BeforeWrite = Box<dyn Fn() -> io::Result<()> + Send>;
 
 /// Batches submitted but not yet written before `submit` waits (bounds the memory a slow disk
 /// can make the writer hold).
@@ -111,14 +117,19 @@ pub fn to_batch(writes: Writes) -> sled::Batch {
 }
 
 impl SmWriter {
-    /// Starts the writer thread; it gathers batches for `coalesce` before writing them.
-    pub fn start(tree: sled::Tree, coalesce: Duration) -> io::Result<Self> {
+    /// Starts the writer thread; it gathers batches for `coalesce` before writing them, and
+    /// runs `before_write` before each write.
+    pub fn start(
+        tree: sled::Tree,
+        coalesce: Duration,
+        before_write: BeforeWrite,
+    ) -> io::Result<Self> {
         let (queue, waiting) = sync_channel(QUEUE);
         let shared = Arc::new(Shared::default());
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sm-writer".into())
-            .spawn(move || write_loop(&tree, &waiting, &for_thread, coalesce))?;
+            .spawn(move || write_loop(&tree, &waiting, &for_thread, coalesce, &before_write))?;
         Ok(Self {
             queue: Some(queue),
             shared,
@@ -203,7 +214,13 @@ impl Drop for SmWriter {
 
 /// The writer thread: takes a batch, gathers what follows it for up to `coalesce` (less if
 /// someone drains, the queue closes or [`MAX_MERGED`] are gathered), writes them as one.
-fn write_loop(tree: &sled::Tree, waiting: &Receiver<Job>, shared: &Shared, coalesce: Duration) {
+fn write_loop(
+    tree: &sled::Tree,
+    waiting: &Receiver<Job>,
+    shared: &Shared,
+    coalesce: Duration,
+    before_write: &BeforeWrite,
+) {
     while let Ok(job) = waiting.recv() {
         let Job::Write(mut writes) = job else {
             continue; // a drain that found nothing left to write
@@ -229,6 +246,7 @@ fn write_loop(tree: &sled::Tree, waiting: &Receiver<Job>, shared: &Shared, coale
         // A panic in sled must not leave `drain` waiting for a batch that will never be written.
         let gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            before_write().map_err(|e| format!("before the write: {e}"))?;
             tree.apply_batch(to_batch(writes))
                 .map_err(|e| e.to_string())
         }))
@@ -266,7 +284,7 @@ mod tests {
     fn started_gathering(coalesce: Duration) -> (sled::Tree, SmWriter) {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree("sm").expect("tree");
-        let writer = SmWriter::start(tree.clone(), coalesce).expect("start");
+        let writer = SmWriter::start(tree.clone(), coalesce, Box::new(|| Ok(()))).expect("start");
         (tree, writer)
     }
 

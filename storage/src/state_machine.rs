@@ -1,118 +1,64 @@
-//! The Raft state machine: applies committed entries to [`State`] and persists them in the `sm`
-//! sled tree; builds and installs snapshots as files under `<data_dir>/snapshots/`.
+//! The Raft state machine: applies committed entries to [`State`], persists them in the `sm`
+//! sled tree and the audio in the chunk store; builds and installs snapshots as files under
+//! `<data_dir>/snapshots/`.
 //!
 //! Invariants:
 //! - Every applied batch is one atomic sled batch holding the domain writes *and* `m/applied`
 //!   and `m/membership`, so the tree always describes exactly one log position. The batches are
 //!   written by their own thread ([`crate::sm_writer`]), so the tree may trail the in-memory
 //!   state; whatever reads or replaces the whole tree drains that writer first.
-//! - An applied audio chunk is pending in the `audio_mover` (readable from its log entry)
-//!   until that thread has copied it into the `audio` tree; deletes of stored chunks go to the
-//!   tree during the apply. Builds wait for the copy up to their index; a crash before it is
-//!   repaired at the next start from the log (`StateMachineStore::repair_audio`). An installed
-//!   snapshot's chunks are pending the same way, read from the installed file (`current.snap`),
-//!   which no build replaces before they are copied; a start copies what a crash left there.
+//! - An apply that stores a chunk writes its file before the apply answers, so a track is never
+//!   visible without its audio; the writer syncs the chunk files before it writes a batch that
+//!   names them, so the tree never names a chunk a power loss could take.
+//! - A chunk no track or upload names any more is released with the index of that apply and
+//!   its file removed once a snapshot at or after that index is current: until then the current
+//!   snapshot, or the tree a crash leaves behind, may still name it. Removal happens under the
+//!   state lock, so no apply stores the same chunk again meanwhile.
 //! - The in-memory [`State`] and the tree change together under the write lock; readers
 //!   ([`StateReader`]) take the read lock and so see whole entries only.
 //! - A snapshot is the `sm` tree streamed to a file as of one log position (taken under the
-//!   read lock; the `sm-writer` is then held there while applies go on in memory), with the
-//!   audio chunks the state holds *by key* only: building one costs the metadata, not the
-//!   library. Chunks are immutable and their keys never reused, so a key names the bytes.
-//!   The chunks the current snapshot refers to must stay until a newer snapshot replaces it:
-//!   an apply that deletes one records it in `sm` as `m/trash/<key>` (atomic with the apply)
-//!   instead, and the next build deletes the trash it no longer refers to (`Inner::refs`).
-//!   What is sent to another node is made self-contained first (`Inner::materialize`).
-//!   A received snapshot is installed by streaming the file back, its audio left in the file.
-//!   An install interrupted by a crash is redone from `current.snap` on the next start (the
-//!   `installing` marker in the `sm_control` tree says so; it lives outside `sm` because the
-//!   install clears `sm`).
-//! - Audio survives a power loss (see `durable`): a build that follows audio writes, and
-//!   every install, sync everything sled wrote before the snapshot takes over, and record in
-//!   `sm_control` the index up to which audio is durable (`audio_synced`, also at shutdown); at
-//!   start, chunks the state has but the `audio` tree lacks are put back from the log entries
-//!   after it (`StateMachineStore::repair_audio`).
+//!   read lock; the `sm-writer` is then held there while applies go on in memory). It names
+//!   chunks, never carries them: an install refuses a file naming a chunk this node lacks
+//!   before anything is replaced (the `raft` crate fetches them from peers first). An install
+//!   interrupted by a crash is redone from `current.snap` on the next start (the `installing`
+//!   marker in the `sm_control` tree says so; it lives outside `sm` because the install
+//!   clears `sm`).
+//! - At open, chunk files neither the state nor the current snapshot names are removed (an
+//!   apply that wrote one and a crash before its batch reached the tree; the entry is applied
+//!   again from the log).
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::io::AsyncWriteExt;
 
-use crate::audio_mover::AudioMover;
+use crate::OpenError;
+use crate::applied_waiters::AppliedWaiters;
+pub use crate::applied_waiters::ApplyWaitError;
+use crate::chunks::{ChunkError, ChunkHash, ChunkStore, sync_dir};
 use crate::codec;
 use crate::command::Response;
 use crate::durable::DurableSled;
 use crate::sm_writer::SmWriter;
-use crate::snapshot::{SnapshotReader, SnapshotWriter, TREE_AUDIO, TREE_AUDIO_REF, TREE_SM};
-use crate::state::tracks::chunk_key;
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
+use crate::state::tracks::chunks_named_by;
 use crate::state::{Changes, State};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
 };
-use crate::{LogStore, OpenError};
 
 const M_PREFIX: &[u8] = b"m/";
 const M_APPLIED: &[u8] = b"m/applied";
 const M_MEMBERSHIP: &[u8] = b"m/membership";
-/// Where an older version kept the install marker (inside `sm`, which the install clears).
-const M_INSTALLING_LEGACY: &[u8] = b"m/installing";
-/// `m/trash/<audio key>` = log index of the delete: a chunk deleted while the current snapshot
-/// refers to it, to be deleted once a snapshot at or after that index replaces it.
-const M_TRASH: &[u8] = b"m/trash/";
-
-fn trash_key(audio_key: &[u8]) -> Vec<u8> {
-    [M_TRASH, audio_key].concat()
-}
-
-/// Audio chunks by blob: blob id -> number of chunks (`0..n` are referred to).
-#[derive(Debug, Default, Clone)]
-struct AudioRefs(BTreeMap<u64, u32>);
-
-impl AudioRefs {
-    fn split(key: &[u8]) -> Option<(u64, u32)> {
-        let blob = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-        let index = u32::from_be_bytes(key.get(8..12)?.try_into().ok()?);
-        (key.len() == 12).then_some((blob, index))
-    }
-
-    fn covers(&self, key: &[u8]) -> bool {
-        Self::split(key).is_some_and(|(blob, index)| self.0.get(&blob).is_some_and(|&n| index < n))
-    }
-
-    fn add(&mut self, key: &[u8]) -> io::Result<()> {
-        let (blob, index) = Self::split(key)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad audio chunk key"))?;
-        let n = self.0.entry(blob).or_default();
-        *n = (*n).max(index + 1);
-        Ok(())
-    }
-
-    fn union(mut self, other: &AudioRefs) -> AudioRefs {
-        for (&blob, &n) in &other.0 {
-            let mine = self.0.entry(blob).or_default();
-            *mine = (*mine).max(n);
-        }
-        self
-    }
-
-    fn keys(&self) -> impl Iterator<Item = [u8; 12]> + '_ {
-        self.0
-            .iter()
-            .flat_map(|(&blob, &n)| (0..n).map(move |index| chunk_key(blob, index)))
-    }
-}
 /// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
 const INSTALLING: &[u8] = b"installing";
-/// Log index up to which the audio that applies wrote is known durable (big-endian u64); a start
-/// repairs audio from the entries after it (`repair_audio`). In `sm_control`.
-const AUDIO_SYNCED: &[u8] = b"audio_synced";
 const CURRENT: &str = "current.snap";
 
 /// The state as of `last_applied`.
@@ -127,105 +73,22 @@ pub struct Applied {
 struct Inner {
     /// The state's trees (`sm`, `sm_control`) and the log's metadata.
     db: DurableSled,
-    /// The `audio` tree, in a database of its own (see `crate::open_sled`).
-    audio_db: DurableSled,
-    /// Audio was written since the last `sync_everything`: the next snapshot build syncs.
-    audio_unsynced: Arc<AtomicBool>,
-    /// One `sync_audio` at a time: one that found nothing to sync must not record its index while
-    /// another's sync of earlier audio is still running.
-    audio_sync: Mutex<()>,
     sm: sled::Tree,
     /// Writes the `sm` batches of applied entries, off the apply path.
     sm_writer: SmWriter,
-    audio: sled::Tree,
-    /// Copies the chunks that applies put from the log into `audio`, off the apply path.
-    audio_mover: AudioMover,
     /// Holds the install marker. Not `sm`: an install clears `sm`, and with it the marker.
     control: sled::Tree,
+    chunks: Arc<ChunkStore>,
+    /// Chunks nothing names any more, with the index of the apply that let them go.
+    released: Mutex<Vec<(u64, ChunkHash)>>,
     applied: RwLock<Applied>,
     dir: PathBuf,
     /// The file most recently handed out by `begin_receiving_snapshot`.
     receiving: Mutex<Option<PathBuf>>,
     /// Serialises snapshot builds and installs.
     snapshot_lock: tokio::sync::Mutex<()>,
-    /// The audio the current snapshot refers to (blob id -> chunk count); `None` when that
-    /// snapshot is self-contained or there is none. During a build, also what the new one will.
-    refs: Mutex<Option<AudioRefs>>,
-    /// Set by [`StateMachineStore::expect_startup_probe`]: the next `get_current_snapshot` is
-    /// openraft's startup call, which reads only the metadata.
-    startup_probe: std::sync::atomic::AtomicBool,
     file_seq: AtomicU64,
     waiters: AppliedWaiters,
-}
-
-/// Tasks waiting for the state machine to reach a log index (a write that wants to read its own
-/// result here, a linearizable read waiting for its read index). Each is woken once, by the
-/// apply that reaches its index, rather than on every change of openraft's metrics.
-#[derive(Debug, Default)]
-struct AppliedWaiters {
-    inner: Mutex<Waiting>,
-}
-
-#[derive(Debug, Default)]
-struct Waiting {
-    /// One past the last applied index (0: nothing applied yet; index 0 is a real entry).
-    applied_end: u64,
-    waiting: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
-    /// Set when the Raft core has stopped: nothing will be applied any more.
-    closed: bool,
-}
-
-/// Why [`StateReader::wait_applied`] gave up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ApplyWaitError {
-    #[error("the entry was not applied here in time")]
-    TimedOut,
-    #[error("this node has stopped applying entries (its Raft core stopped)")]
-    Closed,
-}
-
-impl AppliedWaiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records that everything up to `last` is applied and wakes the waiters it satisfies.
-    fn applied(&self, last: Option<LogId>) {
-        let end = last.map_or(0, |l| l.index + 1);
-        let mut w = self.lock();
-        if end <= w.applied_end {
-            return;
-        }
-        w.applied_end = end;
-        let still_waiting = w.waiting.split_off(&end);
-        let ready = std::mem::replace(&mut w.waiting, still_waiting);
-        drop(w);
-        for sender in ready.into_values().flatten() {
-            let _ = sender.send(());
-        }
-    }
-
-    /// `None` when `index` is applied already, else a receiver that fires once it is (and fails
-    /// if the waiters are closed first).
-    fn wait(&self, index: u64) -> Result<Option<oneshot::Receiver<()>>, ApplyWaitError> {
-        let mut w = self.lock();
-        if index < w.applied_end {
-            return Ok(None);
-        }
-        if w.closed {
-            return Err(ApplyWaitError::Closed);
-        }
-        let (tx, rx) = oneshot::channel();
-        w.waiting.entry(index).or_default().push(tx);
-        Ok(Some(rx))
-    }
-
-    /// Fails every waiter, now and later, that is not satisfied yet.
-    fn close(&self) {
-        let mut w = self.lock();
-        w.closed = true;
-        w.waiting.clear();
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +96,7 @@ pub struct StateMachineStore {
     inner: Arc<Inner>,
 }
 
-/// Read access to the applied state, for the API's reads.
+/// Read access to the applied state and the audio, for the API's reads.
 #[derive(Debug, Clone)]
 pub struct StateReader {
     inner: Arc<Inner>,
@@ -250,36 +113,30 @@ impl StateReader {
         f(&guard.state)
     }
 
-    /// Chunk `index` of audio blob `blob` (see [`crate::state::tracks`]): from the `audio`
-    /// tree, or from its log entry if it was applied so recently that it is not there yet.
-    /// Blocking.
-    pub fn audio_chunk(&self, blob: u64, index: u32) -> io::Result<Option<bytes::Bytes>> {
-        self.inner
-            .audio_mover
-            .get(&crate::state::tracks::chunk_key(blob, index))
+    /// One audio chunk, checked against its hash. Blocking.
+    pub fn chunk(&self, hash: &ChunkHash) -> Result<bytes::Bytes, ChunkError> {
+        self.inner.chunks.read(hash)
     }
 
-    /// Chunks applied or installed but not yet copied into the `audio` tree (from their log
-    /// entries or the installed snapshot's file).
-    pub fn audio_chunks_to_copy(&self) -> usize {
-        self.inner.audio_mover.pending()
+    /// The node's chunk store (verify, repair, serving chunks to peers).
+    pub fn chunk_store(&self) -> &Arc<ChunkStore> {
+        &self.inner.chunks
     }
 
-    /// Number of chunks physically in the `audio` tree (walks the tree: for tests and tools).
-    pub fn stored_audio_chunks(&self) -> usize {
-        self.inner.audio.len()
+    /// Chunks the state names that this node has no file for (a file deleted or found damaged
+    /// by a check; they are fetched again from peers). Blocking: checks each file exists.
+    pub fn missing_chunks(&self) -> Vec<ChunkHash> {
+        let named: Vec<ChunkHash> = self.read(|s| s.tracks.chunks().copied().collect());
+        named
+            .into_iter()
+            .filter(|h| !self.inner.chunks.contains(h))
+            .collect()
     }
 
     /// Waits until the state of every applied entry is in the sled tree (the `sm-writer` has
-    /// caught up) and the audio they wrote is durable, so that the next start has no audio to
-    /// repair (`repair_audio`): for shutdown. Blocking.
-    pub fn wait_written(&self) -> io::Result<()> {
-        self.inner.sm_writer.drain()?;
-        let applied = self.last_applied();
-        self.inner
-            .audio_mover
-            .wait_moved(applied.map_or(0, |l| l.index))?;
-        self.inner.sync_audio(applied)
+    /// caught up, with the chunk files it names synced): for shutdown. Blocking.
+    pub fn finish_writes(&self) -> io::Result<()> {
+        self.inner.sm_writer.drain()
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
@@ -314,39 +171,29 @@ impl StateReader {
     }
 }
 
+/// The distinct chunks the snapshot in `file` names. Blocking.
+pub fn chunks_named_by_snapshot(file: &Path) -> io::Result<HashSet<ChunkHash>> {
+    let mut reader = SnapshotReader::new(File::open(file)?)?;
+    let mut named = HashSet::new();
+    while let Some(record) = reader.next_record()? {
+        let chunks = chunks_named_by(&record.key, &record.value)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        named.extend(chunks);
+    }
+    Ok(named)
+}
+
 fn sled_io(e: sled::Error) -> io::Error {
     io::Error::other(e)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    codec::encode(value).map_err(io::Error::other)
 }
 
 impl Inner {
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Makes the audio that applies up to `upto` wrote durable — if audio was written since the
-    /// last time, everything the audio's database holds (see `durable`) — and records `upto` as
-    /// where the next start begins to look for audio to repair (`repair_audio`). Blocking.
-    fn sync_audio(&self, upto: Option<LogId>) -> io::Result<()> {
-        let _one_at_a_time = self
-            .audio_sync
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Cleared first: audio written during the sync is synced next time.
-        if self.audio_unsynced.swap(false, Ordering::AcqRel) {
-            self.audio_db.sync_everything().inspect_err(|_| {
-                self.audio_unsynced.store(true, Ordering::Release);
-            })?;
-        }
-        // Durable with sled's next flush; until then a start looks from an older point.
-        let upto = upto.map_or(0, |l| l.index);
-        self.control
-            .insert(AUDIO_SYNCED, &upto.to_be_bytes())
-            .map_err(sled_io)?;
-        Ok(())
     }
 
     fn current_path(&self) -> PathBuf {
@@ -359,13 +206,15 @@ impl Inner {
             .join(format!("{kind}-{}-{seq}.snap", std::process::id()))
     }
 
-    /// Streams the tree, with the audio by reference, into a new `current.snap`. Blocking.
+    /// Streams the tree into a new `current.snap`, then removes the chunks released at or
+    /// before its index. Blocking.
     fn build_blocking(&self) -> io::Result<SnapshotMeta> {
         let tmp = self.next_file("building");
-        let (meta, refs, tree_held) = {
+        let (meta, tree_held) = {
             let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
             // The tree as of `last_applied` (no batch is in flight while the lock is held), kept
-            // there until the file is written: applies go on meanwhile, their batches wait.
+            // there until the file is written: applies go on meanwhile, their batches wait. The
+            // drain synced the chunk files those batches name.
             let tree_held = self.sm_writer.hold()?;
             let id_part = guard.last_applied.map_or("none".to_string(), |l| {
                 format!("{}-{}", l.leader_id, l.index)
@@ -378,171 +227,54 @@ impl Inner {
                     self.file_seq.fetch_add(1, Ordering::Relaxed)
                 ),
             };
-            let refs = AudioRefs(guard.state.tracks.chunk_blobs().collect());
-            // Until the new file replaces the old, deletes keep what either refers to. Set
-            // under the lock, so no apply after `last_applied` sees only the old references.
-            let mut current = self.refs();
-            let union = current.take().unwrap_or_default().union(&refs);
-            *current = Some(union);
-            (meta, refs, tree_held)
+            (meta, tree_held)
         };
-        let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta, true)?;
+        let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta)?;
         for item in self.sm.iter() {
             let (key, value) = item.map_err(sled_io)?;
             if !key.starts_with(M_PREFIX) {
-                writer.record(TREE_SM, &key, &value)?;
+                writer.record(&key, &value)?;
             }
         }
         drop(tree_held);
-        for key in refs.keys() {
-            writer.record(TREE_AUDIO_REF, &key, &[])?;
-        }
         writer.finish()?.sync_all()?;
-        let upto = meta.last_log_id.map_or(0, |l| l.index);
-        self.audio_mover.wait_moved(upto)?;
-        // The chunks it refers to were put by applies up to `last_applied`, and are in the
-        // tree now that the mover has copied them that far; durable before
-        // the file takes over (and the log behind it may be purged), so a restarted node still
-        // has what it refers to — sled's own flush leaves their blob files unsynced. Only when
-        // audio was written since the last time: a `syncfs` at every build (every 5,000 writes
-        // of votes) cost one-client writes p99 (all nodes share one disk here). The first build
-        // after a bulk upload writes that audio out at once and writes wait on the disk
-        // meanwhile (`bench/snapshot_stall.py --mib 200`: p99 27–150 ms instead of 3–10 ms);
-        // syncing it earlier in the background cost as much, later, or hit the writes that
-        // followed a small upload (bench/RESULTS.md, eighth session).
-        self.sync_audio(meta.last_log_id)?;
+        // Every chunk the file names was synced before the batch that named it was written;
+        // this covers a caller that never let the writer run.
+        self.chunks.sync_pending()?;
         fs::rename(&tmp, self.current_path())?;
         sync_dir(&self.dir)?;
-        *self.refs() = Some(refs);
-        self.empty_trash(Some(upto))?;
+        self.remove_released(meta.last_log_id.map_or(0, |l| l.index))?;
         Ok(meta)
     }
 
-    /// Hands the audio mover the chunks that `exists` covers (what the state has), the `audio`
-    /// tree lacks and `current.snap` carries: an install leaves its audio in that file for the
-    /// mover, and a stop before the copy finished (a crash; a clean stop waits for it) leaves some
-    /// there. Returns how many. Blocking; for `open`.
-    fn pend_uncopied_snapshot_audio(&self, exists: &AudioRefs) -> io::Result<usize> {
-        let path = self.current_path();
-        if !path.exists() {
-            return Ok(0);
-        }
-        let file = Arc::new(File::open(&path)?);
-        let mut reader = SnapshotReader::new(&*file)?;
-        // A node's own build carries no audio (its chunks are in the tree before it is written).
-        if reader.refers_to_audio {
-            return Ok(0);
-        }
-        let index = reader.meta.last_log_id.map_or(0, |l| l.index);
-        let mut found = 0usize;
-        // Every value is skipped: only the audio's keys and places are needed, and the `sm`
-        // records (megabytes with a full dedupe table) would be read at every start for nothing.
-        while let Some((record, at)) = reader.next_record_skipping(|_| true)? {
-            if let Some(at) = at
-                && record.tree == TREE_AUDIO
-                && exists.covers(&record.key)
-                && !self.audio.contains_key(&record.key).map_err(sled_io)?
-            {
-                self.audio_mover
-                    .put_from_snapshot(record.key, index, file.clone(), at)?;
-                found += 1;
+    /// Removes the files of chunks released at or before `upto` that nothing names again.
+    fn remove_released(&self, upto: u64) -> io::Result<()> {
+        let guard = self.write_lock();
+        let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut removed = 0usize;
+        let mut kept = Vec::new();
+        for (at, hash) in released.drain(..) {
+            if at > upto {
+                kept.push((at, hash));
+            } else if !guard.state.tracks.names_chunk(&hash) {
+                self.chunks.remove(&hash)?;
+                removed += 1;
             }
         }
-        Ok(found)
-    }
-
-    fn refs(&self) -> std::sync::MutexGuard<'_, Option<AudioRefs>> {
-        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Deletes the trashed chunks deleted at or before `upto` (all of them with `None`): the
-    /// current snapshot no longer refers to them.
-    fn empty_trash(&self, upto: Option<u64>) -> io::Result<()> {
-        let mut audio = sled::Batch::default();
-        let mut sm = sled::Batch::default();
-        let mut found = 0usize;
-        for item in self.sm.scan_prefix(M_TRASH) {
-            let (key, value) = item.map_err(sled_io)?;
-            let deleted_at: u64 = codec::decode(&value).map_err(io::Error::other)?;
-            if upto.is_some_and(|upto| deleted_at > upto) {
-                continue;
-            }
-            audio.remove(&key[M_TRASH.len()..]);
-            sm.remove(key);
-            found += 1;
-        }
-        if found > 0 {
+        *released = kept;
+        if removed > 0 {
             tracing::debug!(
-                chunks = found,
-                "deleting audio no snapshot refers to any more"
+                chunks = removed,
+                "removed audio chunks nothing names any more"
             );
-            // Audio first: a crash in between leaves trash entries, which are deleted again.
-            self.audio.apply_batch(audio).map_err(sled_io)?;
-            self.sm.apply_batch(sm).map_err(sled_io)?;
         }
         Ok(())
     }
 
-    /// The audio references of the snapshot in `current.snap`, if it has any, and the log index
-    /// it is at. Blocking.
-    fn load_refs(&self) -> io::Result<Option<(AudioRefs, u64)>> {
-        let path = self.current_path();
-        if !path.exists() {
-            return Ok(None);
-        }
-        let mut reader = SnapshotReader::new(File::open(&path)?)?;
-        if !reader.refers_to_audio {
-            return Ok(None);
-        }
-        let mut refs = AudioRefs::default();
-        while let Some(record) = reader.next_record()? {
-            if record.tree == TREE_AUDIO_REF {
-                refs.add(&record.key)?;
-            }
-        }
-        Ok(Some((refs, reader.meta.last_log_id.map_or(0, |l| l.index))))
-    }
-
-    /// A self-contained copy of `current.snap` for another node: every audio reference
-    /// replaced by the chunk. The file is unlinked once open, so it goes when the handle does.
-    /// Called under the snapshot lock, so no build deletes a chunk it refers to meanwhile.
-    /// Blocking.
-    fn materialize(&self) -> io::Result<(SnapshotMeta, File)> {
-        let mut reader = SnapshotReader::new(File::open(self.current_path())?)?;
-        let meta = reader.meta.clone();
-        let path = self.next_file("sending");
-        let mut writer = SnapshotWriter::new(File::create(&path)?, &meta, false)?;
-        let copied =
-            (|| {
-                while let Some(record) = reader.next_record()? {
-                    if record.tree == TREE_AUDIO_REF {
-                        let value = self.audio.get(&record.key).map_err(sled_io)?.ok_or_else(
-                            || {
-                                io::Error::other(format!(
-                                    "audio chunk {:?} of the snapshot is missing from the store",
-                                    record.key
-                                ))
-                            },
-                        )?;
-                        writer.record(TREE_AUDIO, &record.key, &value)?;
-                    } else {
-                        writer.record(record.tree, &record.key, &record.value)?;
-                    }
-                }
-                writer.finish()?;
-                File::open(&path)
-            })();
-        let removed = fs::remove_file(&path);
-        let file = copied?;
-        removed?;
-        Ok((meta, file))
-    }
-
     /// Replaces the whole state with the snapshot in `current.snap`. Blocking.
     fn install_blocking(&self, expected: Option<&SnapshotMeta>) -> io::Result<SnapshotMeta> {
-        // Held open by the audio mover until it has copied the chunks left in it.
-        let file = Arc::new(File::open(self.current_path())?);
-        let mut reader = SnapshotReader::new(&*file)?;
+        let path = self.current_path();
+        let mut reader = SnapshotReader::new(File::open(&path)?)?;
         let meta = reader.meta.clone();
         if let Some(expected) = expected
             && expected.last_log_id != meta.last_log_id
@@ -556,85 +288,100 @@ impl Inner {
             ));
         }
         let mut guard = self.write_lock();
-        // Nothing queued may land in the trees after they are cleared.
+        // Nothing queued may land in the tree after it is cleared.
         self.sm_writer.drain()?;
-        let _mover_stopped = self.audio_mover.stop_and_clear();
         // Durable before anything is cleared: a crash from here on is repaired at the next open
         // by installing `current.snap` again.
         self.control.insert(INSTALLING, &[1u8]).map_err(sled_io)?;
         self.db.sync_small_values()?;
         self.sm.clear().map_err(sled_io)?;
-        // A snapshot of this node's own refers to chunks still in its audio tree.
-        if !reader.refers_to_audio {
-            self.audio.clear().map_err(sled_io)?;
-        }
-        let mut refs = AudioRefs::default();
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
-        // The chunks the file carries stay in it: the mover copies them into sled afterwards.
-        let mut audio = Vec::new();
-        while let Some((record, at)) = reader.next_record_skipping(|tree| tree == TREE_AUDIO)? {
-            match record.tree {
-                TREE_SM => {
-                    batch.insert(record.key, record.value);
-                    pending += 1;
-                    if pending == 10_000 {
-                        self.sm
-                            .apply_batch(std::mem::take(&mut batch))
-                            .map_err(sled_io)?;
-                        pending = 0;
-                    }
-                }
-                TREE_AUDIO => {
-                    let at = at.ok_or_else(|| io::Error::other("audio value read, not skipped"))?;
-                    audio.push((record.key, at));
-                }
-                TREE_AUDIO_REF if reader.refers_to_audio => {
-                    if !self.audio.contains_key(&record.key).map_err(sled_io)? {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the snapshot refers to audio chunk {:?}, which this node does not have",
-                                record.key
-                            ),
-                        ));
-                    }
-                    refs.add(&record.key)?;
-                }
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("unknown tree {other}"),
-                    ));
-                }
+        while let Some(record) = reader.next_record()? {
+            batch.insert(record.key, record.value);
+            pending += 1;
+            if pending == 10_000 {
+                self.sm
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(sled_io)?;
+                pending = 0;
             }
         }
         batch.insert(M_APPLIED, encode_io(&meta.last_log_id)?);
         batch.insert(M_MEMBERSHIP, encode_io(&meta.last_membership)?);
-        batch.remove(M_INSTALLING_LEGACY);
         self.sm.apply_batch(batch).map_err(sled_io)?;
-        let index = meta.last_log_id.map_or(0, |l| l.index);
-        let audio_left = audio.len();
-        for (key, at) in audio {
-            self.audio_mover
-                .put_from_snapshot(key, index, file.clone(), at)?;
-        }
         // The installed state durable before the marker goes: openraft purges the log up to the
-        // snapshot next. Its audio is durable in the file (`install_snapshot` synced it), which
-        // stays until a build, which waits for the copy, replaces it.
+        // snapshot next.
         self.db.sync_everything()?;
-        self.audio_unsynced.store(true, Ordering::Release);
-        self.sync_audio(meta.last_log_id)?;
         self.control.remove(INSTALLING).map_err(sled_io)?;
         self.db.sync_small_values()?;
         guard.state = State::load(&self.sm).map_err(io::Error::other)?;
-        *self.refs() = reader.refers_to_audio.then_some(refs);
         guard.last_applied = meta.last_log_id;
         guard.membership = meta.last_membership.clone();
+        // The snapshot replaced this node's own, so only the new state's chunks are needed.
+        self.released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let state = &guard.state;
+        let removed = self.chunks.sweep(|h| state.tracks.names_chunk(h))?;
+        let missing = state
+            .tracks
+            .chunks()
+            .filter(|h| !self.chunks.contains(h))
+            .count();
         drop(guard);
         self.waiters.applied(meta.last_log_id);
-        tracing::info!(last_log_id = ?meta.last_log_id, chunks_left_in_file = audio_left, "installed snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, removed_chunks = removed, "installed snapshot");
+        if missing > 0 {
+            // Only after a crash between this node's checks and the install: a check finds them.
+            tracing::error!(
+                missing,
+                "the installed state names audio chunks this node lacks; run `chorus verify`"
+            );
+        }
         Ok(meta)
+    }
+
+    /// Removes chunk files that neither the state nor the current snapshot names. Blocking;
+    /// for `open`, before anything applies.
+    fn sweep_unnamed_chunks(&self) -> io::Result<()> {
+        let snapshot_names = match self.current_path().exists() {
+            true => chunks_named_by_snapshot(&self.current_path())?,
+            false => HashSet::new(),
+        };
+        let guard = self.write_lock();
+        let state = &guard.state;
+        let removed = self
+            .chunks
+            .sweep(|h| state.tracks.names_chunk(h) || snapshot_names.contains(h))?;
+        if removed > 0 {
+            tracing::info!(
+                chunks = removed,
+                "removed audio chunks nothing names (written before a crash)"
+            );
+        }
+        // Named by the snapshot only: released as of now, removed by the next build.
+        let at = guard.last_applied.map_or(0, |l| l.index);
+        let mut released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        released.extend(
+            snapshot_names
+                .into_iter()
+                .filter(|h| !state.tracks.names_chunk(h))
+                .map(|h| (at, h)),
+        );
+        let missing = state
+            .tracks
+            .chunks()
+            .filter(|h| !self.chunks.contains(h))
+            .count();
+        if missing > 0 {
+            tracing::error!(
+                missing,
+                "the state names audio chunks this node lacks (deleted or lost files); run `chorus verify` to fetch them from peers"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -644,17 +391,8 @@ async fn same_file(file: &tokio::fs::File, path: &Path) -> io::Result<bool> {
     Ok(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
-fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    codec::encode(value).map_err(io::Error::other)
-}
-
 impl StateMachineStore {
-    pub(crate) fn open(
-        db: DurableSled,
-        audio_db: DurableSled,
-        log: &LogStore,
-        dir: &Path,
-    ) -> Result<Self, OpenError> {
+    pub(crate) fn open(db: DurableSled, chunks: ChunkStore, dir: &Path) -> Result<Self, OpenError> {
         let io_err = |source| OpenError::Io {
             path: dir.display().to_string(),
             source,
@@ -675,41 +413,36 @@ impl StateMachineStore {
             .db()
             .open_tree("sm")
             .map_err(|e| corrupt(e.to_string()))?;
-        let audio = audio_db
-            .db()
-            .open_tree(crate::durable::AUDIO_TREE)
-            .map_err(|e| corrupt(e.to_string()))?;
         let control = db
             .db()
             .open_tree("sm_control")
             .map_err(|e| corrupt(e.to_string()))?;
-        // `repair_audio` syncs what an earlier run left unsynced.
-        let audio_unsynced = Arc::new(AtomicBool::new(true));
+        let chunks = Arc::new(chunks);
+        let for_writer = chunks.clone();
+        let sm_writer = SmWriter::start(
+            sm.clone(),
+            crate::sm_writer::COALESCE,
+            Box::new(move || for_writer.sync_pending()),
+        )
+        .map_err(io_err)?;
         let inner = Inner {
-            audio_mover: AudioMover::start(audio.clone(), log.clone(), audio_unsynced.clone())
-                .map_err(io_err)?,
-            audio_unsynced,
-            audio_sync: Mutex::new(()),
             db,
-            audio_db,
-            sm_writer: SmWriter::start(sm.clone(), crate::sm_writer::COALESCE).map_err(io_err)?,
+            sm_writer,
             sm,
-            audio,
             control,
+            chunks,
+            released: Mutex::new(Vec::new()),
             applied: RwLock::new(Applied::default()),
             dir: dir.to_path_buf(),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
-            refs: Mutex::new(None),
-            startup_probe: std::sync::atomic::AtomicBool::new(false),
             file_seq: AtomicU64::new(0),
             waiters: AppliedWaiters::default(),
         };
-        let marked = |tree: &sled::Tree, key: &[u8]| {
-            tree.contains_key(key).map_err(|e| corrupt(e.to_string()))
-        };
-        let interrupted =
-            marked(&inner.control, INSTALLING)? || marked(&inner.sm, M_INSTALLING_LEGACY)?;
+        let interrupted = inner
+            .control
+            .contains_key(INSTALLING)
+            .map_err(|e| corrupt(e.to_string()))?;
         if interrupted {
             tracing::warn!("a snapshot install was interrupted; installing it again");
             inner
@@ -731,21 +464,9 @@ impl StateMachineStore {
             }
             *inner.write_lock() = applied;
         }
-        {
-            let loaded = inner
-                .load_refs()
-                .map_err(|e| corrupt(format!("read the current snapshot: {e}")))?;
-            // What the current snapshot does not refer to can go (a build that a crash
-            // interrupted after replacing the file, or a self-contained snapshot).
-            let (refs, upto) = match loaded {
-                Some((refs, upto)) => (Some(refs), Some(upto)),
-                None => (None, None),
-            };
-            *inner.refs() = refs;
-            inner
-                .empty_trash(upto)
-                .map_err(|e| corrupt(format!("empty the audio trash: {e}")))?;
-        }
+        inner
+            .sweep_unnamed_chunks()
+            .map_err(|e| corrupt(format!("sweep the chunk store: {e}")))?;
         inner.waiters.applied(inner.write_lock().last_applied);
         Ok(Self {
             inner: Arc::new(inner),
@@ -785,88 +506,6 @@ impl StateMachineStore {
                 "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
             ))),
         }
-    }
-
-    /// Puts back the audio chunks that the state says exist but the `audio` tree lacks, from the
-    /// log entries applied since the audio was last known durable (`AUDIO_SYNCED`), then makes
-    /// everything sled holds durable. sled's background flush can make `m/applied` durable
-    /// before the blob files of chunks applied earlier (see `durable`); after a power loss those
-    /// chunks would be gone with no entry applied again for them. Chunk keys are never reused, so
-    /// a chunk put back is the one lost. After a clean shutdown there is nothing to look at
-    /// (`wait_written` records the last applied index). Blocking.
-    pub(crate) fn repair_audio(&self, log: &crate::LogStore) -> Result<(), OpenError> {
-        let inner = &self.inner;
-        let corrupt = |message: String| OpenError::Corrupt {
-            path: inner.dir.display().to_string(),
-            message,
-        };
-        let synced = match inner
-            .control
-            .get(AUDIO_SYNCED)
-            .map_err(|e| corrupt(e.to_string()))?
-        {
-            Some(bytes) => u64::from_be_bytes(
-                bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("bad audio_synced record".to_string()))?,
-            ),
-            // A store from before the record existed: look at the whole log.
-            None => 0,
-        };
-        let applied = self.reader().last_applied();
-        let upto = applied.map_or(0, |l| l.index);
-        // The chunks the state says exist: only those are put back, from the log or the file.
-        let exists = AudioRefs(self.reader().read(|s| s.tracks.chunk_blobs().collect()));
-        if synced < upto {
-            let mut repaired = 0usize;
-            log.for_each_entry(synced + 1, upto + 1, |entry| {
-                let EntryPayload::Normal(request) = entry.payload else {
-                    return Ok(());
-                };
-                for (upload_id, index, bytes) in request.command.into_chunks() {
-                    let key = chunk_key(upload_id, index);
-                    if exists.covers(&key) && !inner.audio.contains_key(key).map_err(sled_io)? {
-                        inner.audio.insert(key, bytes).map_err(sled_io)?;
-                        repaired += 1;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| corrupt(format!("repair audio from the log: {e}")))?;
-            if repaired > 0 {
-                inner.audio_unsynced.store(true, Ordering::Release);
-                tracing::warn!(
-                    repaired,
-                    from = synced + 1,
-                    upto,
-                    "audio chunks were missing (a power loss?); put back from the log"
-                );
-            }
-        }
-        let left = inner
-            .pend_uncopied_snapshot_audio(&exists)
-            .map_err(|e| corrupt(format!("look for audio left in current.snap: {e}")))?;
-        if left > 0 {
-            tracing::info!(
-                chunks = left,
-                "audio an install left in current.snap is copied into sled again"
-            );
-        }
-        // Syncs whatever the last run left unsynced (the flag starts set) and what was put back.
-        inner
-            .db
-            .sync_everything()
-            .and_then(|()| inner.sync_audio(applied))
-            .map_err(|e| corrupt(format!("sync the audio: {e}")))
-    }
-
-    /// Call just before `Raft::new`. openraft 0.9.25's `Raft::new` calls `get_current_snapshot`
-    /// once, for the metadata only (`StorageHelper::get_initial_state`), before its core and
-    /// workers start; that call gets this node's own file. Every other call is for sending the
-    /// snapshot to another node and gets a self-contained copy, which costs a copy of the audio.
-    pub fn expect_startup_probe(&self) {
-        self.inner.startup_probe.store(true, Ordering::Release);
     }
 
     pub fn reader(&self) -> StateReader {
@@ -927,18 +566,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         tracing::trace!(target: "chorus::stages", stage = "apply.start");
-        if !self.inner.audio_mover.has_room() {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.audio_mover.wait_for_room())
-                .await
-                .map_err(io::Error::other)
-                .and_then(|waited| waited)
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        }
         let mut guard = self.inner.write_lock();
         let mut changes = Changes::default();
         let mut responses = Vec::new();
-        let mut puts = Vec::new();
+        let mut released = Vec::new();
+        let write_err = |e: io::Error| StorageIOError::write_state_machine(&e);
         for entry in entries {
             guard.last_applied = Some(entry.log_id);
             let response = match entry.payload {
@@ -948,8 +580,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         .state
                         .apply(&req, &mut changes)
                         .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                    // Written before the apply answers: a track is never visible without its
+                    // audio. Synced by the writer before the batch that names it.
+                    for (hash, bytes) in changes.take_stored_chunks() {
+                        self.inner.chunks.put(&hash, &bytes).map_err(write_err)?;
+                    }
                     let index = entry.log_id.index;
-                    puts.extend(changes.take_audio_puts().into_iter().map(|k| (k, index)));
+                    released.extend(
+                        changes
+                            .take_released_chunks()
+                            .into_iter()
+                            .map(|h| (index, h)),
+                    );
                     response
                 }
                 EntryPayload::Membership(m) => {
@@ -967,41 +609,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         changes
             .put(M_MEMBERSHIP.to_vec(), &guard.membership)
             .map_err(encode_err)?;
+        if !released.is_empty() {
+            self.inner
+                .released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(released);
+        }
         // Not flushed: the log already is, and a crash replays entries after `m/applied`.
-        // The chunks put are readable (from the log) before the entries' state is, so a track
-        // is never visible without its audio; the mover copies them into the `audio` tree and
-        // the `sm` writes follow on the writer's thread.
-        let write_err = |e: io::Error| StorageIOError::write_state_machine(&e);
-        for (key, index) in puts {
-            self.inner.audio_mover.put(key, index).map_err(write_err)?;
-        }
-        let deletes = changes.take_audio_deletes();
-        if !deletes.is_empty() {
-            let applied_index = guard.last_applied.map_or(0, |l| l.index);
-            let refs = self.inner.refs();
-            let mut audio = sled::Batch::default();
-            let mut stored = 0usize;
-            for key in deletes {
-                if refs.as_ref().is_some_and(|r| r.covers(&key)) {
-                    changes
-                        .put(trash_key(&key), &applied_index)
-                        .map_err(encode_err)?;
-                } else if !self.inner.audio_mover.delete_pending(&key) {
-                    audio.remove(key);
-                    stored += 1;
-                }
-            }
-            if stored > 0 {
-                self.inner
-                    .audio
-                    .apply_batch(audio)
-                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
-            }
-        }
         self.inner
             .sm_writer
             .submit(changes.into_writes())
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            .map_err(write_err)?;
         let last = guard.last_applied;
         drop(guard);
         self.inner.waiters.applied(last);
@@ -1054,45 +673,51 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot.flush().await.map_err(err)?;
         snapshot.sync_all().await.map_err(err)?;
         tracing::info!(took = ?started.elapsed(), "received snapshot synced");
-        // Only the node that wrote a file with audio references can use it: refused here,
-        // before anything of this node's is replaced.
-        let mut magic = [0u8; 8];
-        snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
-        snapshot.read_exact(&mut magic).await.map_err(err)?;
-        if &magic == crate::snapshot::MAGIC_REFS {
-            return Err(err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the received snapshot refers to audio it does not carry",
-            )));
-        }
         let received = self
             .inner
             .receiving
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let current = self.inner.current_path();
-        // openraft normally hands back the file we gave out in `begin_receiving_snapshot`, which
-        // is moved into place; any other file (a test may substitute one) is copied.
+        // openraft normally hands back the file we gave out in `begin_receiving_snapshot`; any
+        // other file (a test may substitute one) is copied next to it first.
         let ours = match &received {
             Some(path) => same_file(&snapshot, path).await.map_err(err)?,
             None => false,
         };
-        match received {
-            Some(path) if ours => tokio::fs::rename(&path, &current).await.map_err(err)?,
+        let incoming = match received {
+            Some(path) if ours => path,
             _ => {
                 let tmp = self.inner.next_file("copy");
                 let mut out = tokio::fs::File::create(&tmp).await.map_err(err)?;
+                use tokio::io::AsyncSeekExt;
                 snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
                 tokio::io::copy(&mut snapshot, &mut out)
                     .await
                     .map_err(err)?;
                 out.sync_all().await.map_err(err)?;
-                tokio::fs::rename(&tmp, &current).await.map_err(err)?;
+                tmp
             }
-        }
+        };
         let expected = meta.clone();
         self.blocking(move |inner| {
+            // Refused before anything of this node's is replaced.
+            let lacking = chunks_named_by_snapshot(&incoming)?
+                .into_iter()
+                .filter(|h| !inner.chunks.contains(h))
+                .count();
+            if lacking > 0 {
+                let _ = fs::remove_file(&incoming);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the snapshot names {lacking} audio chunks this node does not have (they are fetched from peers before an install)"
+                    ),
+                ));
+            }
+            // The chunks fetched for it are durable before it replaces anything.
+            inner.chunks.sync_pending()?;
+            fs::rename(&incoming, inner.current_path())?;
             sync_dir(&inner.dir)?;
             inner.install_blocking(Some(&expected))
         })
@@ -1102,34 +727,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        // Used up by the first call, whether or not there is a snapshot yet.
-        let probe = self.inner.startup_probe.swap(false, Ordering::AcqRel);
         // Under the lock, so no build or install replaces the file between reading its header
-        // and opening it (a file that refers to audio must never reach another node).
+        // and opening it.
         let _serial = self.inner.snapshot_lock.lock().await;
         let path = self.inner.current_path();
         if !path.exists() {
             return Ok(None);
         }
-        let (meta, refers_to_audio) = self
-            .blocking(move |_| {
-                let reader = SnapshotReader::new(File::open(&path)?)?;
-                Ok((reader.meta, reader.refers_to_audio))
-            })
+        let meta = self
+            .blocking(move |_| Ok(SnapshotReader::new(File::open(&path)?)?.meta))
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        if refers_to_audio && !probe {
-            let started = std::time::Instant::now();
-            let (meta, file) = self
-                .blocking(|inner| inner.materialize())
-                .await
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            tracing::info!(took = ?started.elapsed(), "materialized snapshot to send");
-            return Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(tokio::fs::File::from_std(file)),
-            }));
-        }
         let sig = meta.signature();
         let snapshot = self
             .open_current(meta)
@@ -1142,19 +750,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request};
+    use crate::command::{Command, ErrorKind, Outcome, QueueCommand, Request, TrackCommand};
+    use crate::state::tracks::{AudioInfo, CHUNK_SIZE, TrackMeta};
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
-
-    impl Inner {
-        /// sled's own flush of both databases: what a process that dies next leaves.
-        fn flush_both(&self) {
-            self.db.db().flush().expect("flush the state's database");
-            self.audio_db
-                .db()
-                .flush()
-                .expect("flush the audio's database");
-        }
-    }
 
     fn add(index: u64, id: u64) -> Entry {
         RaftEntry {
@@ -1268,61 +866,48 @@ mod tests {
         }
     }
 
-    /// Entries `first..` that begin upload `upload_id` (the next id) and put two chunks.
-    fn upload(first: u64, upload_id: u64) -> Vec<Entry> {
+    /// Entries `first..first + 3` that begin upload `upload_id` (the next id) and put two
+    /// chunks: a full one of `fill` bytes and a 10-byte tail of `fill + 1`.
+    fn upload(first: u64, upload_id: u64, fill: u8) -> Vec<Entry> {
         use crate::command::TrackCommand::{BeginUpload, PutChunk};
         let chunk = |index: u32, len: usize| PutChunk {
             upload_id,
             index,
-            bytes: vec![index as u8 + 1; len],
+            bytes: vec![fill + index as u8; len],
         };
         vec![
             entry(first, Command::Tracks(BeginUpload { owner: 1 })),
-            entry(
-                first + 1,
-                Command::Tracks(chunk(0, crate::state::tracks::CHUNK_SIZE)),
-            ),
+            entry(first + 1, Command::Tracks(chunk(0, CHUNK_SIZE))),
             entry(first + 2, Command::Tracks(chunk(1, 10))),
         ]
     }
 
-    fn abort(index: u64, upload_id: u64) -> Entry {
+    fn create(index: u64, upload_id: u64) -> Entry {
         entry(
             index,
-            Command::Tracks(crate::command::TrackCommand::AbortUpload { upload_id }),
+            Command::Tracks(TrackCommand::Create {
+                upload_id,
+                by: 1,
+                meta: TrackMeta {
+                    title: "t".into(),
+                    artist: "a".into(),
+                    album: String::new(),
+                    genre: String::new(),
+                },
+                audio: AudioInfo {
+                    size: CHUNK_SIZE as u64 + 10,
+                    chunks: 2,
+                    duration_ms: 1000,
+                },
+            }),
         )
     }
 
-    /// `entries`, appended to `log` first: the audio mover reads chunks from the log.
-    fn logged(log: &crate::LogStore, entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        log.append_synced(entries.clone());
-        entries
-    }
-
-    /// Waits until the audio mover has copied (or dropped) every chunk applied so far.
-    fn settle(sm: &StateMachineStore) {
-        sm.inner
-            .audio_mover
-            .wait_moved(u64::MAX)
-            .expect("audio copied");
-    }
-
-    /// A store in `dir` that applied uploads 1 and 2 (entries 1–6, two chunks each) and built a
-    /// snapshot of them.
-    async fn two_uploads_in_a_snapshot(
-        dir: &std::path::Path,
-    ) -> (crate::LogStore, StateMachineStore) {
-        let (log, mut sm) = crate::open(dir).expect("open");
-        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-        sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
-        sm.build_snapshot().await.expect("build");
-        (log, sm)
-    }
-
-    fn trash_entries(sm: &StateMachineStore) -> usize {
-        sm.inner.sm_writer.drain().expect("drain");
-        sm.inner.sm.scan_prefix(M_TRASH).count()
+    fn chunks_of(fill: u8) -> [ChunkHash; 2] {
+        [
+            ChunkHash::of(&vec![fill; CHUNK_SIZE]),
+            ChunkHash::of(&[fill + 1; 10]),
+        ]
     }
 
     /// Installs `sm`'s current snapshot, as openraft sends it to another node, into a fresh
@@ -1343,389 +928,153 @@ mod tests {
         (fresh, log, copy)
     }
 
-    /// The chunks of `blob` that a fresh store got from `sm`'s snapshot.
-    async fn chunks_sent(sm: &mut StateMachineStore, blob: u64) -> Vec<Option<Vec<u8>>> {
-        let (_fresh, _log, copy) = sent_to_a_fresh_store(sm).await;
-        (0..2)
-            .map(|i| {
-                let chunk = copy.reader().audio_chunk(blob, i).expect("read");
-                chunk.map(|c| c.to_vec())
-            })
-            .collect()
+    fn on_disk(sm: &StateMachineStore) -> HashSet<ChunkHash> {
+        sm.inner.chunks.list().expect("list").into_iter().collect()
     }
 
-    /// A node's own snapshot refers to its audio by key, so building one does not copy the
-    /// library; what it sends is self-contained. A chunk the current snapshot refers to outlives
-    /// its delete until a newer snapshot replaces it, also across a restart.
+    /// A track's audio is in the chunk store once its entries are applied, readable and named
+    /// by its hash; the same audio uploaded twice is stored once.
     #[tokio::test]
-    async fn snapshots_refer_to_audio_and_keep_deleted_chunks_until_replaced() {
+    async fn uploaded_audio_is_stored_once_by_its_hash() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let expected = vec![
-            Some(vec![1u8; crate::state::tracks::CHUNK_SIZE]),
-            Some(vec![2u8; 10]),
-        ];
-        {
-            let (log, mut sm) = crate::open(dir.path()).expect("open");
-            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-            sm.build_snapshot().await.expect("build");
-            let built = fs::metadata(sm.inner.current_path()).expect("stat").len();
-            assert!(built < 4096, "the audio is not copied: {built} bytes");
-            assert_eq!(chunks_sent(&mut sm, 1).await, expected);
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(upload(1, 1, 5)).await.expect("apply");
+        sm.apply([create(4, 1)]).await.expect("apply");
+        sm.apply(upload(5, 2, 5)).await.expect("apply");
+        sm.apply([create(8, 2)]).await.expect("apply");
+        let [full, tail] = chunks_of(5);
+        assert_eq!(on_disk(&sm), HashSet::from([full, tail]));
+        let tracks: Vec<Vec<ChunkHash>> = sm
+            .reader()
+            .read(|s| s.tracks.all().map(|t| t.chunks.clone()).collect());
+        assert_eq!(tracks, vec![vec![full, tail], vec![full, tail]]);
+        assert_eq!(sm.reader().chunk(&tail).expect("read"), vec![6u8; 10]);
+    }
 
-            // Deleted after the snapshot: the state forgets it, the disk keeps it for the
-            // snapshot, which still sends it.
-            sm.apply(logged(&log, [abort(4, 1)])).await.expect("apply");
-            assert_eq!(sm.reader().read(|s| s.tracks.uploads().count()), 0);
-            settle(&sm);
-            assert_eq!(sm.reader().stored_audio_chunks(), 2);
-            assert_eq!(trash_entries(&sm), 2);
-            assert_eq!(chunks_sent(&mut sm, 1).await, expected);
-
-            // A chunk no snapshot refers to goes at once.
-            sm.apply(logged(&log, upload(5, 2))).await.expect("apply");
-            sm.apply(logged(&log, [abort(8, 2)])).await.expect("apply");
-            settle(&sm);
-            assert_eq!(sm.reader().stored_audio_chunks(), 2);
-
-            // A newer snapshot: upload 1 is gone from it, and from the disk.
-            sm.build_snapshot().await.expect("build");
-            assert_eq!(sm.reader().stored_audio_chunks(), 0);
-            assert_eq!(trash_entries(&sm), 0);
-            assert_eq!(chunks_sent(&mut sm, 1).await, vec![None, None]);
-
-            // Trashed, then the process stops.
-            sm.apply(logged(&log, upload(9, 3))).await.expect("apply");
-            sm.build_snapshot().await.expect("build");
-            sm.apply(logged(&log, [abort(12, 3)])).await.expect("apply");
-        }
-        let (_log, mut sm) = crate::reopen(dir.path());
-        assert_eq!(
-            sm.reader().stored_audio_chunks(),
-            2,
-            "the snapshot still refers to them"
+    /// A deleted track's chunks stay until a snapshot after the delete is built (the current
+    /// snapshot, or a tree a crash leaves, may still name them), then go; chunks another track
+    /// still names stay.
+    #[tokio::test]
+    async fn released_chunks_go_with_the_next_snapshot_and_shared_ones_stay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(upload(1, 1, 5)).await.expect("apply");
+        sm.apply([create(4, 1)]).await.expect("apply");
+        sm.apply(upload(5, 2, 5)).await.expect("apply");
+        sm.apply([create(8, 2)]).await.expect("apply");
+        sm.apply(upload(9, 3, 20)).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        let delete = |index, track_id| {
+            entry(
+                index,
+                Command::Tracks(TrackCommand::Delete { track_id, by: 1 }),
+            )
+        };
+        let abort = entry(
+            14,
+            Command::Tracks(TrackCommand::AbortUpload { upload_id: 3 }),
         );
-        assert_eq!(chunks_sent(&mut sm, 3).await, expected);
-        sm.apply([entry(13, Command::Queue(QueueCommand::Clear))])
+        sm.apply([delete(12, 1), delete(13, 2), abort])
             .await
             .expect("apply");
+        assert_eq!(on_disk(&sm).len(), 4, "kept until the next snapshot");
         sm.build_snapshot().await.expect("build");
-        assert_eq!(sm.reader().stored_audio_chunks(), 0);
-        assert_eq!(trash_entries(&sm), 0);
+        assert!(on_disk(&sm).is_empty(), "{:?}", on_disk(&sm));
+
+        // Shared by two tracks: deleting one keeps the chunks.
+        sm.apply(upload(15, 4, 7)).await.expect("apply");
+        sm.apply([create(18, 4)]).await.expect("apply");
+        sm.apply(upload(19, 5, 7)).await.expect("apply");
+        sm.apply([create(22, 5)]).await.expect("apply");
+        let first = sm
+            .reader()
+            .read(|s| s.tracks.all().next().map(|t| t.id))
+            .expect("a track");
+        sm.apply([delete(23, first)]).await.expect("apply");
+        sm.build_snapshot().await.expect("build");
+        assert_eq!(on_disk(&sm), HashSet::from(chunks_of(7)));
     }
 
-    /// The audio a snapshot refers to is on disk before the snapshot takes over (after which the
-    /// log behind it may be purged), on the node that built it and on one that installed it
-    /// (there, in the received file, from which it is copied into sled later): sled's own flush
-    /// leaves the blob files that hold audio chunks in the page cache, where a power loss would
-    /// take them.
+    /// The writer syncs the chunk files a batch names before writing it: once the tree holds
+    /// the upload, nothing of the chunks is left in the page cache only.
     #[tokio::test]
-    async fn a_snapshot_leaves_none_of_its_audio_unwritten() {
-        use crate::durable::unsynced;
+    async fn the_tree_never_names_a_chunk_that_is_not_on_disk() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        let sled_dir = dir.path().join("audio");
-        // The second build is the one after audio was written since the last sync.
-        for (first, upload_id) in [(1, 1), (4, 2)] {
-            sm.apply(logged(&log, upload(first, upload_id)))
-                .await
-                .expect("apply");
-            settle(&sm);
-            sm.inner.sm_writer.drain().expect("drain");
-            sm.inner.audio_db.db().flush().expect("flush");
-            assert!(
-                unsynced::pages_under(&sled_dir).expect("cachestat") > 0,
-                "the chunk's blob file is expected unwritten after sled's flush; if the kernel \
-                 wrote it already, this test shows nothing"
-            );
-            sm.build_snapshot().await.expect("build");
-            assert_eq!(unsynced::pages_under(&sled_dir).expect("cachestat"), 0);
-        }
-
-        let (fresh, _fresh_log, copy) = sent_to_a_fresh_store(&mut sm).await;
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(upload(1, 1, 5)).await.expect("apply");
+        sm.inner.sm_writer.drain().expect("drain");
+        let chunks_dir = dir.path().join("chunks");
         assert_eq!(
-            unsynced::pages_under(&fresh.path().join("snapshots")).expect("cachestat"),
+            crate::durable::unsynced::pages_under(&chunks_dir).expect("cachestat"),
             0
         );
-        settle(&copy);
-        assert_eq!(copy.reader().stored_audio_chunks(), 4);
     }
 
-    /// An install does not write the audio the snapshot carries into sled: it stays in the
-    /// received file, from which it is read until the mover has copied it; a delete meanwhile
-    /// leaves nothing in the tree.
+    /// A node killed after an apply wrote a chunk file but before the tree named it finds the
+    /// file unnamed at the next open and removes it; the entry applied again writes it anew.
     #[tokio::test]
-    #[expect(
-        clippy::await_holding_lock,
-        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
-    )]
-    async fn an_install_leaves_its_audio_in_the_received_file_until_copied() {
+    async fn a_chunk_file_nothing_names_is_swept_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, mut sm) = two_uploads_in_a_snapshot(dir.path()).await;
-        let snapshot = sm
-            .get_current_snapshot()
-            .await
-            .expect("get")
-            .expect("a snapshot");
-
-        let fresh = tempfile::tempdir().expect("temp dir");
-        let (_fresh_log, mut copy) = crate::open(fresh.path()).expect("open");
-        let inner = copy.inner.clone();
-        let full = vec![1u8; crate::state::tracks::CHUNK_SIZE];
+        let stray = ChunkHash::of(b"stray");
         {
-            let _paused = inner.audio_mover.pause();
-            copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
-                .await
-                .expect("install");
-            assert_eq!(copy.reader().stored_audio_chunks(), 0, "nothing copied yet");
-            assert_eq!(copy.reader().audio_chunks_to_copy(), 4);
-            let chunk = copy.reader().audio_chunk(1, 0).expect("read");
-            assert_eq!(chunk.as_deref(), Some(&full[..]), "read from the file");
-            copy.apply([abort(7, 2)]).await.expect("apply");
-            assert_eq!(copy.reader().audio_chunk(2, 0).expect("read"), None);
-        }
-        settle(&copy);
-        assert_eq!(copy.reader().audio_chunks_to_copy(), 0);
-        assert_eq!(copy.reader().stored_audio_chunks(), 2, "upload 2 is gone");
-        let chunk = copy.reader().audio_chunk(1, 1).expect("read");
-        assert_eq!(chunk.as_deref(), Some(&[2u8; 10][..]), "read from the tree");
-    }
-
-    /// A stop before the mover copied an installed snapshot's audio (or a power loss that took
-    /// it from sled afterwards) leaves it in `current.snap`: the next start copies it from there,
-    /// and only what the state still has.
-    #[tokio::test]
-    async fn audio_an_install_left_in_its_file_is_copied_after_a_restart() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (_log, mut sm) = two_uploads_in_a_snapshot(dir.path()).await;
-        let fresh = {
-            let (fresh, _fresh_log, mut copy) = sent_to_a_fresh_store(&mut sm).await;
-            copy.apply([abort(7, 2)]).await.expect("apply");
-            settle(&copy);
-            copy.inner.sm_writer.drain().expect("drain");
-            // What a crash before the copy, or a power loss after it, can leave.
-            copy.inner.audio.clear().expect("clear");
-            copy.inner.flush_both();
-            fresh
-        };
-        let (_log, copy) = crate::reopen(fresh.path());
-        let chunk = copy.reader().audio_chunk(1, 0).expect("read");
-        assert_eq!(
-            chunk.as_deref(),
-            Some(&vec![1u8; crate::state::tracks::CHUNK_SIZE][..])
-        );
-        settle(&copy);
-        assert_eq!(
-            copy.reader().stored_audio_chunks(),
-            2,
-            "upload 2 stays deleted"
-        );
-        assert_eq!(copy.reader().audio_chunk(2, 0).expect("read"), None);
-    }
-
-    /// After a power loss sled may have kept `m/applied` but lost the audio chunks that applies
-    /// before it wrote (see `durable`). A start puts them back from the log, and only those the
-    /// state still has: a deleted upload's chunks stay deleted.
-    #[tokio::test]
-    async fn audio_lost_after_it_was_applied_is_put_back_from_the_log_at_start() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let (log, mut sm) = crate::open(dir.path()).expect("open");
-            let mut entries = upload(1, 1);
-            entries.extend(upload(4, 2));
-            entries.push(abort(7, 2));
-            log.append_synced(entries.clone());
-            sm.apply(entries).await.expect("apply");
-            settle(&sm);
-            sm.inner.sm_writer.drain().expect("drain");
-            assert_eq!(sm.reader().stored_audio_chunks(), 2);
-            // What a power loss can leave: the applied index durable, a chunk's blob gone.
-            sm.inner.audio.remove(chunk_key(1, 0)).expect("remove");
-            sm.inner.flush_both();
-            // No clean shutdown (`wait_written` would record the audio as durable).
+            let (_log, mut sm) = crate::open(dir.path()).expect("open");
+            sm.apply(upload(1, 1, 5)).await.expect("apply");
+            sm.apply([create(4, 1)]).await.expect("apply");
+            sm.inner.chunks.put(&stray, b"stray").expect("put");
         }
         let (_log, sm) = crate::reopen(dir.path());
-        let chunk = sm.reader().audio_chunk(1, 0).expect("read");
-        assert!(
-            chunk.is_some_and(|c| c.as_ref() == vec![1u8; crate::state::tracks::CHUNK_SIZE]),
-            "chunk 0 of upload 1 was not put back"
-        );
-        assert_eq!(sm.reader().stored_audio_chunks(), 2);
+        assert_eq!(on_disk(&sm), HashSet::from(chunks_of(5)));
+        assert!(sm.reader().missing_chunks().is_empty());
     }
 
-    /// A store written before the audio had a database of its own keeps its chunks in the
-    /// state's database; opening it moves them, also after a move that a crash cut short (some
-    /// chunks in both). Nothing repairs them from the log here: the shutdown was clean.
+    /// A received snapshot naming chunks this node lacks is refused before anything here is
+    /// replaced; with the chunks fetched first it installs, and this node's own chunks that the
+    /// new state does not name go.
     #[tokio::test]
-    async fn audio_in_the_old_layout_is_moved_into_its_own_database() {
+    async fn an_install_needs_every_chunk_the_snapshot_names() {
         let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let (log, mut sm) = crate::open(dir.path()).expect("open");
-            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-            sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
-            sm.reader().wait_written().expect("written");
-            assert_eq!(sm.reader().stored_audio_chunks(), 4);
-            let old = sm
-                .inner
-                .db
-                .db()
-                .open_tree(crate::durable::AUDIO_TREE)
-                .expect("tree");
-            for item in sm.inner.audio.iter() {
-                let (key, value) = item.expect("read");
-                old.insert(&key, value).expect("insert");
-                // The one left behind is where a move was cut short.
-                if key.as_ref() != chunk_key(2, 0).as_slice() {
-                    sm.inner.audio.remove(key).expect("remove");
-                }
-            }
-            sm.inner.flush_both();
-        }
-        let (_log, sm) = crate::reopen(dir.path());
-        assert_eq!(sm.reader().stored_audio_chunks(), 4);
-        for (upload_id, index) in [(1, 0), (1, 1), (2, 0), (2, 1)] {
-            let chunk = sm.reader().audio_chunk(upload_id, index).expect("read");
-            assert!(chunk.is_some(), "chunk {index} of upload {upload_id} lost");
-        }
-        let names = sm.inner.db.db().tree_names();
-        assert!(
-            !names
-                .iter()
-                .any(|n| n == crate::durable::AUDIO_TREE.as_bytes()),
-            "the old audio tree is still in the state's database"
-        );
-    }
+        let (_log, mut sm) = crate::open(dir.path()).expect("open");
+        sm.apply(upload(1, 1, 5)).await.expect("apply");
+        sm.apply([create(4, 1)]).await.expect("apply");
+        let snapshot = sm.build_snapshot().await.expect("build");
+        let path = dir.path().join("snapshots").join(CURRENT);
+        let named = chunks_named_by_snapshot(&path).expect("names");
+        assert_eq!(named, HashSet::from(chunks_of(5)));
 
-    /// Applying a chunk does not write it into sled: until the mover has copied it, it is read
-    /// from its log entry, and a delete meanwhile leaves nothing behind in the tree.
-    #[tokio::test]
-    #[expect(
-        clippy::await_holding_lock,
-        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
-    )]
-    async fn a_chunk_is_read_from_the_log_until_it_is_copied() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        let full = vec![1u8; crate::state::tracks::CHUNK_SIZE];
-        let inner = sm.inner.clone();
-        {
-            let _paused = inner.audio_mover.pause();
-            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-            sm.apply(logged(&log, upload(4, 2))).await.expect("apply");
-            assert_eq!(sm.reader().stored_audio_chunks(), 0, "nothing copied yet");
-            assert_eq!(sm.inner.audio_mover.pending(), 4);
-            let chunk = sm.reader().audio_chunk(1, 0).expect("read");
-            assert_eq!(chunk.as_deref(), Some(&full[..]), "read from the log");
-            sm.apply(logged(&log, [abort(7, 2)])).await.expect("apply");
-            assert_eq!(sm.reader().audio_chunk(2, 0).expect("read"), None);
-        }
-        settle(&sm);
-        assert_eq!(sm.inner.audio_mover.pending(), 0);
-        assert_eq!(
-            sm.reader().stored_audio_chunks(),
-            2,
-            "upload 2's chunks are gone"
-        );
-        let chunk = sm.reader().audio_chunk(1, 1).expect("read");
-        assert_eq!(chunk.as_deref(), Some(&[2u8; 10][..]), "read from the tree");
-    }
-
-    /// After a crash the `sm` tree can be behind the `audio` tree: entries after its
-    /// `m/applied` are applied again, and a chunk an earlier run already copied is pending once
-    /// more. An abort while it is pending removes the old copy as well.
-    #[tokio::test]
-    #[expect(
-        clippy::await_holding_lock,
-        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
-    )]
-    async fn a_chunk_copied_before_a_crash_and_applied_again_goes_with_its_upload() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        let inner = sm.inner.clone();
-        // What the killed run left: upload 1's chunks in the audio tree, no state that has them.
-        for index in 0..2 {
-            inner
-                .audio
-                .insert(
-                    crate::state::tracks::chunk_key(1, index),
-                    &b"copied before"[..],
-                )
-                .expect("insert");
-        }
-        {
-            let _paused = inner.audio_mover.pause();
-            sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-            assert_eq!(
-                sm.inner.audio_mover.pending(),
-                2,
-                "applied again, pending again"
-            );
-            sm.apply(logged(&log, [abort(4, 1)])).await.expect("apply");
-        }
-        settle(&sm);
-        assert_eq!(sm.reader().stored_audio_chunks(), 0, "no chunk left behind");
-    }
-
-    /// A snapshot refers to audio by key, so a build ends only once the mover has copied every
-    /// chunk applied up to its index into the tree (which it then syncs).
-    #[tokio::test]
-    #[expect(
-        clippy::await_holding_lock,
-        reason = "the guard pauses the mover thread; nothing on this task takes that lock"
-    )]
-    async fn a_build_waits_until_the_audio_it_refers_to_is_copied() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        let inner = sm.inner.clone();
-        let paused = inner.audio_mover.pause();
-        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-        let mut builder = sm.clone();
-        let mut build = tokio::spawn(async move { builder.build_snapshot().await });
-        let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut build).await;
-        assert!(
-            early.is_err(),
-            "the build ended before its audio was copied"
-        );
-        drop(paused);
-        build.await.expect("join").expect("build");
-        assert_eq!(sm.reader().stored_audio_chunks(), 2);
-        assert_eq!(
-            chunks_sent(&mut sm, 1).await,
-            vec![
-                Some(vec![1u8; crate::state::tracks::CHUNK_SIZE]),
-                Some(vec![2u8; 10])
-            ]
-        );
-    }
-
-    /// openraft's startup call reads only the metadata and gets this node's own small file;
-    /// such a file is refused by another node before anything there is replaced.
-    #[tokio::test]
-    async fn a_snapshot_that_refers_to_audio_never_replaces_another_nodes_state() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(logged(&log, upload(1, 1))).await.expect("apply");
-        sm.build_snapshot().await.expect("build");
-        sm.expect_startup_probe();
-        let own = sm
-            .get_current_snapshot()
-            .await
-            .expect("get")
-            .expect("a snapshot");
         let fresh = tempfile::tempdir().expect("temp dir");
         let (_fresh_log, mut other) = crate::open(fresh.path()).expect("open");
-        other.apply([add(1, 7)]).await.expect("apply");
+        other.apply(upload(1, 1, 30)).await.expect("apply");
         let err = other
-            .install_snapshot(&own.meta, own.snapshot)
+            .install_snapshot(
+                &snapshot.meta,
+                Box::new(tokio::fs::File::open(&path).await.expect("open")),
+            )
             .await
             .expect_err("refused");
-        assert!(err.to_string().contains("refers to audio"), "{err}");
+        assert!(err.to_string().contains("2 audio chunks"), "{err}");
         assert_eq!(
-            other.reader().read(|s| s.queue.len()),
+            other.reader().read(|s| s.tracks.uploads().count()),
             1,
-            "its state is untouched"
+            "untouched"
         );
-        // The probe is used up: the next call is for sending, and carries the audio.
-        assert_eq!(chunks_sent(&mut sm, 1).await[1], Some(vec![2u8; 10]));
+
+        for hash in &named {
+            let bytes = sm.reader().chunk(hash).expect("read");
+            other
+                .reader()
+                .chunk_store()
+                .put_received(hash, &bytes)
+                .expect("put");
+        }
+        other
+            .install_snapshot(
+                &snapshot.meta,
+                Box::new(tokio::fs::File::open(&path).await.expect("open")),
+            )
+            .await
+            .expect("installed");
+        assert_eq!(other.reader().read(|s| s.tracks.len()), 1);
+        assert_eq!(on_disk(&other), named, "the old upload's chunks went");
     }
 
     fn request(key: &str, command: Command) -> Request {

@@ -5,9 +5,9 @@
 //! `last_applied` in one atomic sled batch, so what is on disk always describes exactly one log
 //! position. On start the in-memory state is rebuilt from the tree ([`State::load`]).
 //!
-//! Keys are `<domain prefix>/<key>`: each domain module owns its prefixes. Audio chunks are the
-//! exception: they go to their own `audio` tree ([`Changes::put_audio`]), see [`tracks`] and
-//! `audio_mover`.
+//! Keys are `<domain prefix>/<key>`: each domain module owns its prefixes. Audio is not state:
+//! a track names its chunks by hash, and [`Changes`] tells the state machine which chunk files
+//! an apply stored and which no track or upload names any more (see [`tracks`], `chunks`).
 
 pub mod dedupe;
 pub mod playlists;
@@ -18,6 +18,7 @@ pub mod users;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::chunks::ChunkHash;
 use crate::codec::{self, CodecError};
 use crate::command::{
     Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request, Response,
@@ -29,41 +30,39 @@ use queue::QueueState;
 use tracks::{TrackUpdate, TracksState};
 use users::UsersState;
 
-/// Key/value writes produced by applying entries. The `sm` writes are committed atomically by
-/// the state machine; the audio chunks put are copied from their log entries into the `audio`
-/// tree in the background (`audio_mover`), and the ones deleted go from it.
+/// What applying entries changed: key/value writes for the `sm` tree, committed atomically by
+/// the state machine, and the chunk files to store (from the entry's bytes) or to let go.
 #[derive(Default)]
 pub struct Changes {
     writes: crate::sm_writer::Writes,
-    /// Keys of the chunks put, in order; the bytes stay in the entry (see `audio_mover`).
-    audio_puts: Vec<Vec<u8>>,
-    /// Kept apart from the puts: while a snapshot copies audio, deletes wait (see
-    /// `state_machine`). A key is never put after it is deleted (blob ids are not reused).
-    audio_deletes: Vec<Vec<u8>>,
+    /// Chunks an upload now names, with their bytes (from the applied entry).
+    stored: Vec<(ChunkHash, Vec<u8>)>,
+    /// Chunks no track or upload names any more.
+    released: Vec<ChunkHash>,
 }
 
 impl Changes {
-    pub fn put_audio(&mut self, key: Vec<u8>) {
-        self.audio_puts.push(key);
+    pub(crate) fn store_chunk(&mut self, hash: ChunkHash, bytes: &[u8]) {
+        self.stored.push((hash, bytes.to_vec()));
     }
 
-    pub fn delete_audio(&mut self, key: Vec<u8>) {
-        self.audio_deletes.push(key);
+    pub(crate) fn release_chunk(&mut self, hash: ChunkHash) {
+        self.released.push(hash);
     }
 
-    /// How many audio writes and deletes are pending.
-    pub fn audio_ops(&self) -> usize {
-        self.audio_puts.len() + self.audio_deletes.len()
+    /// The chunks stored since the last call.
+    pub fn take_stored_chunks(&mut self) -> Vec<(ChunkHash, Vec<u8>)> {
+        std::mem::take(&mut self.stored)
     }
 
-    /// The keys of the audio chunks put since the last call.
-    pub fn take_audio_puts(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.audio_puts)
+    /// Chunks released so far.
+    pub fn chunks_released(&self) -> &[ChunkHash] {
+        &self.released
     }
 
-    /// The keys of the audio chunks deleted since the last call.
-    pub fn take_audio_deletes(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.audio_deletes)
+    /// The chunks released since the last call.
+    pub fn take_released_chunks(&mut self) -> Vec<ChunkHash> {
+        std::mem::take(&mut self.released)
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CodecError> {
@@ -326,26 +325,30 @@ impl State {
         let mut state = State::default();
         for item in tree.iter() {
             let (key, value) = item?;
-            let loaded = if key.starts_with(queue::PREFIX) {
-                state.queue.load(&key, &value)
-            } else if key.starts_with(users::PREFIX) {
-                state.users.load(&key, &value)
-            } else if key.starts_with(tracks::PREFIX) {
-                state.tracks.load(&key, &value)
-            } else if key.starts_with(playlists::PREFIX) {
-                state.playlists.load(&key, &value)
-            } else if key.starts_with(dedupe::GROUP_PREFIX) {
-                state.dedupe.load_group(&key, &value)
-            } else if key.starts_with(dedupe::PREFIX) {
-                state.dedupe.load(&key, &value)
-            } else {
-                Ok(())
-            };
-            loaded.map_err(|e| {
-                LoadError::Decode(format!("key {:?}: {e}", String::from_utf8_lossy(&key)))
-            })?;
+            state.load_record(&key, &value)?;
         }
+        state.tracks.count_refs();
         Ok(state)
+    }
+
+    fn load_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), LoadError> {
+        let loaded = if key.starts_with(queue::PREFIX) {
+            self.queue.load(key, value)
+        } else if key.starts_with(users::PREFIX) {
+            self.users.load(key, value)
+        } else if key.starts_with(tracks::PREFIX) {
+            self.tracks.load(key, value)
+        } else if key.starts_with(playlists::PREFIX) {
+            self.playlists.load(key, value)
+        } else if key.starts_with(dedupe::GROUP_PREFIX) {
+            self.dedupe.load_group(key, value)
+        } else if key.starts_with(dedupe::PREFIX) {
+            self.dedupe.load(key, value)
+        } else {
+            Ok(())
+        };
+        loaded
+            .map_err(|e| LoadError::Decode(format!("key {:?}: {e}", String::from_utf8_lossy(key))))
     }
 }
 

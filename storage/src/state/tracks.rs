@@ -1,17 +1,22 @@
 //! Uploaded tracks and their audio.
 //!
-//! Audio lives in the `audio` sled tree as chunks keyed by `blob id (u64 BE) | index (u32 BE)`,
+//! A track's audio is an ordered list of chunks named by their hash (see [`crate::chunks`]),
 //! every chunk but the last exactly [`CHUNK_SIZE`] bytes. An upload is a pending record plus the
 //! chunks received so far, in order; `Create`/`Update` turn a complete upload into a track's
-//! audio (the blob id is the upload id), so the track's metadata is committed last and a track
-//! is never visible without all of its audio. A failed upload is aborted (its chunks deleted);
-//! one whose receiver died is aborted once it has been idle for the configured time.
+//! audio, so the track's metadata is committed last and a track is never visible without all of
+//! its audio. A failed upload is aborted; one whose receiver died is aborted once it has been
+//! idle for the configured time.
+//!
+//! Chunk files are counted by the tracks and uploads that name them ([`TracksState::refs`]);
+//! an apply reports in [`Changes`] the chunks it stored and the ones nothing names any more, and
+//! the state machine writes and removes the files.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, decode, key_number, numbered_key};
+use crate::chunks::ChunkHash;
 use crate::codec::CodecError;
 use crate::command::{CommandError, ErrorKind, Outcome};
 
@@ -21,7 +26,7 @@ const UPLOAD: &[u8] = b"t/u/";
 const RESERVED: &[u8] = b"t/r/";
 const COUNTERS: &[u8] = b"t/c";
 
-/// The size of every audio chunk but a blob's last (the largest value sled handles well).
+/// The size of every audio chunk but a track's last.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,16 +59,19 @@ pub struct Track {
     pub owner: u64,
     pub meta: TrackMeta,
     pub uploaded_at_ms: u64,
-    /// The blob holding the audio; changes whenever the audio is replaced (so it is an ETag).
+    /// The upload that carried the audio; changes whenever the audio is replaced (an ETag).
     pub blob: u64,
     pub audio: AudioInfo,
+    /// The audio, in order.
+    pub chunks: Vec<ChunkHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upload {
     pub id: u64,
     pub owner: u64,
-    pub chunks: u32,
+    /// The chunks received so far, in order.
+    pub chunks: Vec<ChunkHash>,
     pub bytes: u64,
     /// When the last chunk (or the start) was applied, by the proposer's clock.
     pub last_activity_ms: u64,
@@ -82,14 +90,20 @@ pub struct TracksState {
     /// Ids used by queue-only tracks (`POST /add_track` with an unknown id): never allocated.
     reserved: BTreeSet<u64>,
     counters: Counters,
+    /// How many times tracks and uploads name each chunk (not stored: rebuilt by `load`).
+    refs: HashMap<ChunkHash, u32>,
 }
 
-/// The key of one audio chunk in the `audio` tree.
-pub fn chunk_key(blob: u64, index: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&blob.to_be_bytes());
-    key[8..].copy_from_slice(&index.to_be_bytes());
-    key
+/// The chunks a stored track or upload record names (for the chunks a snapshot file needs);
+/// nothing for any other record.
+pub fn chunks_named_by(key: &[u8], value: &[u8]) -> Result<Vec<ChunkHash>, CodecError> {
+    if key_number(key, TRACK).is_some() {
+        Ok(decode::<Track>(value)?.chunks)
+    } else if key_number(key, UPLOAD).is_some() {
+        Ok(decode::<Upload>(value)?.chunks)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> CommandError {
@@ -128,23 +142,52 @@ impl TracksState {
         self.uploads.values()
     }
 
-    /// Every blob of audio the state says exists and its number of chunks (tracks' audio plus
-    /// pending uploads).
-    pub fn chunk_blobs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
-        let tracks = self.tracks.values().map(|t| (t.blob, t.audio.chunks));
-        let uploads = self.uploads.values().map(|u| (u.id, u.chunks));
-        tracks.chain(uploads)
+    pub fn upload(&self, id: u64) -> Option<&Upload> {
+        self.uploads.get(&id)
     }
 
-    /// Chunks the state says exist (tracks' audio plus pending uploads).
+    /// Whether a track or an upload names `hash`.
+    pub fn names_chunk(&self, hash: &ChunkHash) -> bool {
+        self.refs.contains_key(hash)
+    }
+
+    /// Every distinct chunk tracks and uploads name.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkHash> {
+        self.refs.keys()
+    }
+
+    /// Distinct chunks the state names (tracks' audio plus pending uploads).
     pub fn chunk_count(&self) -> u64 {
-        let tracks: u64 = self
-            .tracks
-            .values()
-            .map(|t| u64::from(t.audio.chunks))
-            .sum();
-        let uploads: u64 = self.uploads.values().map(|u| u64::from(u.chunks)).sum();
-        tracks + uploads
+        self.refs.len() as u64
+    }
+
+    fn add_refs<'a>(&mut self, hashes: impl IntoIterator<Item = &'a ChunkHash>) {
+        for hash in hashes {
+            *self.refs.entry(*hash).or_default() += 1;
+        }
+    }
+
+    /// Drops one reference per hash; the chunks left unnamed are reported in `changes`.
+    fn drop_refs(&mut self, hashes: &[ChunkHash], changes: &mut Changes) {
+        for hash in hashes {
+            if let Some(n) = self.refs.get_mut(hash) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(hash);
+                    changes.release_chunk(*hash);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the reference counts from the tracks and uploads (after `load`).
+    pub(crate) fn count_refs(&mut self) {
+        let mut refs: HashMap<ChunkHash, u32> = HashMap::new();
+        let named = self.tracks.values().flat_map(|t| &t.chunks);
+        for hash in named.chain(self.uploads.values().flat_map(|u| &u.chunks)) {
+            *refs.entry(*hash).or_default() += 1;
+        }
+        self.refs = refs;
     }
 
     /// Keeps `id` from ever being allocated to an upload (a queue-only track uses it).
@@ -166,7 +209,7 @@ impl TracksState {
         let upload = Upload {
             id,
             owner,
-            chunks: 0,
+            chunks: Vec::new(),
             bytes: 0,
             last_activity_ms: at_ms,
         };
@@ -196,20 +239,23 @@ impl TracksState {
                 ),
             )));
         }
-        if index != upload.chunks || upload.bytes != u64::from(upload.chunks) * CHUNK_SIZE as u64 {
+        let have = upload.chunks.len();
+        if index as usize != have || upload.bytes != have as u64 * CHUNK_SIZE as u64 {
             return Ok(Err(err(
                 ErrorKind::Invalid,
                 format!(
-                    "chunk {index} of upload {upload_id} is out of order (have {} chunks, {} bytes)",
-                    upload.chunks, upload.bytes
+                    "chunk {index} of upload {upload_id} is out of order (have {have} chunks, {} bytes)",
+                    upload.bytes
                 ),
             )));
         }
-        upload.chunks += 1;
+        let hash = ChunkHash::of(bytes);
+        upload.chunks.push(hash);
         upload.bytes += bytes.len() as u64;
         upload.last_activity_ms = at_ms;
-        changes.put_audio(chunk_key(upload_id, index).to_vec());
         changes.put(numbered_key(UPLOAD, upload_id), &*upload)?;
+        self.add_refs([&hash]);
+        changes.store_chunk(hash, bytes);
         Ok(Ok(Outcome::Done))
     }
 
@@ -230,12 +276,13 @@ impl TracksState {
                 "that upload belongs to another user",
             ));
         }
-        if upload.chunks == 0 || upload.chunks != audio.chunks || upload.bytes != audio.size {
+        let have = upload.chunks.len();
+        if have == 0 || have != audio.chunks as usize || upload.bytes != audio.size {
             return Err(err(
                 ErrorKind::Invalid,
                 format!(
-                    "upload {upload_id} holds {} chunks and {} bytes, not the {} chunks and {} bytes announced",
-                    upload.chunks, upload.bytes, audio.chunks, audio.size
+                    "upload {upload_id} holds {have} chunks and {} bytes, not the {} chunks and {} bytes announced",
+                    upload.bytes, audio.chunks, audio.size
                 ),
             ));
         }
@@ -259,7 +306,12 @@ impl TracksState {
             id += 1;
         }
         self.counters.next_track = id + 1;
-        self.uploads.remove(&upload_id);
+        // The upload's references pass to the track.
+        let chunks = self
+            .uploads
+            .remove(&upload_id)
+            .map(|u| u.chunks)
+            .unwrap_or_default();
         changes.delete(numbered_key(UPLOAD, upload_id));
         let track = Track {
             id,
@@ -268,6 +320,7 @@ impl TracksState {
             uploaded_at_ms: at_ms,
             blob: upload_id,
             audio: *audio,
+            chunks,
         };
         changes.put(numbered_key(TRACK, id), &track)?;
         changes.put(COUNTERS.to_vec(), &self.counters)?;
@@ -326,8 +379,12 @@ impl TracksState {
             }
         }
         if let Some((upload_id, info)) = audio {
-            delete_blob(track.blob, track.audio.chunks, changes);
-            self.uploads.remove(upload_id);
+            let replaced = std::mem::take(&mut track.chunks);
+            self.drop_refs(&replaced, changes);
+            // The upload's references pass to the track.
+            if let Some(upload) = self.uploads.remove(upload_id) {
+                track.chunks = upload.chunks;
+            }
             changes.delete(numbered_key(UPLOAD, *upload_id));
             track.blob = *upload_id;
             track.audio = *info;
@@ -346,7 +403,7 @@ impl TracksState {
     ) -> Result<Outcome, CommandError> {
         self.check_owner(track_id, by)?;
         if let Some(track) = self.tracks.remove(&track_id) {
-            delete_blob(track.blob, track.audio.chunks, changes);
+            self.drop_refs(&track.chunks, changes);
         }
         changes.delete(numbered_key(TRACK, track_id));
         Ok(Outcome::Done)
@@ -354,7 +411,7 @@ impl TracksState {
 
     pub(crate) fn abort_upload(&mut self, upload_id: u64, changes: &mut Changes) -> Outcome {
         if let Some(upload) = self.uploads.remove(&upload_id) {
-            delete_blob(upload_id, upload.chunks, changes);
+            self.drop_refs(&upload.chunks, changes);
             changes.delete(numbered_key(UPLOAD, upload_id));
         }
         Outcome::Done
@@ -398,12 +455,6 @@ pub(crate) struct TrackUpdate<'a> {
     pub by: u64,
     pub fields: [&'a Option<String>; 4],
     pub audio: &'a Option<(u64, AudioInfo)>,
-}
-
-fn delete_blob(blob: u64, chunks: u32, changes: &mut Changes) {
-    for index in 0..chunks {
-        changes.delete_audio(chunk_key(blob, index).to_vec());
-    }
 }
 
 #[cfg(test)]
@@ -508,6 +559,41 @@ mod tests {
         tracks.abort_idle_uploads(1, &mut changes);
         assert_eq!(tracks.uploads().count(), 0);
         assert_eq!(tracks.chunk_count(), 0);
-        assert_eq!(changes.audio_ops(), 2, "both chunks deleted");
+        assert_eq!(
+            changes.chunks_released().len(),
+            1,
+            "one distinct chunk released"
+        );
+    }
+
+    #[test]
+    fn a_chunk_is_released_when_the_last_track_naming_it_goes() {
+        let mut tracks = TracksState::default();
+        let mut changes = Changes::default();
+        let (a, info) = upload(&mut tracks, 1, &[CHUNK_SIZE, 5]);
+        let a = tracks
+            .create(a, 1, &meta(), &info, 0, &mut changes)
+            .expect("encode");
+        let (b, info) = upload(&mut tracks, 1, &[CHUNK_SIZE, 5]);
+        let b = tracks
+            .create(b, 1, &meta(), &info, 0, &mut changes)
+            .expect("encode");
+        let (Ok(Outcome::Id(a)), Ok(Outcome::Id(b))) = (a, b) else {
+            panic!("tracks not created");
+        };
+        assert_eq!(
+            tracks.chunk_count(),
+            2,
+            "the same file twice names two chunks"
+        );
+        let mut changes = Changes::default();
+        tracks.delete(a, 1, &mut changes).expect("delete");
+        assert!(
+            changes.chunks_released().is_empty(),
+            "still named by the other"
+        );
+        tracks.delete(b, 1, &mut changes).expect("delete");
+        assert_eq!(changes.chunks_released().len(), 2);
+        assert_eq!(tracks.chunk_count(), 0);
     }
 }
