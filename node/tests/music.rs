@@ -9,6 +9,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, eventually, fresh_key};
@@ -186,18 +187,49 @@ async fn storage_when(
     .await
 }
 
-/// Stops every node, then counts the audio chunks physically in each node's sled database.
-async fn stored_chunks_after_stop(c: &mut TestCluster) -> Vec<usize> {
-    for id in c.running() {
-        c.stop(id).await;
-    }
-    c.ids()
-        .into_iter()
-        .map(|id| {
-            let (_, sm) = storage::open(&c.data_dir(id)).expect("open the stopped node's store");
-            sm.reader().stored_audio_chunks()
-        })
-        .collect()
+/// The audio chunk files in node `id`'s chunk store (`<data_dir>/chunks/<fan-out>/<hash>`).
+fn chunk_files(c: &TestCluster, id: u64) -> Vec<PathBuf> {
+    let Ok(fan_outs) = std::fs::read_dir(c.data_dir(id).join("chunks")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = fan_outs
+        .flatten()
+        .filter(|d| d.file_name().len() == 2)
+        .flat_map(|d| std::fs::read_dir(d.path()).expect("read a fan-out directory"))
+        .map(|f| f.expect("a chunk file").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes queue-only tracks through `via` until every running node has built a snapshot at or
+/// after the leader's current applied index: chunks released before it are then gone.
+async fn snapshot_everywhere(c: &TestCluster, via: u64) {
+    let upto = c.cluster_view(via).await["applied_index"]
+        .as_u64()
+        .expect("an applied index");
+    let mut n = 0u64;
+    eventually("a snapshot on every node", CONVERGE_TIMEOUT, async || {
+        n += 1;
+        let body = Body::Json(
+            json!({"id": 800_000 + n, "title": format!("filler {n}"), "artist": "a", "duration": 60}),
+        );
+        c.api(via).write_ok("/add_track", body).await;
+        let mut all = true;
+        for id in c.running() {
+            let snapshot = c.cluster_view(id).await["snapshot_index"].as_u64();
+            all &= snapshot.is_some_and(|s| s >= upto);
+        }
+        all.then_some(())
+    })
+    .await;
+}
+
+/// The number of chunk files per running node, once a snapshot on every node has let the
+/// released ones go.
+async fn chunk_files_after_snapshot(c: &TestCluster, via: u64) -> Vec<usize> {
+    snapshot_everywhere(c, via).await;
+    c.running().into_iter().map(|id| chunk_files(c, id).len()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,9 +510,9 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
     assert_eq!(
-        stored_chunks_after_stop(&mut c).await,
+        chunk_files_after_snapshot(&c, leader).await,
         [1, 1, 1],
-        "audio chunks on disk per node"
+        "audio chunk files per node"
     );
 }
 
@@ -639,9 +671,9 @@ async fn a_node_killed_mid_upload_leaves_no_track_and_its_chunks_are_dropped() {
     .await;
     assert_eq!(back["tracks"], 0, "{back}");
     assert_eq!(
-        stored_chunks_after_stop(&mut c).await,
+        chunk_files_after_snapshot(&c, leader).await,
         [0, 0, 0],
-        "audio chunks on disk per node"
+        "audio chunk files per node"
     );
 }
 
@@ -1149,9 +1181,8 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
 }
 
 /// Stops `follower`, wipes its data directory and starts it again, then checks that it streams
-/// track `id` as `uploaded` once caught up, and again once it has copied the audio into sled,
-/// and that every node then holds the track's chunks in sled (which stops them all). Returns
-/// the follower's `/cluster` view from when it was caught up.
+/// track `id` as `uploaded` once caught up, and that it holds exactly the chunk files every
+/// other node holds. Returns the follower's `/cluster` view from when it was caught up.
 async fn wiped_follower_streams(
     c: &mut TestCluster,
     follower: u64,
@@ -1172,24 +1203,20 @@ async fn wiped_follower_streams(
         "the wiped follower streams something else than was uploaded"
     );
     let caught_up = c.cluster_view(follower).await;
-
-    eprintln!("=== once the follower has copied the audio into sled, the same bytes");
-    let counts = storage_when(c, follower, "the audio copied into sled", |s| {
-        s["audio_chunks_to_copy"] == 0
-    })
-    .await;
-    let again = call(&api, Method::GET, &format!("/play/{id}"), Body::None, None).await;
-    again.expect_status(200);
-    assert!(
-        again.bytes == uploaded,
-        "the copy in sled differs from the upload"
-    );
-    let chunks = counts["audio_chunks"].as_u64().expect("a chunk count");
-    let stored = stored_chunks_after_stop(c).await;
-    assert!(
-        stored.iter().all(|&n| n as u64 == chunks),
-        "every node holds the track's {chunks} chunks in sled: {stored:?}"
-    );
+    let names = |files: Vec<PathBuf>| -> Vec<String> {
+        let name = |f: &PathBuf| f.file_name().map(|n| n.to_string_lossy().into_owned());
+        files.iter().filter_map(name).collect()
+    };
+    let expected = usize::try_from(caught_up["storage"]["audio_chunks"].as_u64().expect("a count"))
+        .expect("fits");
+    for node in c.ids() {
+        assert_eq!(
+            names(chunk_files(c, node)).len(),
+            expected,
+            "node {node} holds every chunk the state names, and nothing else"
+        );
+    }
+    assert_eq!(names(chunk_files(c, follower)), names(chunk_files(c, c.followers(follower)[0])));
     caught_up
 }
 
@@ -1261,7 +1288,7 @@ async fn a_node_that_is_behind_confirms_before_it_refuses() {
 /// A bulk upload is compacted by the log's size, not only by its entry count: with a snapshot
 /// every 1,000 entries and 1,000 kept behind it (openraft's rules, which a 12 MiB upload never
 /// reaches), `snapshot_every_mib = 8` builds a snapshot and `keep_log_mib_after_snapshot = 2`
-/// purges the log behind it to half the state's audio. A follower whose data directory is then
+/// purges the log behind it to 2 MiB. A follower whose data directory is then
 /// wiped needs the purged start of the log, so it gets the snapshot and streams the track from
 /// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1297,10 +1324,9 @@ async fn a_log_is_compacted_by_its_size_and_a_wiped_follower_gets_the_snapshot()
     );
 }
 
-/// A follower whose data directory was wiped after the leader took a snapshot that holds ~30 MiB
-/// of audio gets it through that snapshot: sent in parts, several in flight (more than fit in
-/// flight at once), installed with the audio left in the received file, read from there, then
-/// copied into sled. It streams the track byte-identical before and after the copy.
+/// A follower whose data directory was wiped after the leader took a snapshot of ~30 MiB of
+/// audio gets it through that snapshot: the snapshot names the chunks, and the follower fetches
+/// them from its peers before it installs it. It then streams the track byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_gets_audio_back_through_a_snapshot() {
     let mut c = TestCluster::start(3).await;
