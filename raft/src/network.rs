@@ -440,18 +440,18 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         .await
     }
 
-    /// Not called (see `full_snapshot`); what openraft's own transfer would send, and what
-    /// older chorus nodes still do.
+    /// Never called: openraft 0.9 sends a snapshot only through `full_snapshot`, and its one
+    /// caller of `install_snapshot` is the default `full_snapshot` (chunk by chunk), which this
+    /// link replaces. The trait requires it without the `generic-snapshot-data` feature; if it
+    /// were ever called, it fails like a network error rather than sending a request no node
+    /// answers.
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(PeerRequest::InstallSnapshot(rpc), &option, |r| match r {
-            PeerResponse::InstallSnapshot(r) => Some(r),
-            _ => None,
-        })
-        .await
+        let e = std::io::Error::other("chorus sends snapshots with full_snapshot only");
+        Err(RPCError::Network(NetworkError::new(&e)))
     }
 
     /// How long the stream to an unreachable follower waits before trying again (openraft's
