@@ -28,8 +28,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consecutive failed pings after which a session is considered dead and dropped.
 const MAX_PING_FAILURES: u32 = 4;
-/// How a node's answer to a request it cannot decode begins (a request kind newer than it).
-pub(crate) const CANNOT_DECODE: &str = "cannot decode request";
 /// Peers sending frames larger than this are disconnected by ractor_cluster.
 const MAX_FRAME: u64 = 64 * 1024 * 1024;
 
@@ -466,7 +464,7 @@ impl Actor for PeerEndpoint {
                 tracing::warn!(error = %e, "malformed request from a peer");
                 answer(
                     reply,
-                    &PeerResponse::Malformed(format!("{CANNOT_DECODE}: {e}")),
+                    &PeerResponse::Malformed(format!("cannot decode request: {e}")),
                 );
                 return Ok(());
             }
@@ -646,140 +644,6 @@ mod tests {
         // The peer sees the connection close, so both ends are free to connect afresh.
         wait_for_sessions(&b, 1, 0).await;
         assert_eq!(a.drop_session(2).await, 0, "nothing left to drop");
-    }
-
-    /// A peer that knows only the requests from before read-backs: it cannot decode the
-    /// `...ReadingBack` requests, answers `ClientWrites` with index 7 for every write and
-    /// `ClientWrite` with index 8.
-    struct OldLeader;
-
-    impl Actor for OldLeader {
-        type Msg = PeerMsg;
-        type State = std::sync::Arc<std::sync::atomic::AtomicUsize>;
-        type Arguments = std::sync::Arc<std::sync::atomic::AtomicUsize>;
-
-        async fn pre_start(
-            &self,
-            _: ActorRef<PeerMsg>,
-            asked: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(asked)
-        }
-
-        async fn handle(
-            &self,
-            _: ActorRef<PeerMsg>,
-            PeerMsg::Rpc(frame, reply): PeerMsg,
-            asked: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let response = match codec::decode::<PeerRequest>(frame.request()) {
-                Ok(PeerRequest::ClientWrites(writes)) => PeerResponse::ClientWrites(
-                    writes
-                        .iter()
-                        .map(|_| {
-                            Ok(crate::protocol::WriteReply {
-                                index: 7,
-                                response: storage::Response::done(),
-                            })
-                        })
-                        .collect(),
-                ),
-                Ok(PeerRequest::ClientWrite(_)) => {
-                    PeerResponse::ClientWrite(Ok(crate::protocol::WriteReply {
-                        index: 8,
-                        response: storage::Response::done(),
-                    }))
-                }
-                _ => PeerResponse::Malformed(format!("{CANNOT_DECODE}: unknown variant")),
-            };
-            answer(reply, &response);
-            Ok(())
-        }
-    }
-
-    /// An [`OldLeader`] reachable as node `id`, and the count of requests it was sent.
-    async fn old_leader(
-        id: u64,
-    ) -> (
-        ActorRef<PeerMsg>,
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    ) {
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
-            .await
-            .expect("spawn the old leader");
-        ractor::pg::join(group(id), vec![old.get_cell()]);
-        (old, asked)
-    }
-
-    fn clear_the_queue() -> storage::Request {
-        storage::Request {
-            dedupe_key: Some("k".into()),
-            at_ms: 0,
-            command: storage::Command::Queue(storage::QueueCommand::Clear),
-        }
-    }
-
-    /// A follower forwarding a write with a read-back to a leader from before read-backs asks
-    /// again the old way, and gets the write's reply without a read-back (its caller then reads
-    /// locally).
-    #[tokio::test]
-    async fn a_leader_that_cannot_decode_a_read_back_is_asked_the_old_way() {
-        const OLD: u64 = 9_001;
-        let follower = transport(9_002, free_addr()).await;
-        let (old, asked) = old_leader(OLD).await;
-
-        let forwarder = crate::forward::Forwarder::start(follower, Duration::from_secs(5));
-        let request = clear_the_queue();
-        let answer = forwarder
-            .write(
-                OLD,
-                request,
-                Some(storage::ReadBack::Queue),
-                Duration::from_secs(5),
-            )
-            .await;
-        let Ok(Ok(answer)) = answer else {
-            panic!("the write failed: {answer:?}");
-        };
-        assert_eq!(answer.reply.index, 7);
-        assert!(answer.read_back.is_none());
-        assert_eq!(
-            asked.load(std::sync::atomic::Ordering::Relaxed),
-            2,
-            "asked once the new way, once the old way"
-        );
-        old.stop(None);
-    }
-
-    /// A write too large to batch goes alone; to a leader from before read-backs it goes again
-    /// as a plain `ClientWrite`, instead of failing to decode there until its deadline.
-    #[tokio::test]
-    async fn a_large_write_with_a_read_back_to_an_old_leader_is_asked_the_old_way() {
-        const OLD: u64 = 9_011;
-        let follower = transport(9_012, free_addr()).await;
-        let (old, asked) = old_leader(OLD).await;
-
-        let request = clear_the_queue();
-        let answer = crate::forward::call_leader(
-            &follower,
-            OLD,
-            &PeerRequest::ClientWriteReadingBack(request, storage::ReadBack::Queue),
-            Duration::from_secs(5),
-        )
-        .await;
-        let Ok(PeerResponse::ClientWriteReadBack(Ok(answer))) = answer else {
-            panic!("the write failed: {answer:?}");
-        };
-        assert_eq!(answer.reply.index, 8);
-        assert!(answer.read_back.is_none());
-        assert_eq!(
-            asked.load(std::sync::atomic::Ordering::Relaxed),
-            2,
-            "asked once the new way, once the old way"
-        );
-        old.stop(None);
     }
 
     #[test]
