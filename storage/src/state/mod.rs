@@ -334,8 +334,6 @@ impl State {
                 state.tracks.load(&key, &value)
             } else if key.starts_with(playlists::PREFIX) {
                 state.playlists.load(&key, &value)
-            } else if key.starts_with(dedupe::GROUP_PREFIX) {
-                state.dedupe.load_group(&key, &value)
             } else if key.starts_with(dedupe::PREFIX) {
                 state.dedupe.load(&key, &value)
             } else {
