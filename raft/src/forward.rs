@@ -2,9 +2,10 @@
 //!
 //! One ractor_cluster RPC per forwarded write costs a frame, a task and several actor hops on
 //! each side. The [`Forwarder`] sends the writes waiting on this node to the leader as one
-//! `ClientWrites` RPC ([`crate::batch`]: a lone write leaves at once, under load the writes that
-//! arrive while earlier batches are in flight leave together). The leader queues a batch's writes
-//! to its proposer together, so they normally share one log entry as well.
+//! `ClientWrites` RPC, each write with what to read back after it, if anything ([`crate::batch`]:
+//! a lone write leaves at once, under load the writes that arrive while earlier batches are in
+//! flight leave together). The leader queues a batch's writes to its proposer together, so they
+//! normally share one log entry as well.
 //!
 //! Only small writes are batched; a write carrying audio (up to 1 MiB) goes alone, as a
 //! `ClientWrites` of one sent by `Replica::route`, so that a batch stays a small frame.

@@ -365,8 +365,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     /// When this link has not seen the follower take `prev_log_id` (a new leader, a follower
     /// that restarted or was wiped, a conflict), megabytes of entries are not sent on a guess:
     /// an empty AppendEntries asks first whether the follower has `prev_log_id`. openraft looks
-    /// for the point where the follower's log matches by trying log ids one after the other, and
-    /// each try used to carry a full batch of audio that the follower then refused.
+    /// for the point where the follower's log matches by trying log ids one after the other;
+    /// without the probe each try would carry a full batch of audio for the follower to refuse.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -642,8 +642,7 @@ mod tests {
     }
 
     /// What the supervisor does to a peer that stopped answering: the real ractor_cluster
-    /// session with it is found by its peer name and stopped. (It was never found: the name
-    /// ractor_cluster reports carries `@host`, so dead sessions lived on.)
+    /// session with it is found by its peer name, which carries `@host`, and stopped.
     #[tokio::test]
     async fn the_session_with_a_peer_that_stopped_answering_is_dropped() {
         let (addr_a, addr_b) = (free_addr(), free_addr());
