@@ -2,12 +2,13 @@
 //!
 //! One ractor_cluster RPC per forwarded write costs a frame, a task and several actor hops on
 //! each side. The [`Forwarder`] sends the writes waiting on this node to the leader as one
-//! `ClientWrites` RPC ([`crate::batch`]: a lone write leaves at once, under load the writes that
-//! arrive while earlier batches are in flight leave together). The leader queues a batch's writes
-//! to its proposer together, so they normally share one log entry as well.
+//! `ClientWrites` RPC, each write with what to read back after it, if anything ([`crate::batch`]:
+//! a lone write leaves at once, under load the writes that arrive while earlier batches are in
+//! flight leave together). The leader queues a batch's writes to its proposer together, so they
+//! normally share one log entry as well.
 //!
-//! Only small writes are batched; a write carrying audio (up to 1 MiB) goes alone, so that a
-//! batch stays a small frame.
+//! Only small writes are batched; a write carrying audio (up to 1 MiB) goes alone, as a
+//! `ClientWrites` of one sent by `Replica::route`, so that a batch stays a small frame.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,8 +17,8 @@ use storage::{ReadBack, Request};
 use tokio::sync::oneshot;
 
 use crate::batch::{self, Batcher, Limits};
-use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteAnswer};
-use crate::transport::{CANNOT_DECODE, Transport, TransportError};
+use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteReceipt};
+use crate::transport::{Transport, TransportError};
 
 const LIMITS: Limits = Limits {
     // One batch under way at a time: what arrives meanwhile leaves together in the next. Two
@@ -30,7 +31,7 @@ const LIMITS: Limits = Limits {
 /// Writes larger than this (audio chunks) are not batched.
 pub(crate) const MAX_BATCHED_SIZE: usize = 64 * 1024;
 
-pub(crate) type ForwardResult = Result<Result<WriteAnswer, ForwardError>, TransportError>;
+pub(crate) type ForwardResult = Result<Result<WriteReceipt, ForwardError>, TransportError>;
 
 struct Pending {
     leader: u64,
@@ -106,70 +107,14 @@ impl Forwarder {
     }
 }
 
-/// Sends `request` to `leader`. A leader from before read-backs cannot decode a write that
-/// carries one (`ClientWriteReadingBack`, `ClientWritesReadingBack`): it is asked again the old
-/// way (`ClientWrite`, `ClientWrites`), and its answer comes back as the new kind without
-/// read-backs, so the callers read locally. Any other request or answer passes through as it is.
-pub(crate) async fn call_leader(
-    transport: &Transport,
-    leader: u64,
-    request: &PeerRequest,
-    timeout: Duration,
-) -> Result<PeerResponse, TransportError> {
-    let answer = transport.call(leader, request, timeout).await;
-    let old = match &answer {
-        Err(TransportError::Malformed(_, m)) if m.starts_with(CANNOT_DECODE) => {
-            without_read_backs(request)
-        }
-        _ => None,
-    };
-    match old {
-        Some(old) => transport
-            .call(leader, &old, timeout)
-            .await
-            .map(answered_without_read_backs),
-        None => answer,
-    }
-}
-
-/// The request an older leader understands for a write that carries read-backs.
-fn without_read_backs(request: &PeerRequest) -> Option<PeerRequest> {
-    match request {
-        PeerRequest::ClientWriteReadingBack(write, _) => {
-            Some(PeerRequest::ClientWrite(write.clone()))
-        }
-        PeerRequest::ClientWritesReadingBack(writes) => Some(PeerRequest::ClientWrites(
-            writes.iter().map(|(write, _)| write.clone()).collect(),
-        )),
-        _ => None,
-    }
-}
-
-/// An older leader's answer to [`without_read_backs`]'s request, as the kind asked for.
-fn answered_without_read_backs(answer: PeerResponse) -> PeerResponse {
-    let no_read_back = |reply| WriteAnswer {
-        reply,
-        read_back: None,
-    };
-    match answer {
-        PeerResponse::ClientWrite(result) => {
-            PeerResponse::ClientWriteReadBack(result.map(no_read_back))
-        }
-        PeerResponse::ClientWrites(results) => PeerResponse::ClientWritesReadBack(
-            results.into_iter().map(|r| r.map(no_read_back)).collect(),
-        ),
-        other => other,
-    }
-}
-
 async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, timeout: Duration) {
     let (writes, mut replies): (Vec<(Request, Option<ReadBack>)>, Vec<_>) = group
         .into_iter()
         .map(|p| ((p.request, p.read_back), p.reply))
         .unzip();
     let sent = writes.len();
-    let request = PeerRequest::ClientWritesReadingBack(writes);
-    let call = call_leader(transport, leader, &request, timeout);
+    let request = PeerRequest::ClientWrites(writes);
+    let call = transport.call(leader, &request, timeout);
     // Once every caller has gone (each moved on to a new leader, see `Replica::route`), the
     // batch stops waiting: it holds the forwarder's one in-flight slot, and the writes queued
     // behind it are for the new leader.
@@ -179,7 +124,7 @@ async fn send_batch(transport: &Transport, leader: u64, group: Vec<Pending>, tim
         _ = everyone_gone => return,
     };
     match answer {
-        Ok(PeerResponse::ClientWritesReadBack(results)) if results.len() == sent => {
+        Ok(PeerResponse::ClientWrites(results)) if results.len() == sent => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }

@@ -30,7 +30,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use replica::{ClusterStatus, MemberStatus, Replica, ReplicaError, WriteReceipt};
+pub use protocol::WriteReceipt;
+pub use replica::{ClusterStatus, MemberStatus, Replica, ReplicaError};
 pub use storage::{ChorusNode, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;

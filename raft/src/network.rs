@@ -365,8 +365,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     /// When this link has not seen the follower take `prev_log_id` (a new leader, a follower
     /// that restarted or was wiped, a conflict), megabytes of entries are not sent on a guess:
     /// an empty AppendEntries asks first whether the follower has `prev_log_id`. openraft looks
-    /// for the point where the follower's log matches by trying log ids one after the other, and
-    /// each try used to carry a full batch of audio that the follower then refused.
+    /// for the point where the follower's log matches by trying log ids one after the other;
+    /// without the probe each try would carry a full batch of audio for the follower to refuse.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -440,18 +440,18 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         .await
     }
 
-    /// Not called (see `full_snapshot`); what openraft's own transfer would send, and what
-    /// older chorus nodes still do.
+    /// Never called: openraft 0.9 sends a snapshot only through `full_snapshot`, and its one
+    /// caller of `install_snapshot` is the default `full_snapshot` (chunk by chunk), which this
+    /// link replaces. The trait requires it without the `generic-snapshot-data` feature; if it
+    /// were ever called, it fails like a network error rather than sending a request no node
+    /// answers.
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(PeerRequest::InstallSnapshot(rpc), &option, |r| match r {
-            PeerResponse::InstallSnapshot(r) => Some(r),
-            _ => None,
-        })
-        .await
+        let e = std::io::Error::other("chorus sends snapshots with full_snapshot only");
+        Err(RPCError::Network(NetworkError::new(&e)))
     }
 
     /// How long the stream to an unreachable follower waits before trying again (openraft's

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::Raft;
 use crate::batch::{self, Batcher, Limits};
 use crate::forward::MAX_BATCHED_SIZE;
-use crate::protocol::{ForwardError, WriteReply};
+use crate::protocol::{ForwardError, WriteReceipt};
 use crate::replica::{ServerMetrics, forward_error, now_ms, server_metrics_until};
 
 const LIMITS: Limits = Limits {
@@ -27,7 +27,7 @@ const LIMITS: Limits = Limits {
 
 struct Proposal {
     request: Request,
-    reply: oneshot::Sender<Result<WriteReply, ForwardError>>,
+    reply: oneshot::Sender<Result<WriteReceipt, ForwardError>>,
 }
 
 impl batch::Item for Proposal {
@@ -55,7 +55,7 @@ impl Proposer {
     }
 
     /// Proposes `request` on this node, which must be the leader; returns once it is applied here.
-    pub(crate) async fn propose(&self, request: Request) -> Result<WriteReply, ForwardError> {
+    pub(crate) async fn propose(&self, request: Request) -> Result<WriteReceipt, ForwardError> {
         if request.approx_size() > MAX_BATCHED_SIZE {
             return client_write(&self.raft, request).await;
         }
@@ -76,7 +76,7 @@ impl Proposer {
 /// deposed 23 ms after proposing two batches never proposed another write while leader again
 /// (every write through it timed out), for the rest of the run. The outcome is unknown then;
 /// the caller retries with the same dedupe key at the new leader, which applies it at most once.
-async fn client_write(raft: &Raft, request: Request) -> Result<WriteReply, ForwardError> {
+async fn client_write(raft: &Raft, request: Request) -> Result<WriteReceipt, ForwardError> {
     let metrics = raft.server_metrics();
     let (vote, leading) = {
         let now = metrics.borrow();
@@ -95,9 +95,10 @@ async fn client_write(raft: &Raft, request: Request) -> Result<WriteReply, Forwa
         raft.client_write(request).await.map_err(forward_error)
     };
     tracing::trace!(target: "chorus::stages", stage = "committed");
-    written.map(|resp| WriteReply {
+    written.map(|resp| WriteReceipt {
         index: resp.log_id.index,
         response: resp.data,
+        read_back: None,
     })
 }
 
@@ -133,17 +134,24 @@ async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {
         written = client_write(&raft, entry) => written,
         _ = everyone_gone => return,
     };
-    let results: Vec<Result<WriteReply, ForwardError>> = match written {
-        Ok(WriteReply {
+    let results: Vec<Result<WriteReceipt, ForwardError>> = match written {
+        Ok(WriteReceipt {
             index,
             response:
                 Response {
                     result: Ok(Outcome::Batch(responses)),
                     ..
                 },
+            ..
         }) if responses.len() == count => responses
             .into_iter()
-            .map(|response| Ok(WriteReply { index, response }))
+            .map(|response| {
+                Ok(WriteReceipt {
+                    index,
+                    response,
+                    read_back: None,
+                })
+            })
             .collect(),
         Ok(other) => {
             let e = ForwardError::Failed(format!("unexpected answer to a batch: {other:?}"));

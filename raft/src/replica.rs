@@ -6,8 +6,10 @@
 //!   returns the first result instead of applying twice. After the leader answers, `write` waits
 //!   until this node has applied the entry, so the caller reads its own write locally.
 //!   `write_reading_back` is for a caller that reads the state right after its write (a vote
-//!   answers with the queue): the leader reads it after applying the write and sends it with
-//!   its reply, and this node does not wait to apply the entry itself.
+//!   answers with the queue): the leader reads it after applying the write and sends it in its
+//!   [`WriteReceipt`], and this node does not wait to apply the entry itself. A write travels as
+//!   a `ClientWrites` request: small ones join a batch to the leader (`crate::forward`), one
+//!   carrying audio goes alone, as a batch of one.
 //! - `read_barrier` makes the next local read linearizable: it gets a read index from the leader
 //!   (which confirms it still leads with a heartbeat round) and waits until this node has
 //!   applied up to it. Concurrent reads share one such round ([`ReadRounds`]).
@@ -20,16 +22,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, TryAsRef};
 use storage::{
-    ApplyWaitError, ChorusNode, Command, LogStore, ReadBack, ReadBackValue, Request, Response,
-    StateReader,
+    ApplyWaitError, ChorusNode, Command, LogStore, ReadBack, ReadBackValue, Request, StateReader,
 };
 
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
 use crate::propose::Proposer;
-use crate::protocol::{
-    ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteAnswer, WriteReply,
-};
+use crate::protocol::{ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReceipt};
 use crate::transport::{Transport, TransportError};
 
 /// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
@@ -56,13 +55,6 @@ pub enum ReplicaError {
     Rejected(String),
     #[error("this node is shutting down")]
     ShuttingDown,
-}
-
-/// The result of a write: its log position and what the state machine answered.
-#[derive(Debug, Clone)]
-pub struct WriteReceipt {
-    pub index: u64,
-    pub response: Response,
 }
 
 #[derive(Debug, Clone)]
@@ -225,68 +217,57 @@ impl Replica {
         command: Command,
         dedupe_key: Option<String>,
     ) -> Result<WriteReceipt, ReplicaError> {
-        let req = self.request(command, dedupe_key);
         tracing::trace!(target: "chorus::stages", stage = "write.start");
         let started = Instant::now();
-        let reply: WriteReply = self
-            .route(
-                PeerRequest::ClientWrite(req),
-                self.inner.timeout,
-                |r| match r {
-                    PeerResponse::ClientWrite(r) => Some(r),
-                    _ => None,
-                },
-            )
-            .await?;
-        self.wait_applied(reply.index, started + self.inner.timeout)
+        let receipt = self.route_write(command, dedupe_key, None).await?;
+        self.wait_applied(receipt.index, started + self.inner.timeout)
             .await?;
         tracing::trace!(target: "chorus::stages", stage = "write.done");
-        Ok(WriteReceipt {
-            index: reply.index,
-            response: reply.response,
-        })
+        Ok(receipt)
     }
 
     /// [`Self::write`] for a caller that reads `read_back` from the state right after the write:
-    /// the leader reads it once it has applied the write and sends it with its reply, so this
+    /// the leader reads it once it has applied the write and sends it with its receipt, so this
     /// returns without waiting for this node to apply the entry (a stale read here may not show
     /// the write yet; a linearizable one does). The wait it saves is for the commit to reach this
     /// node and for this node's own log flush, where the commit needed the leader and any one
-    /// follower.
+    /// follower. The value read is returned beside the receipt (whose `read_back` is then empty).
     pub async fn write_reading_back(
         &self,
         command: Command,
         dedupe_key: Option<String>,
         read_back: ReadBack,
     ) -> Result<(WriteReceipt, ReadBackValue), ReplicaError> {
-        let req = self.request(command, dedupe_key);
         tracing::trace!(target: "chorus::stages", stage = "write.start");
-        let started = Instant::now();
-        let answer: WriteAnswer = self
-            .route(
-                PeerRequest::ClientWriteReadingBack(req, read_back),
-                self.inner.timeout,
-                |r| match r {
-                    PeerResponse::ClientWriteReadBack(r) => Some(r),
-                    _ => None,
-                },
-            )
+        let mut receipt = self
+            .route_write(command, dedupe_key, Some(read_back))
             .await?;
-        let value = match answer.read_back {
-            Some(value) => value,
-            // A leader from before read-backs: read here once the write is applied here.
-            None => {
-                self.wait_applied(answer.reply.index, started + self.inner.timeout)
-                    .await?;
-                self.inner.reader.read(|s| read_back.read(s))
-            }
+        // A leader reads back whatever it is asked to (`propose_write`); without it the write
+        // committed, but this answer is not one this node can give.
+        let Some(value) = receipt.read_back.take() else {
+            return Err(ReplicaError::Unknown(format!(
+                "the leader answered write {} without what it read back",
+                receipt.index
+            )));
         };
         tracing::trace!(target: "chorus::stages", stage = "write.done");
-        let receipt = WriteReceipt {
-            index: answer.reply.index,
-            response: answer.reply.response,
-        };
         Ok((receipt, value))
+    }
+
+    /// Runs one write on the leader (see [`Self::route`]).
+    async fn route_write(
+        &self,
+        command: Command,
+        dedupe_key: Option<String>,
+        read_back: Option<ReadBack>,
+    ) -> Result<WriteReceipt, ReplicaError> {
+        let request = self.request(command, dedupe_key);
+        let req = PeerRequest::ClientWrites(vec![(request, read_back)]);
+        self.route(req, self.inner.timeout, |r| match r {
+            PeerResponse::ClientWrites(mut results) if results.len() == 1 => results.pop(),
+            _ => None,
+        })
+        .await
     }
 
     fn request(&self, command: Command, dedupe_key: Option<String>) -> Request {
@@ -300,26 +281,23 @@ impl Replica {
         }
     }
 
-    /// On the leader: proposes `request`, then reads `read_back` from the state, which has
-    /// applied the write by then (openraft answers a client write after applying it; the wait
-    /// only guards that).
-    async fn propose_reading_back(
+    /// On the leader: proposes `request`, then reads `read_back`, if any, from the state, which
+    /// has applied the write by then (openraft answers a client write after applying it; the
+    /// wait only guards that).
+    async fn propose_write(
         &self,
         request: Request,
         read_back: Option<ReadBack>,
-    ) -> Result<WriteAnswer, ForwardError> {
-        let reply = self.inner.proposer.propose(request).await?;
-        let read_back = match read_back {
-            None => None,
-            Some(read_back) => {
-                let deadline = Instant::now() + self.inner.timeout;
-                self.wait_applied(reply.index, deadline)
-                    .await
-                    .map_err(|e| ForwardError::Failed(e.to_string()))?;
-                Some(self.inner.reader.read(|s| read_back.read(s)))
-            }
-        };
-        Ok(WriteAnswer { reply, read_back })
+    ) -> Result<WriteReceipt, ForwardError> {
+        let mut receipt = self.inner.proposer.propose(request).await?;
+        if let Some(read_back) = read_back {
+            let deadline = Instant::now() + self.inner.timeout;
+            self.wait_applied(receipt.index, deadline)
+                .await
+                .map_err(|e| ForwardError::Failed(e.to_string()))?;
+            receipt.read_back = Some(self.inner.reader.read(|s| read_back.read(s)));
+        }
+        Ok(receipt)
     }
 
     /// Waits until a read of the local state reflects every write acknowledged before the call.
@@ -408,35 +386,16 @@ impl Replica {
                             .map_err(|_| TransportError::Timeout(leader, remaining))
                     } else {
                         let wait = remaining.min(ATTEMPT_TIMEOUT);
-                        let forwarder = &self.inner.forwarder;
-                        match &req {
-                            PeerRequest::ClientWrite(write)
-                                if write.approx_size() <= MAX_BATCHED_SIZE =>
-                            {
-                                forwarder
-                                    .write(leader, write.clone(), None, wait)
-                                    .await
-                                    .map(|r| PeerResponse::ClientWrite(r.map(|a| a.reply)))
-                            }
-                            PeerRequest::ClientWriteReadingBack(write, read_back)
-                                if write.approx_size() <= MAX_BATCHED_SIZE =>
-                            {
-                                forwarder
-                                    .write(leader, write.clone(), Some(*read_back), wait)
-                                    .await
-                                    .map(PeerResponse::ClientWriteReadBack)
-                            }
-                            // Anything else, including a write with a read-back too large
-                            // to batch, goes alone.
-                            _ => {
-                                crate::forward::call_leader(
-                                    &self.inner.transport,
-                                    leader,
-                                    &req,
-                                    wait,
-                                )
+                        match batchable_write(&req) {
+                            // Joins the next batch to this leader.
+                            Some((write, read_back)) => self
+                                .inner
+                                .forwarder
+                                .write(leader, write.clone(), read_back, wait)
                                 .await
-                            }
+                                .map(|r| PeerResponse::ClientWrites(vec![r])),
+                            // Anything else, including a write too large to batch, goes alone.
+                            None => self.inner.transport.call(leader, &req, wait).await,
                         }
                     }
                 };
@@ -468,12 +427,7 @@ impl Replica {
             let now = Instant::now();
             if now >= deadline {
                 return Err(match in_doubt {
-                    Some(m)
-                        if matches!(
-                            req,
-                            PeerRequest::ClientWrite(_) | PeerRequest::ClientWriteReadingBack(..)
-                        ) =>
-                    {
+                    Some(m) if matches!(req, PeerRequest::ClientWrites(_)) => {
                         ReplicaError::Unknown(m)
                     }
                     _ => ReplicaError::NoLeader,
@@ -504,31 +458,18 @@ impl Replica {
                 PeerResponse::AppendEntries(answer)
             }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::InstallSnapshot(r) => {
-                PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
-            }
             PeerRequest::SnapshotPart(part) => {
                 PeerResponse::SnapshotPart(self.inner.incoming.part(raft, part).await)
             }
             PeerRequest::SnapshotDone(done) => {
                 PeerResponse::SnapshotDone(self.inner.incoming.done(raft, done).await)
             }
-            PeerRequest::ClientWrite(r) => {
-                PeerResponse::ClientWrite(self.inner.proposer.propose(r).await)
-            }
-            PeerRequest::ClientWrites(requests) => {
-                // Queued together, so they normally share one log entry.
-                let proposals = requests.into_iter().map(|r| self.inner.proposer.propose(r));
-                PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
-            }
-            PeerRequest::ClientWriteReadingBack(r, read_back) => PeerResponse::ClientWriteReadBack(
-                self.propose_reading_back(r, Some(read_back)).await,
-            ),
-            PeerRequest::ClientWritesReadingBack(writes) => {
+            PeerRequest::ClientWrites(writes) => {
+                // Queued to the proposer together, so they normally share one log entry.
                 let proposals = writes
                     .into_iter()
-                    .map(|(r, read_back)| self.propose_reading_back(r, read_back));
-                PeerResponse::ClientWritesReadBack(futures_util::future::join_all(proposals).await)
+                    .map(|(r, read_back)| self.propose_write(r, read_back));
+                PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
             }
             PeerRequest::ReadIndex => PeerResponse::ReadIndex(
                 raft.get_read_log_id()
@@ -685,6 +626,20 @@ impl Replica {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+}
+
+/// The one write of `req` if it is small enough to join a batch to the leader
+/// (`crate::forward`); writes carrying audio go alone.
+fn batchable_write(req: &PeerRequest) -> Option<(&Request, Option<ReadBack>)> {
+    match req {
+        PeerRequest::ClientWrites(writes) => match writes.as_slice() {
+            [(write, read_back)] if write.approx_size() <= MAX_BATCHED_SIZE => {
+                Some((write, *read_back))
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -8,7 +8,8 @@
 //! ractor_cluster neither reconnects nor detects a dead link, so [`PeerSupervisor`] does both:
 //! every tick it connects to members without a session and pings members with one; a session
 //! whose pings keep failing is stopped so that a fresh connection can replace it. Every call has
-//! a timeout, and a malformed frame is answered with an error, never a panic.
+//! a timeout, and a malformed frame, or one of another wire format version
+//! (`crate::protocol::WIRE_VERSION`), is answered with an error, never a panic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -19,7 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use storage::codec;
 
-use crate::protocol::{PeerRequest, PeerResponse};
+use crate::protocol::{self, PeerRequest, PeerResponse, WireError};
 use crate::replica::Replica;
 use crate::{StartArgs, StartError};
 
@@ -28,8 +29,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consecutive failed pings after which a session is considered dead and dropped.
 const MAX_PING_FAILURES: u32 = 4;
-/// How a node's answer to a request it cannot decode begins (a request kind newer than it).
-pub(crate) const CANNOT_DECODE: &str = "cannot decode request";
 /// Peers sending frames larger than this are disconnected by ractor_cluster.
 const MAX_FRAME: u64 = 64 * 1024 * 1024;
 
@@ -41,16 +40,16 @@ fn node_name(node_id: u64) -> String {
     format!("chorus-{node_id}")
 }
 
-/// The one remote message: an encoded [`PeerRequest`] answered with an encoded [`PeerResponse`].
-/// Its serialisation for ractor_cluster is written out below rather than derived: the derive
-/// copies the argument into a new buffer to send it and again out of the received one, and
-/// bridges each reply port through a task of its own; the bytes of a 4 MiB frame of audio are
-/// now not copied at either end.
+/// The one remote message: an encoded [`PeerRequest`] answered with an encoded [`PeerResponse`]
+/// (both frames of `crate::protocol`, starting with the wire format version). Its serialisation
+/// for ractor_cluster is written out below rather than derived: the derive copies the argument
+/// into a new buffer to send it and again out of the received one, and bridges each reply port
+/// through a task of its own; the bytes of a 4 MiB frame of audio are not copied at either end.
 pub enum PeerMsg {
     Rpc(Frame, RpcReplyPort<Vec<u8>>),
 }
 
-/// The variant name ractor_cluster's derive gave [`PeerMsg::Rpc`] on the wire.
+/// The name [`PeerMsg::Rpc`] goes under on the wire.
 const RPC_VARIANT: &str = "Rpc";
 
 impl ractor::Message for PeerMsg {
@@ -75,44 +74,20 @@ impl ractor::Message for PeerMsg {
                 args,
                 reply,
                 ..
-            } if variant == RPC_VARIANT => {
-                Frame::from_wire(args).map(|frame| PeerMsg::Rpc(frame, reply))
-            }
+            } if variant == RPC_VARIANT => Ok(PeerMsg::Rpc(Frame(args), reply)),
             _ => Err(BoxedDowncastErr),
         }
     }
 }
 
-/// An encoded [`PeerRequest`] as [`PeerMsg`] carries it: a big-endian u64 length, then the
-/// encoding — the layout the derive gave the message's one argument, so nodes built with it
-/// still understand these — written in place, so neither end copies it.
+/// An encoded [`PeerRequest`] (`crate::protocol::encode`) as [`PeerMsg`] carries it, moved and
+/// never copied. Its wire format version is checked where it is decoded, by the endpoint, so
+/// that a frame of another version is answered with an error rather than dropped unanswered.
 pub struct Frame(Vec<u8>);
-
-const FRAME_PREFIX: usize = std::mem::size_of::<u64>();
 
 impl Frame {
     fn encode(req: &PeerRequest) -> Result<Self, codec::CodecError> {
-        let mut buf = codec::encode_after(req, FRAME_PREFIX)?;
-        let len = (buf.len() - FRAME_PREFIX) as u64;
-        buf[..FRAME_PREFIX].copy_from_slice(&len.to_be_bytes());
-        Ok(Self(buf))
-    }
-
-    fn from_wire(buf: Vec<u8>) -> Result<Self, BoxedDowncastErr> {
-        let prefix: [u8; FRAME_PREFIX] = buf
-            .get(..FRAME_PREFIX)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(BoxedDowncastErr)?;
-        let len = (buf.len() - FRAME_PREFIX) as u64;
-        if u64::from_be_bytes(prefix) != len {
-            return Err(BoxedDowncastErr);
-        }
-        Ok(Self(buf))
-    }
-
-    /// The encoded request.
-    fn request(&self) -> &[u8] {
-        &self.0[FRAME_PREFIX..]
+        protocol::encode(req).map(Self)
     }
 }
 
@@ -394,12 +369,30 @@ impl PendingCall {
         };
         self.transport
             .link(peer, |l| l.last_ok = Some(Instant::now()));
-        match codec::decode(&bytes) {
-            Ok(PeerResponse::Malformed(m)) => Err(TransportError::Malformed(peer, m)),
-            Ok(resp) => Ok(resp),
-            Err(e) => Err(TransportError::Malformed(peer, e.to_string())),
-        }
+        read_answer(peer, &bytes)
     }
+}
+
+/// `peer`'s answer as the caller sees it: its `Malformed` (the peer could not read the request)
+/// and an answer this node cannot read (another wire format version, or damage) are errors.
+fn read_answer(peer: u64, frame: &[u8]) -> Result<PeerResponse, TransportError> {
+    match protocol::decode(frame) {
+        Ok(PeerResponse::Malformed(m)) => Err(TransportError::Malformed(peer, m)),
+        Ok(resp) => Ok(resp),
+        Err(e) => Err(TransportError::Malformed(peer, e.to_string())),
+    }
+}
+
+/// The request in `frame`, or why this node cannot read it (for a peer of another wire format
+/// version, both versions), to answer as `Malformed`.
+fn read_request(frame: &Frame) -> Result<PeerRequest, String> {
+    protocol::decode(&frame.0).map_err(|e| {
+        tracing::warn!(error = %e, "unreadable request from a peer");
+        match e {
+            WireError::Version(_) => e.to_string(),
+            e => format!("cannot decode request: {e}"),
+        }
+    })
 }
 
 /// Answers peers' requests. Each request runs in its own task so that a slow one (a snapshot
@@ -428,7 +421,7 @@ async fn run_in_order(replica: Replica, mut rx: tokio::sync::mpsc::UnboundedRece
 }
 
 fn answer(reply: RpcReplyPort<Vec<u8>>, response: &PeerResponse) {
-    match codec::encode(response) {
+    match protocol::encode(response) {
         Ok(bytes) => {
             // The caller may have timed out and gone; nothing to do then.
             let _ = reply.send(bytes);
@@ -460,14 +453,10 @@ impl Actor for PeerEndpoint {
     ) -> Result<(), ActorProcessingErr> {
         let PeerMsg::Rpc(frame, reply) = msg;
         // Decoded here, in arrival order; a frame of audio takes a few milliseconds.
-        let req = match codec::decode::<PeerRequest>(frame.request()) {
+        let req = match read_request(&frame) {
             Ok(req) => req,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed request from a peer");
-                answer(
-                    reply,
-                    &PeerResponse::Malformed(format!("{CANNOT_DECODE}: {e}")),
-                );
+            Err(why) => {
+                answer(reply, &PeerResponse::Malformed(why));
                 return Ok(());
             }
         };
@@ -540,11 +529,10 @@ mod tests {
     use super::*;
     use crate::RaftSettings;
 
-    /// A request crosses ractor_cluster's serialisation unchanged, in the layout the derive
-    /// used (so older nodes read it and it reads theirs); a frame whose length prefix lies is
-    /// refused.
+    /// A request crosses ractor_cluster's serialisation unchanged: a frame of the wire format
+    /// version, then the request.
     #[test]
-    fn a_frame_travels_in_the_derived_layout() {
+    fn a_frame_travels_unchanged_behind_the_wire_version() {
         let req = PeerRequest::ClientWrites(Vec::new());
         let (tx, _rx) = ractor::concurrency::oneshot();
         let msg = PeerMsg::Rpc(Frame::encode(&req).expect("encode"), tx.into());
@@ -552,14 +540,17 @@ mod tests {
         else {
             panic!("not serialised as a call");
         };
-        let encoded = codec::encode(&req).expect("encode");
-        let derived = [&(encoded.len() as u64).to_be_bytes()[..], &encoded].concat();
-        assert_eq!((variant.as_str(), &args), (RPC_VARIANT, &derived));
+        let expected = [
+            &[protocol::WIRE_VERSION][..],
+            &codec::encode(&req).expect("encode"),
+        ]
+        .concat();
+        assert_eq!((variant.as_str(), &args), (RPC_VARIANT, &expected));
 
         let (tx, _rx) = ractor::concurrency::oneshot();
         let back = <PeerMsg as ractor::Message>::deserialize(SerializedMessage::Call {
             variant,
-            args: derived.clone(),
+            args,
             reply: tx.into(),
             metadata: None,
         });
@@ -567,20 +558,43 @@ mod tests {
             panic!("not deserialised");
         };
         assert!(matches!(
-            codec::decode::<PeerRequest>(frame.request()),
+            read_request(&frame),
             Ok(PeerRequest::ClientWrites(w)) if w.is_empty()
         ));
+    }
 
-        let mut lying = derived;
-        lying[7] ^= 1;
-        let (tx, _rx) = ractor::concurrency::oneshot();
-        let refused = <PeerMsg as ractor::Message>::deserialize(SerializedMessage::Call {
-            variant: RPC_VARIANT.into(),
-            args: lying,
-            reply: tx.into(),
-            metadata: None,
-        });
-        assert!(refused.is_err());
+    /// A request of another wire format version is answered `Malformed`, naming both versions;
+    /// an answer of another version is an error for the caller, naming both too.
+    #[test]
+    fn a_frame_of_another_wire_version_is_refused_with_both_versions() {
+        let other = protocol::WIRE_VERSION + 1;
+        let mut frame = Frame::encode(&PeerRequest::Status).expect("encode");
+        frame.0[0] = other;
+        let expected = format!(
+            "peer speaks wire format v{other}, this node v{}",
+            protocol::WIRE_VERSION
+        );
+        match read_request(&frame) {
+            Err(m) => assert_eq!(m, expected),
+            r => panic!("not refused: {r:?}"),
+        }
+
+        let mut answer = protocol::encode(&PeerResponse::ReadIndex(Ok(3))).expect("encode");
+        assert!(matches!(
+            read_answer(7, &answer),
+            Ok(PeerResponse::ReadIndex(Ok(3)))
+        ));
+        answer[0] = other;
+        match read_answer(7, &answer) {
+            Err(TransportError::Malformed(7, m)) => assert_eq!(m, expected),
+            r => panic!("not refused: {r:?}"),
+        }
+        // The peer's own refusal reaches the caller as the same error.
+        let refusal = protocol::encode(&PeerResponse::Malformed(expected.clone())).expect("encode");
+        match read_answer(7, &refusal) {
+            Err(TransportError::Malformed(7, m)) => assert_eq!(m, expected),
+            r => panic!("not refused: {r:?}"),
+        }
     }
 
     fn free_addr() -> std::net::SocketAddr {
@@ -628,8 +642,7 @@ mod tests {
     }
 
     /// What the supervisor does to a peer that stopped answering: the real ractor_cluster
-    /// session with it is found by its peer name and stopped. (It was never found: the name
-    /// ractor_cluster reports carries `@host`, so dead sessions lived on.)
+    /// session with it is found by its peer name, which carries `@host`, and stopped.
     #[tokio::test]
     async fn the_session_with_a_peer_that_stopped_answering_is_dropped() {
         let (addr_a, addr_b) = (free_addr(), free_addr());
@@ -646,140 +659,6 @@ mod tests {
         // The peer sees the connection close, so both ends are free to connect afresh.
         wait_for_sessions(&b, 1, 0).await;
         assert_eq!(a.drop_session(2).await, 0, "nothing left to drop");
-    }
-
-    /// A peer that knows only the requests from before read-backs: it cannot decode the
-    /// `...ReadingBack` requests, answers `ClientWrites` with index 7 for every write and
-    /// `ClientWrite` with index 8.
-    struct OldLeader;
-
-    impl Actor for OldLeader {
-        type Msg = PeerMsg;
-        type State = std::sync::Arc<std::sync::atomic::AtomicUsize>;
-        type Arguments = std::sync::Arc<std::sync::atomic::AtomicUsize>;
-
-        async fn pre_start(
-            &self,
-            _: ActorRef<PeerMsg>,
-            asked: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(asked)
-        }
-
-        async fn handle(
-            &self,
-            _: ActorRef<PeerMsg>,
-            PeerMsg::Rpc(frame, reply): PeerMsg,
-            asked: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let response = match codec::decode::<PeerRequest>(frame.request()) {
-                Ok(PeerRequest::ClientWrites(writes)) => PeerResponse::ClientWrites(
-                    writes
-                        .iter()
-                        .map(|_| {
-                            Ok(crate::protocol::WriteReply {
-                                index: 7,
-                                response: storage::Response::done(),
-                            })
-                        })
-                        .collect(),
-                ),
-                Ok(PeerRequest::ClientWrite(_)) => {
-                    PeerResponse::ClientWrite(Ok(crate::protocol::WriteReply {
-                        index: 8,
-                        response: storage::Response::done(),
-                    }))
-                }
-                _ => PeerResponse::Malformed(format!("{CANNOT_DECODE}: unknown variant")),
-            };
-            answer(reply, &response);
-            Ok(())
-        }
-    }
-
-    /// An [`OldLeader`] reachable as node `id`, and the count of requests it was sent.
-    async fn old_leader(
-        id: u64,
-    ) -> (
-        ActorRef<PeerMsg>,
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    ) {
-        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (old, _) = Actor::spawn(None, OldLeader, asked.clone())
-            .await
-            .expect("spawn the old leader");
-        ractor::pg::join(group(id), vec![old.get_cell()]);
-        (old, asked)
-    }
-
-    fn clear_the_queue() -> storage::Request {
-        storage::Request {
-            dedupe_key: Some("k".into()),
-            at_ms: 0,
-            command: storage::Command::Queue(storage::QueueCommand::Clear),
-        }
-    }
-
-    /// A follower forwarding a write with a read-back to a leader from before read-backs asks
-    /// again the old way, and gets the write's reply without a read-back (its caller then reads
-    /// locally).
-    #[tokio::test]
-    async fn a_leader_that_cannot_decode_a_read_back_is_asked_the_old_way() {
-        const OLD: u64 = 9_001;
-        let follower = transport(9_002, free_addr()).await;
-        let (old, asked) = old_leader(OLD).await;
-
-        let forwarder = crate::forward::Forwarder::start(follower, Duration::from_secs(5));
-        let request = clear_the_queue();
-        let answer = forwarder
-            .write(
-                OLD,
-                request,
-                Some(storage::ReadBack::Queue),
-                Duration::from_secs(5),
-            )
-            .await;
-        let Ok(Ok(answer)) = answer else {
-            panic!("the write failed: {answer:?}");
-        };
-        assert_eq!(answer.reply.index, 7);
-        assert!(answer.read_back.is_none());
-        assert_eq!(
-            asked.load(std::sync::atomic::Ordering::Relaxed),
-            2,
-            "asked once the new way, once the old way"
-        );
-        old.stop(None);
-    }
-
-    /// A write too large to batch goes alone; to a leader from before read-backs it goes again
-    /// as a plain `ClientWrite`, instead of failing to decode there until its deadline.
-    #[tokio::test]
-    async fn a_large_write_with_a_read_back_to_an_old_leader_is_asked_the_old_way() {
-        const OLD: u64 = 9_011;
-        let follower = transport(9_012, free_addr()).await;
-        let (old, asked) = old_leader(OLD).await;
-
-        let request = clear_the_queue();
-        let answer = crate::forward::call_leader(
-            &follower,
-            OLD,
-            &PeerRequest::ClientWriteReadingBack(request, storage::ReadBack::Queue),
-            Duration::from_secs(5),
-        )
-        .await;
-        let Ok(PeerResponse::ClientWriteReadBack(Ok(answer))) = answer else {
-            panic!("the write failed: {answer:?}");
-        };
-        assert_eq!(answer.reply.index, 8);
-        assert!(answer.read_back.is_none());
-        assert_eq!(
-            asked.load(std::sync::atomic::Ordering::Relaxed),
-            2,
-            "asked once the new way, once the old way"
-        );
-        old.stop(None);
     }
 
     #[test]

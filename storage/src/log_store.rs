@@ -6,8 +6,7 @@
 //! after `fdatasync` of that segment. The flusher takes every batch waiting, syncs each file once
 //! and acknowledges them all (group commit: concurrent appends share one sync, and the Raft core
 //! never blocks on the disk). `save_vote` returns only after the vote is flushed; a purge records
-//! its point durably before removing files. A log written by an older chorus into sled's
-//! `raft_log` tree is moved into segments on open.
+//! its point durably before removing files.
 //!
 //! [`segments`]: crate::segments
 
@@ -27,8 +26,6 @@ use crate::types::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote}
 
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
-/// Where chorus up to this version kept the entries (index -> entry); moved out on open.
-const LEGACY_LOG_TREE: &str = "raft_log";
 
 #[derive(Clone, Debug)]
 pub struct LogStore {
@@ -244,8 +241,7 @@ impl LogStore {
                 format!("last purged log id: {e}"),
             ))
         })?;
-        let mut entries = SegmentLog::open(dir, purged).map_err(log_err)?;
-        migrate_legacy_log(db.db(), &mut entries).map_err(log_err)?;
+        let entries = SegmentLog::open(dir, purged).map_err(log_err)?;
         Ok(Self {
             db: db.clone(),
             meta,
@@ -303,41 +299,6 @@ impl LogStore {
         let purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
         Ok(vote.is_none() && purged.is_none() && self.segments().is_empty())
     }
-}
-
-/// Moves a log that an older chorus kept in sled's `raft_log` tree into segment files: written
-/// and synced first, then the tree is cleared, so a crash in between only repeats the move.
-fn migrate_legacy_log(db: &sled::Db, entries: &mut SegmentLog) -> std::io::Result<()> {
-    let exists = db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == LEGACY_LOG_TREE.as_bytes());
-    if !exists {
-        return Ok(());
-    }
-    let tree = db
-        .open_tree(LEGACY_LOG_TREE)
-        .map_err(std::io::Error::other)?;
-    if tree.is_empty() {
-        return Ok(());
-    }
-    if entries.is_empty() {
-        let mut old = Vec::new();
-        for item in tree.iter() {
-            let (_, bytes) = item.map_err(std::io::Error::other)?;
-            old.push(codec::decode::<Entry>(&bytes).map_err(std::io::Error::other)?);
-        }
-        tracing::info!(
-            entries = old.len(),
-            "moving the Raft log out of sled into segment files"
-        );
-        for file in entries.append(old)? {
-            file.sync_all()?;
-        }
-    }
-    tree.clear().map_err(std::io::Error::other)?;
-    db.flush().map_err(std::io::Error::other)?;
-    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -506,36 +467,6 @@ mod tests {
             log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Blank,
         }
-    }
-
-    /// A data directory written by an older chorus keeps its entries in sled; they move into
-    /// segment files on the first open, and the node carries on from them.
-    #[tokio::test]
-    async fn a_log_kept_in_sled_by_an_older_version_is_moved_into_segments() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let db = sled::open(dir.path().join("db")).expect("sled");
-            let tree = db.open_tree(LEGACY_LOG_TREE).expect("tree");
-            for i in 1..=4 {
-                let bytes = codec::encode(&blank(i)).expect("encode");
-                tree.insert(i.to_be_bytes(), bytes).expect("insert");
-            }
-            db.flush().expect("flush");
-        }
-        let (mut log, _sm) = crate::open(dir.path()).expect("open");
-        let state = log.get_log_state().await.expect("state");
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
-        let entries = log.try_get_log_entries(2..=3).await.expect("read");
-        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
-        assert_eq!(indexes, vec![2, 3]);
-        assert!(
-            log.db
-                .db()
-                .open_tree(LEGACY_LOG_TREE)
-                .expect("tree")
-                .is_empty()
-        );
-        assert!(!log.is_pristine().expect("pristine"));
     }
 
     /// Votes are saved (and flushed) while sled's IO pool has more flushes than threads and

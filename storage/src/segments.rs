@@ -1,9 +1,14 @@
 //! The Raft log's entries on disk: append-only segment files under `<data_dir>/log/`.
 //!
-//! A segment is named after the index of its first entry (`00000000000000000042.log`) and holds
+//! A segment is named after the index of its first entry (`00000000000000000042.log`). It starts
+//! with an 8-byte header, [`MAGIC`] and the format version ([`FORMAT_VERSION`]), and then holds
 //! consecutive entries as records: `len: u32 LE`, `crc32(payload): u32 LE`, `payload` (the
 //! bincode-encoded entry). A segment only grows at its end; a new one starts once the current
 //! one passes [`SEGMENT_BYTES`]. Memory holds where each record starts, not the entries.
+//!
+//! Opening refuses a segment of another format version, or a file that is not a segment, with
+//! an error that says which: bincode carries no schema, and entries of another encoding would
+//! be misread or reported as damage.
 //!
 //! A new segment is preallocated to [`SEGMENT_BYTES`] (`fallocate`), as etcd does with its WAL:
 //! an append then does not change the file's size, so its `fdatasync` has less metadata to
@@ -19,12 +24,14 @@
 //! one before it together with a last segment nobody was told about. [`SegmentLog::open`] cuts
 //! the log at the first record whose length or checksum is wrong there (dropping that last
 //! segment in the second case). A bad record anywhere else is corruption, and opening fails with
-//! a message saying so. Creating and removing segment files fsyncs the directory; truncation
-//! (`set_len`) is fsynced before it returns.
+//! a message saying so. A last segment whose header is still zeros was created by an append
+//! that a crash interrupted before anything in the file was synced; it opens as an empty
+//! segment. Creating and removing segment files fsyncs the directory; truncation (`set_len`) is
+//! fsynced before it returns.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +41,15 @@ use crate::types::{Entry, LogId};
 
 /// A segment stops taking appends once it is this large.
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-const HEADER: usize = 8;
+/// The start of every segment file, before its format version.
+const MAGIC: &[u8; 7] = b"CHRSLOG";
+/// The version of the segment format: the header, the records and the encoding of the entries
+/// in them. Raise it with any change to one of these.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Bytes of a segment's header ([`MAGIC`] and [`FORMAT_VERSION`]); the first record follows.
+const FILE_HEADER: u64 = 8;
+/// Bytes of a record's header (length and checksum).
+const RECORD_HEADER: usize = 8;
 /// The extension of a purged segment waiting to be removed.
 const PURGED: &str = "purged";
 
@@ -176,11 +191,11 @@ impl Span {
 
 /// Splits one checked record off the front of `bytes`: its payload and what follows.
 fn split_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let header = bytes.get(..HEADER)?;
+    let header = bytes.get(..RECORD_HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    let payload = bytes.get(HEADER..HEADER + len)?;
-    (crc32fast::hash(payload) == crc).then(|| (payload, &bytes[HEADER + len..]))
+    let payload = bytes.get(RECORD_HEADER..RECORD_HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then(|| (payload, &bytes[RECORD_HEADER + len..]))
 }
 
 fn encode_record(entry: &Entry, out: &mut Vec<u8>) -> io::Result<()> {
@@ -377,6 +392,8 @@ impl SegmentLog {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        // Synced with the segment's first records (by the append that needs them durable).
+        file.write_all_at(&file_header(), 0)?;
         preallocate(&file, 0, self.segment_bytes)?;
         sync_dir(&self.dir)?;
         self.segments.insert(
@@ -386,7 +403,7 @@ impl SegmentLog {
                 path,
                 first,
                 offsets: Vec::new(),
-                end: 0,
+                end: FILE_HEADER,
             },
         );
         Ok(())
@@ -557,7 +574,23 @@ pub(crate) fn remove_files(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
 /// are read.
 fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Result<Segment> {
     let mut file = File::options().read(true).write(true).open(path)?;
-    let (offsets, at, damaged) = walk(&mut file, is_last)?;
+    let (offsets, at, damaged) = match read_header(&file, path)? {
+        Header::Valid => walk(&mut file, is_last)?,
+        Header::Blank if is_last => {
+            tracing::warn!(
+                path = %path.display(),
+                "the last log segment was never synced (a crash right after it was created); it starts empty"
+            );
+            file.write_all_at(&file_header(), 0)?;
+            (Vec::new(), FILE_HEADER, false)
+        }
+        Header::Blank => {
+            return Err(corrupt(format!(
+                "log segment {} has no header; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
+                path.display()
+            )));
+        }
+    };
     if damaged {
         if !is_last {
             return Err(corrupt(format!(
@@ -588,27 +621,78 @@ fn scan(path: &Path, first: u64, is_last: bool, segment_bytes: u64) -> io::Resul
     })
 }
 
-/// How many whole, checksummed records `path` starts with, if a damaged one follows them.
+/// How many whole, checksummed records `path` starts with, if a damaged one follows them. A
+/// segment whose header never reached the disk was never synced, so none of it counts.
 fn torn_after(path: &Path) -> io::Result<Option<u64>> {
     let mut file = File::open(path)?;
-    let (offsets, _, damaged) = walk(&mut file, true)?;
-    Ok(damaged.then_some(offsets.len() as u64))
+    match read_header(&file, path)? {
+        Header::Blank => Ok(Some(0)),
+        Header::Valid => {
+            let (offsets, _, damaged) = walk(&mut file, true)?;
+            Ok(damaged.then_some(offsets.len() as u64))
+        }
+    }
 }
 
-/// Walks a segment's records: their offsets, where they end, and whether a damaged record (or
-/// with `verify` a wrong checksum) ended them rather than the file's end or a zero header.
+/// The header every segment starts with.
+fn file_header() -> [u8; FILE_HEADER as usize] {
+    let mut header = [0; FILE_HEADER as usize];
+    header[..MAGIC.len()].copy_from_slice(MAGIC);
+    header[MAGIC.len()] = FORMAT_VERSION;
+    header
+}
+
+/// What a segment's first bytes are.
+#[derive(Debug, PartialEq)]
+enum Header {
+    /// A segment of this format.
+    Valid,
+    /// Zeros (or nothing): the header never reached the disk.
+    Blank,
+}
+
+/// Reads the header of segment `path`; another format version, or a file that is not a segment,
+/// is an error saying which.
+fn read_header(file: &File, path: &Path) -> io::Result<Header> {
+    let size = file.metadata()?.len().min(FILE_HEADER);
+    let mut header = [0u8; FILE_HEADER as usize];
+    file.read_exact_at(&mut header[..size as usize], 0)?;
+    if header.iter().all(|&b| b == 0) {
+        return Ok(Header::Blank);
+    }
+    if size < FILE_HEADER || header[..MAGIC.len()] != MAGIC[..] {
+        return Err(corrupt(format!(
+            "{} is not a chorus log segment (it starts with {:02x?}, not {MAGIC:02x?})",
+            path.display(),
+            &header[..size as usize]
+        )));
+    }
+    let version = header[MAGIC.len()];
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "log segment {} is in log format v{version}, and this build of chorus reads only v{FORMAT_VERSION}",
+            path.display()
+        )));
+    }
+    Ok(Header::Valid)
+}
+
+/// Walks the records of a segment whose header was checked: their offsets, where they end, and
+/// whether a damaged record (or with `verify` a wrong checksum) ended them rather than the
+/// file's end or a zero header.
 fn walk(file: &mut File, verify: bool) -> io::Result<(Vec<u64>, u64, bool)> {
     let size = file.metadata()?.len();
     let mut offsets = Vec::new();
-    let mut at = 0u64;
+    let mut at = FILE_HEADER;
+    file.seek(io::SeekFrom::Start(at))?;
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut payload = Vec::new();
     let damaged = loop {
         if at == size {
             break false;
         }
-        let mut header = [0u8; HEADER];
-        if at + HEADER as u64 > size || reader.read_exact(&mut header).is_err() {
+        let mut header = [0u8; RECORD_HEADER];
+        if at + RECORD_HEADER as u64 > size || reader.read_exact(&mut header).is_err() {
             break true;
         }
         let len = u64::from(u32::from_le_bytes([
@@ -618,7 +702,7 @@ fn walk(file: &mut File, verify: bool) -> io::Result<(Vec<u64>, u64, bool)> {
         if len == 0 && crc == 0 {
             break false; // the preallocated, never written rest
         }
-        if at + HEADER as u64 + len > size {
+        if at + RECORD_HEADER as u64 + len > size {
             break true;
         }
         if verify {
@@ -630,7 +714,7 @@ fn walk(file: &mut File, verify: bool) -> io::Result<(Vec<u64>, u64, bool)> {
             reader.seek_relative(len as i64)?;
         }
         offsets.push(at);
-        at += HEADER as u64 + len;
+        at += RECORD_HEADER as u64 + len;
     };
     Ok((offsets, at, damaged))
 }
@@ -695,7 +779,7 @@ mod tests {
         // Preallocated: appends do not change the file's size.
         assert_eq!(fs::metadata(&file).expect("stat").len(), SEGMENT_BYTES);
         // A crash in the middle of writing entry 8: half a record after entry 7.
-        let end = records(1, 7).len() as u64;
+        let end = FILE_HEADER + records(1, 7).len() as u64;
         let record = records(8, 8);
         write_at(&file, end, &record[..record.len() / 2]);
 
@@ -719,7 +803,7 @@ mod tests {
         // A torn write of a large entry 4 whose first page (with the header) never reached the
         // disk, but a later one did: zeros where the header goes, then garbage.
         let file = segment_files(dir.path()).pop().expect("a segment");
-        let end = records(1, 3).len() as u64;
+        let end = FILE_HEADER + records(1, 3).len() as u64;
         write_at(&file, end + 100, &[0xAB; 5000]);
         {
             let mut log = SegmentLog::open(dir.path(), None).expect("reopen");
@@ -759,6 +843,63 @@ mod tests {
         file.set_len(len - bytes).expect("cut");
     }
 
+    /// A segment of another format version is refused, saying so, rather than its entries
+    /// being misread or taken for damage; so is a file that is not a segment at all.
+    #[test]
+    fn a_segment_of_another_format_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = SegmentLog::open(dir.path(), None).expect("open");
+            log.append((1..=3).map(entry)).expect("append");
+        }
+        let file = segment_files(dir.path()).pop().expect("a segment");
+        assert_eq!(fs::read(&file).expect("read")[..8], file_header());
+
+        write_at(&file, MAGIC.len() as u64, &[FORMAT_VERSION + 1]);
+        let err = SegmentLog::open(dir.path(), None).expect_err("another version");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!(
+                "is in log format v{}, and this build of chorus reads only v{FORMAT_VERSION}",
+                FORMAT_VERSION + 1
+            )),
+            "{message}"
+        );
+
+        write_at(&file, 0, b"not a log");
+        let err = SegmentLog::open(dir.path(), None).expect_err("not a segment");
+        assert!(
+            err.to_string().contains("is not a chorus log segment"),
+            "{err}"
+        );
+        // Refused, not repaired: the file is as it was.
+        assert_eq!(&fs::read(&file).expect("read")[..9], b"not a log");
+    }
+
+    /// A crash right after an append created the last segment, before anything in it was
+    /// synced, can leave it all zeros: none of it was acknowledged, and it opens empty.
+    #[test]
+    fn a_last_segment_whose_header_never_reached_the_disk_opens_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = three_segments(dir.path());
+        let last = &files[2];
+        let size = fs::metadata(last).expect("stat").len();
+        write_at(last, 0, &vec![0; size as usize]);
+        let mut log = SegmentLog::open(dir.path(), None).expect("open");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5]);
+        assert_eq!(log.last().map(|l| l.index), Some(5));
+        log.append([entry(6)]).expect("append after it");
+        drop(log);
+        let log = SegmentLog::open(dir.path(), None).expect("reopen");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5, 6]);
+
+        // Not the last segment: that is damage, and opening refuses it.
+        write_at(&files[0], 0, &file_header().map(|_| 0));
+        let err = SegmentLog::open(dir.path(), None).expect_err("blank middle segment");
+        assert!(err.to_string().contains("has no header"), "{err}");
+    }
+
     #[test]
     fn damage_before_the_last_two_segments_refuses_to_open() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -783,6 +924,19 @@ mod tests {
         drop(log);
         let log = SegmentLog::open(dir.path(), None).expect("reopen");
         assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3, 4, 5]);
+    }
+
+    /// The segment before the last was never synced (its header is zeros): nothing in it or
+    /// after it was acknowledged, and the log ends before it.
+    #[test]
+    fn a_blank_segment_before_the_last_ends_the_log_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = three_segments(dir.path());
+        let size = fs::metadata(&files[1]).expect("stat").len();
+        write_at(&files[1], 0, &vec![0; size as usize]);
+        let log = SegmentLog::open(dir.path(), None).expect("open");
+        assert_eq!(read_all(&log, 0, 100), vec![1, 2, 3]);
+        assert!(!files[2].exists(), "the last segment is gone");
     }
 
     #[test]

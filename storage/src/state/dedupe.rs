@@ -7,12 +7,11 @@
 //!
 //! On disk the records of one applied batch are stored together, as one sled value under
 //! `D/<seq of its first record>`, and that value is deleted once all its records are evicted.
-//! One record per sled key (`d/<key>`, the layout before) cost a sled insert and a delete per
-//! write in a tree of 100 000 keys: measured, 64-client writes fell from ~9,800 to ~7,400 req/s
-//! once the table filled, and a node's RSS rose by ~170 MiB. How records are grouped may differ
-//! between nodes (it follows how openraft hands entries to `apply`); which records the table
-//! holds does not, because eviction goes record by record and loading trims to the capacity.
-//! Records in the old layout are still read, and deleted when evicted.
+//! Why not one record per sled key: that costs a sled insert and a delete per write in a tree of
+//! 100 000 keys (measured: 64-client writes fell from ~9,800 to ~7,400 req/s once the table
+//! filled, and a node's RSS rose by ~170 MiB). How records are grouped may differ between nodes
+//! (it follows how openraft hands entries to `apply`); which records the table holds does not,
+//! because eviction goes record by record and loading trims to the capacity.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,10 +21,8 @@ use super::{Changes, decode, numbered_key};
 use crate::codec::CodecError;
 use crate::command::Response;
 
-/// One record per key: the layout before records were grouped (read, and deleted, still).
-pub const PREFIX: &[u8] = b"d/";
 /// Groups of records, keyed by the sequence number of their first record.
-pub const GROUP_PREFIX: &[u8] = b"D/";
+pub const PREFIX: &[u8] = b"D/";
 pub const CAPACITY: usize = 100_000;
 
 #[derive(Debug, Default)]
@@ -48,12 +45,6 @@ struct Record {
 /// A stored group: (key, record) pairs in sequence order.
 #[derive(Serialize, Deserialize)]
 struct Group(Vec<(String, Record)>);
-
-fn legacy_key(key: &str) -> Vec<u8> {
-    let mut k = PREFIX.to_vec();
-    k.extend_from_slice(key.as_bytes());
-    k
-}
 
 impl DedupeTable {
     pub fn get(&self, key: &str) -> Option<&Response> {
@@ -113,39 +104,26 @@ impl DedupeTable {
             return Ok(());
         };
         let (first, last) = (first.seq, last.seq);
-        let key = numbered_key(GROUP_PREFIX, first);
+        let key = numbered_key(PREFIX, first);
         changes.put(key.clone(), &Group(group))?;
         self.stored.insert(last, key);
         Ok(())
     }
 
     /// Loads a stored group.
-    pub(crate) fn load_group(&mut self, key: &[u8], value: &[u8]) -> Result<(), CodecError> {
+    pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), CodecError> {
         let Group(records) = decode(value)?;
         if let Some((_, last)) = records.last() {
             self.stored.insert(last.seq, key.to_vec());
         }
         for (name, record) in records {
-            self.insert_loaded(name, record);
+            self.by_seq.insert(record.seq, name.clone());
+            self.by_key.insert(name, record);
+            // Groups stay on disk until all their records are evicted, so a load can read more
+            // than the capacity: trim the same way, so every node holds the same records.
+            self.trim();
         }
         Ok(())
-    }
-
-    /// Loads a record stored alone (the layout before groups).
-    pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), CodecError> {
-        let name = String::from_utf8_lossy(&key[PREFIX.len()..]).into_owned();
-        let record: Record = decode(value)?;
-        self.stored.insert(record.seq, legacy_key(&name));
-        self.insert_loaded(name, record);
-        Ok(())
-    }
-
-    fn insert_loaded(&mut self, name: String, record: Record) {
-        self.by_seq.insert(record.seq, name.clone());
-        self.by_key.insert(name, record);
-        // Groups stay on disk until all their records are evicted, so a load can read more than
-        // the capacity: trim the same way, so every node holds the same records.
-        self.trim();
     }
 }
 
@@ -171,11 +149,8 @@ mod tests {
         let mut table = DedupeTable::default();
         for item in tree.iter() {
             let (k, v) = item.expect("item");
-            if k.starts_with(GROUP_PREFIX) {
-                table.load_group(&k, &v).expect("group");
-            } else {
-                table.load(&k, &v).expect("legacy");
-            }
+            assert!(k.starts_with(PREFIX), "only groups are stored");
+            table.load(&k, &v).expect("group");
         }
         table
     }

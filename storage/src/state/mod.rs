@@ -340,8 +340,6 @@ impl State {
             self.tracks.load(key, value)
         } else if key.starts_with(playlists::PREFIX) {
             self.playlists.load(key, value)
-        } else if key.starts_with(dedupe::GROUP_PREFIX) {
-            self.dedupe.load_group(key, value)
         } else if key.starts_with(dedupe::PREFIX) {
             self.dedupe.load(key, value)
         } else {
