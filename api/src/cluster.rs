@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/cluster", get(cluster))
         .route("/cluster/members", post(add_member))
         .route("/cluster/members/{id}", delete(remove_member))
+        .route("/cluster/chunks/verify", post(verify_chunks))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -211,5 +212,45 @@ pub async fn remove_member(
     app.replica.remove_member(id).await?;
     Ok(axum::Json(Message {
         message: format!("node {id} removed"),
+    }))
+}
+
+/// What `POST /cluster/chunks/verify` found on this node and did about it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkCheck {
+    /// The node that checked its chunks.
+    pub node_id: u64,
+    /// Chunk files read and checked against their SHA-256 name.
+    pub checked: usize,
+    pub checked_bytes: u64,
+    /// Hashes of chunk files whose bytes did not match (removed, then fetched again).
+    pub corrupt: Vec<String>,
+    /// Hashes of chunks the state names that this node lacked (the damaged ones included).
+    pub missing: Vec<String>,
+    /// Chunks fetched again from peers.
+    pub repaired: usize,
+    /// Chunks no peer could give, with why: the node still lacks them.
+    pub failed: Vec<String>,
+}
+
+/// Check every audio chunk file on this node against its hash, remove damaged ones, and fetch
+/// from peers every chunk the state names that this node lacks. Admin token required.
+/// (`chorus verify --node N` calls this.)
+#[utoipa::path(post, path = "/cluster/chunks/verify", tag = "cluster", security(("admin_token" = [])),
+    responses((status = 200, body = ChunkCheck), (status = 401, body = ErrorBody)))]
+pub async fn verify_chunks(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<ChunkCheck>, ApiError> {
+    require_admin(&app, &headers)?;
+    let r = app.replica.verify_and_repair_chunks().await?;
+    Ok(axum::Json(ChunkCheck {
+        node_id: app.replica.id(),
+        checked: r.checked,
+        checked_bytes: r.checked_bytes,
+        corrupt: r.corrupt,
+        missing: r.missing,
+        repaired: r.repaired,
+        failed: r.failed,
     }))
 }

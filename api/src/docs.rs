@@ -19,6 +19,7 @@ use crate::{cluster, error, playback, playlists, queue, tracks, users};
         queue::add_track, queue::remove_track, queue::vote, queue::queue, queue::metadata,
         queue::history, queue::play_next, queue::clear,
         cluster::health, cluster::ready, cluster::cluster, cluster::add_member, cluster::remove_member,
+        cluster::verify_chunks,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&SecuritySchemes),

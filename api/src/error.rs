@@ -79,6 +79,7 @@ impl From<ReplicaError> for ApiError {
             ReplicaError::Lagging => "lagging",
             ReplicaError::ShuttingDown => "shutting_down",
             ReplicaError::Rejected(_) => return Self::bad_request(e.to_string()),
+            ReplicaError::Storage(_) => return crate::internal(e.to_string()),
         };
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }

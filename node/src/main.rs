@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod serve;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,15 @@ enum Cmd {
     },
     /// Talk to a running cluster (the seed's client.py commands).
     Client(client::ClientArgs),
+    /// Check every audio chunk file of one running node against its hash; fetch damaged or
+    /// missing ones again from its peers.
+    Verify {
+        /// The node's id in the configuration.
+        #[arg(long)]
+        node: u64,
+        #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
+        config: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -109,5 +119,6 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(&config, node))
         }
         Cmd::Client(args) => runtime.block_on(client::run(args)),
+        Cmd::Verify { node, config } => runtime.block_on(verify::run(&config, node)),
     }
 }

@@ -208,9 +208,9 @@ async fn snapshot_everywhere(c: &TestCluster, via: u64) {
     let upto = c.cluster_view(via).await["applied_index"]
         .as_u64()
         .expect("an applied index");
-    let mut n = 0u64;
+    static FILLERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     eventually("a snapshot on every node", CONVERGE_TIMEOUT, async || {
-        n += 1;
+        let n = FILLERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = Body::Json(
             json!({"id": 800_000 + n, "title": format!("filler {n}"), "artist": "a", "duration": 60}),
         );
@@ -229,7 +229,10 @@ async fn snapshot_everywhere(c: &TestCluster, via: u64) {
 /// released ones go.
 async fn chunk_files_after_snapshot(c: &TestCluster, via: u64) -> Vec<usize> {
     snapshot_everywhere(c, via).await;
-    c.running().into_iter().map(|id| chunk_files(c, id).len()).collect()
+    c.running()
+        .into_iter()
+        .map(|id| chunk_files(c, id).len())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +366,7 @@ async fn uploads_stream_back_byte_identical_from_every_node_whole_and_by_ranges(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
-    let mut c = TestCluster::start_with(3, "[tracks]\nmax_upload_mb = 1\n").await;
+    let c = TestCluster::start_with(3, "[tracks]\nmax_upload_mb = 1\n").await;
     let leader = c.leader_id().await;
     let api = c.api(c.followers(leader)[0]);
     let bob = register(&api, "bob").await;
@@ -514,6 +517,115 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
         [1, 1, 1],
         "audio chunk files per node"
     );
+}
+
+/// Runs `chorus verify` for node `id`; its exit status and what it printed.
+fn chorus_verify(c: &TestCluster, id: u64) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["verify", "--node", &id.to_string(), "--config"])
+        .arg(c.config_path())
+        .output()
+        .expect("run chorus verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The audio as chunk files: the same file uploaded twice is stored once; a chunk file damaged
+/// or deleted on one node is never served there, and `chorus verify` finds it and fetches it
+/// again from a peer; deleting the tracks removes their chunk files from every node's disk with
+/// the next snapshot, and only once no track names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_files_are_shared_verified_repaired_and_collected() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let follower = c.followers(leader)[0];
+    let alice = register(&c.api(leader), "alice").await;
+    let mp3 = long_mp3(200);
+    assert!(mp3.len() > 2 * MIB && mp3.len() < 4 * MIB);
+
+    eprintln!("=== the same file twice: its chunks are stored once on every node");
+    let first = upload(&c.api(follower), &alice, Some("Once"), &mp3).await;
+    let second = upload(&c.api(follower), &alice, Some("Twice"), &mp3).await;
+    let chunks = mp3.len().div_ceil(MIB);
+    let counts = storage_when(&c, follower, "both tracks", |s| s["tracks"] == 2).await;
+    assert_eq!(counts["audio_chunks"], chunks as u64, "{counts}");
+    for id in c.ids() {
+        assert_eq!(chunk_files(&c, id).len(), chunks, "node {id}'s chunk files");
+    }
+
+    eprintln!("=== a byte flipped in one chunk file of node {follower}: never served");
+    let files = chunk_files(&c, follower);
+    let damaged = &files[0];
+    let good = std::fs::read(damaged).expect("read a chunk file");
+    let mut flipped = good.clone();
+    flipped[1000] ^= 0x40;
+    std::fs::write(damaged, &flipped).expect("damage the chunk file");
+    let url = format!("{}/play/{first}", c.url(follower));
+    let served = async { reqwest::get(&url).await?.bytes().await }.await;
+    assert!(
+        served
+            .as_ref()
+            .map_or(true, |b| b.as_ref() == mp3.as_slice()),
+        "a damaged chunk was served"
+    );
+    assert!(
+        served.is_err(),
+        "the stream should break off at the damaged chunk"
+    );
+
+    eprintln!("=== chorus verify finds it and fetches it again; the node streams the file");
+    let (ok, report) = chorus_verify(&c, follower);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("1 damaged") && report.contains("1 fetched again"),
+        "{report}"
+    );
+    assert_eq!(std::fs::read(damaged).expect("read"), good);
+    let whole = call(
+        &c.api(follower),
+        Method::GET,
+        &format!("/play/{second}"),
+        Body::None,
+        None,
+    )
+    .await;
+    whole.expect_status(200);
+    assert!(whole.bytes == mp3, "the repaired node streams other bytes");
+
+    eprintln!("=== a chunk file deleted: verify fetches it again");
+    std::fs::remove_file(&files[1]).expect("delete a chunk file");
+    let (ok, report) = chorus_verify(&c, follower);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("1 missing") && report.contains("1 fetched again"),
+        "{report}"
+    );
+    assert_eq!(chunk_files(&c, follower).len(), chunks);
+    let (ok, report) = chorus_verify(&c, follower);
+    assert!(ok && report.contains("0 damaged, 0 missing"), "{report}");
+
+    eprintln!("=== one track deleted: its chunks stay, the other names them");
+    let delete = |id: String| {
+        let path = format!("/tracks/{id}");
+        let (api, alice) = (c.api(leader), alice.clone());
+        async move {
+            call(&api, Method::DELETE, &path, Body::None, Some(&alice))
+                .await
+                .expect_status(200);
+        }
+    };
+    delete(first).await;
+    assert_eq!(
+        chunk_files_after_snapshot(&c, leader).await,
+        vec![chunks; 3]
+    );
+    eprintln!("=== the other deleted: with the next snapshot, no node keeps a chunk file");
+    delete(second).await;
+    assert_eq!(chunk_files_after_snapshot(&c, leader).await, [0, 0, 0]);
 }
 
 /// Sends the first `sent` bytes of an upload of `total` bytes over a raw connection and keeps
@@ -1207,8 +1319,12 @@ async fn wiped_follower_streams(
         let name = |f: &PathBuf| f.file_name().map(|n| n.to_string_lossy().into_owned());
         files.iter().filter_map(name).collect()
     };
-    let expected = usize::try_from(caught_up["storage"]["audio_chunks"].as_u64().expect("a count"))
-        .expect("fits");
+    let expected = usize::try_from(
+        caught_up["storage"]["audio_chunks"]
+            .as_u64()
+            .expect("a count"),
+    )
+    .expect("fits");
     for node in c.ids() {
         assert_eq!(
             names(chunk_files(c, node)).len(),
@@ -1216,7 +1332,10 @@ async fn wiped_follower_streams(
             "node {node} holds every chunk the state names, and nothing else"
         );
     }
-    assert_eq!(names(chunk_files(c, follower)), names(chunk_files(c, c.followers(follower)[0])));
+    assert_eq!(
+        names(chunk_files(c, follower)),
+        names(chunk_files(c, c.followers(follower)[0]))
+    );
     caught_up
 }
 

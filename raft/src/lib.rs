@@ -17,6 +17,7 @@
 
 mod batch;
 pub mod bootstrap;
+mod chunk_fetch;
 mod compaction;
 mod forward;
 pub mod network;
@@ -31,7 +32,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use protocol::WriteReceipt;
-pub use replica::{ClusterStatus, MemberStatus, Replica, ReplicaError};
+pub use replica::{ChunkRepair, ClusterStatus, MemberStatus, Replica, ReplicaError};
 pub use storage::{ChorusNode, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -12,7 +12,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, V
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use storage::codec::{self, CodecError};
-use storage::{ChorusNode, ReadBack, ReadBackValue, Request, Response, TypeConfig};
+use storage::{ChorusNode, ChunkHash, ReadBack, ReadBackValue, Request, Response, TypeConfig};
 
 use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 
@@ -71,6 +71,8 @@ pub enum PeerRequest {
     RemoveMember {
         id: u64,
     },
+    /// An audio chunk by its hash (`crate::chunk_fetch`: for a snapshot install or a repair).
+    GetChunk(ChunkHash),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,7 +88,13 @@ pub enum PeerResponse {
     Membership(Result<(), ForwardError>),
     /// The request could not be decoded (or was encoded in another wire format version).
     Malformed(String),
+    /// The chunk's bytes (checked against its hash here), or why this node cannot give them.
+    Chunk(Result<ChunkBytes, String>),
 }
+
+/// An audio chunk's bytes on the wire (one byte string, not a sequence of numbers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkBytes(#[serde(with = "storage::codec::bytes")] pub Vec<u8>);
 
 /// The result of a write: its log position, what the state machine answered, and what the
 /// leader read right after applying it (`None` when nothing was asked for).

@@ -28,7 +28,9 @@ use storage::{
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
 use crate::propose::Proposer;
-use crate::protocol::{ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReceipt};
+use crate::protocol::{
+    ChunkBytes, ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReceipt,
+};
 use crate::transport::{Transport, TransportError};
 
 /// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
@@ -55,6 +57,9 @@ pub enum ReplicaError {
     Rejected(String),
     #[error("this node is shutting down")]
     ShuttingDown,
+    /// This node's own disk failed it (not the request's fault).
+    #[error("this node's storage failed: {0}")]
+    Storage(String),
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +111,22 @@ struct Inner {
     proposer: Proposer,
     /// The snapshot a leader is sending this node, if any.
     incoming: crate::snapshot_transfer::Incoming,
+}
+
+/// What [`Replica::verify_and_repair_chunks`] found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ChunkRepair {
+    /// Chunk files read and checked against their hash.
+    pub checked: usize,
+    pub checked_bytes: u64,
+    /// Files whose bytes did not match their hash (removed, then fetched again).
+    pub corrupt: Vec<String>,
+    /// Chunks the state names that this node lacked after the check (the damaged ones too).
+    pub missing: Vec<String>,
+    /// Chunks fetched from peers.
+    pub repaired: usize,
+    /// Chunks no peer could give, with why.
+    pub failed: Vec<String>,
 }
 
 /// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
@@ -208,6 +229,55 @@ impl Replica {
 
     pub fn request_timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// The other members, the leader first: where to fetch audio chunks from.
+    pub(crate) fn chunk_sources(&self) -> Vec<u64> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let me = self.inner.id;
+        let leader = m.current_leader.filter(|&l| l != me);
+        let others = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|&id| id != me && Some(id) != leader);
+        leader.into_iter().chain(others).collect()
+    }
+
+    /// Checks every chunk file against its hash (a damaged one is removed), then fetches from
+    /// peers every chunk the state names that this node lacks. Blocking work runs on the
+    /// blocking pool.
+    pub async fn verify_and_repair_chunks(&self) -> Result<ChunkRepair, ReplicaError> {
+        let store = self.inner.reader.chunk_store().clone();
+        let verified = tokio::task::spawn_blocking(move || store.verify_all())
+            .await
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?
+            .map_err(|e| ReplicaError::Storage(format!("checking the chunk files: {e}")))?;
+        let reader = self.inner.reader.clone();
+        let missing = tokio::task::spawn_blocking(move || reader.missing_chunks())
+            .await
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let fetched = crate::chunk_fetch::fetch(
+            &self.inner.transport,
+            &self.chunk_sources(),
+            self.inner.reader.chunk_store(),
+            missing.clone(),
+        )
+        .await;
+        Ok(ChunkRepair {
+            checked: verified.checked,
+            checked_bytes: verified.bytes,
+            corrupt: verified.corrupt.iter().map(ToString::to_string).collect(),
+            missing: missing.iter().map(ToString::to_string).collect(),
+            repaired: fetched.chunks,
+            failed: fetched
+                .failed
+                .iter()
+                .map(|(hash, why)| format!("{hash}: {why}"))
+                .chain(fetched.sync_failed.iter().map(|e| format!("sync: {e}")))
+                .collect(),
+        })
     }
 
     /// Proposes `command`; `dedupe_key` (from a client's `Idempotency-Key`) makes retries safe
@@ -462,7 +532,15 @@ impl Replica {
                 PeerResponse::SnapshotPart(self.inner.incoming.part(raft, part).await)
             }
             PeerRequest::SnapshotDone(done) => {
-                PeerResponse::SnapshotDone(self.inner.incoming.done(raft, done).await)
+                PeerResponse::SnapshotDone(self.inner.incoming.done(self, done).await)
+            }
+            PeerRequest::GetChunk(hash) => {
+                let reader = self.inner.reader.clone();
+                let read = tokio::task::spawn_blocking(move || reader.chunk(&hash))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                PeerResponse::Chunk(read.map(|bytes| ChunkBytes(bytes.to_vec())))
             }
             PeerRequest::ClientWrites(writes) => {
                 // Queued to the proposer together, so they normally share one log entry.

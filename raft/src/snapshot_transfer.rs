@@ -13,6 +13,13 @@
 //! [`SnapshotDone`]; the follower checks it has every byte, and hands the file to openraft
 //! (`Raft::install_full_snapshot`), which installs it in the state machine (which syncs it).
 //!
+//! A snapshot names audio chunks and never carries them: before it hands the file to openraft,
+//! the follower fetches the chunks it lacks from its peers (`crate::chunk_fetch`), the leader
+//! first, and refuses the snapshot if any cannot be had (openraft tries again later; what was
+//! fetched stays). Meanwhile its own elections are off: it is behind the leader, so it could
+//! not win one, and the term it would raise would only depose the leader. The leader waits up
+//! to [`INSTALL_TIMEOUT`] for that answer.
+//!
 //! A part that does not continue what the follower has (a lost part, a new leader's stream) is
 //! refused, and the leader gives up this attempt; openraft starts another one later. A part of
 //! an older vote than the follower's is answered with the follower's vote, which makes the
@@ -34,15 +41,18 @@ use openraft::{StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 use storage::{ChorusNode, TypeConfig};
 
-use crate::Raft;
 use crate::network::TransportFailure;
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::transport::{Transport, TransportError};
+use crate::{Raft, Replica};
 
 /// Bytes of the snapshot per part: the size of an AppendEntries frame (`crate::network`).
 const PART_BYTES: u64 = 4 * 1024 * 1024;
 /// Parts sent before the first of them must be answered: 24 MiB, as for AppendEntries.
 const PARTS_IN_FLIGHT: usize = 6;
+/// How long the leader waits for a follower to fetch the chunks it lacks and install (a large
+/// library on a wiped node; a later attempt goes on from what was fetched).
+const INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Part of a snapshot file (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,11 +143,13 @@ pub(crate) async fn send(
             other => return Err(refused(other)),
         }
     }
-    let done = SnapshotDone { vote, meta, len };
-    let answer = transport
-        .call(target, &PeerRequest::SnapshotDone(done), option.hard_ttl())
-        .await
-        .map_err(unreachable)?;
+    let done = PeerRequest::SnapshotDone(SnapshotDone { vote, meta, len });
+    let answer = tokio::select! {
+        closed = cancel.as_mut() => return Err(closed.into()),
+        answer = transport.call(target, &done, INSTALL_TIMEOUT) => {
+            answer.map_err(unreachable)?
+        }
+    };
     let response = match answer {
         PeerResponse::SnapshotDone(Ok(response)) => response,
         PeerResponse::SnapshotDone(Err(SnapshotRefused::HigherVote(theirs))) => {
@@ -246,12 +258,14 @@ impl Incoming {
         Ok(())
     }
 
-    /// Hands the received file to openraft to install, if it holds all `done.len` bytes.
+    /// Hands the received file to openraft to install, if it holds all `done.len` bytes and
+    /// every chunk it names is here or could be fetched.
     pub(crate) async fn done(
         &self,
-        raft: &Raft,
+        replica: &Replica,
         done: SnapshotDone,
     ) -> Result<SnapshotResponse<u64>, SnapshotRefused> {
+        let raft = replica.raft();
         let mut receiving = self.receiving.lock().await;
         let matches = receiving
             .as_ref()
@@ -272,6 +286,7 @@ impl Incoming {
         let file = Arc::try_unwrap(r.file).map_err(|_| {
             SnapshotRefused::Failed("the snapshot file is still being written".into())
         })?;
+        let file = fetch_lacking_chunks(replica, file).await?;
         let snapshot = Snapshot {
             meta: done.meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -280,6 +295,50 @@ impl Incoming {
             .await
             .map_err(|e| SnapshotRefused::Failed(e.to_string()))
     }
+}
+
+/// Fetches the chunks the snapshot in `file` names that this node lacks, with this node's
+/// elections off meanwhile (see the module docs); gives the file back, read from the start.
+async fn fetch_lacking_chunks(replica: &Replica, file: File) -> Result<File, SnapshotRefused> {
+    let store = replica.state().chunk_store().clone();
+    let (file, lacking) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        use std::io::{Seek, SeekFrom};
+        let mut reader = &file;
+        reader.seek(SeekFrom::Start(0))?;
+        let named = storage::chunks_named_in(reader)?;
+        reader.seek(SeekFrom::Start(0))?;
+        let lacking: Vec<_> = named.into_iter().filter(|h| !store.contains(h)).collect();
+        Ok((file, lacking))
+    })
+    .await
+    .map_err(|e| SnapshotRefused::Failed(e.to_string()))?
+    .map_err(|e| SnapshotRefused::Failed(format!("read the received snapshot: {e}")))?;
+    if lacking.is_empty() {
+        return Ok(file);
+    }
+    tracing::info!(
+        chunks = lacking.len(),
+        "fetching the audio chunks the snapshot names"
+    );
+    let elections = replica.raft().runtime_config();
+    elections.elect(false);
+    let fetched = crate::chunk_fetch::fetch(
+        replica.transport(),
+        &replica.chunk_sources(),
+        replica.state().chunk_store(),
+        lacking,
+    )
+    .await;
+    elections.elect(true);
+    if !fetched.complete() {
+        let first = fetched.failed.first().map(|(h, why)| format!("{h}: {why}"));
+        return Err(SnapshotRefused::Failed(format!(
+            "{} audio chunks the snapshot names could not be fetched ({})",
+            fetched.failed.len(),
+            first.or(fetched.sync_failed).unwrap_or_default()
+        )));
+    }
+    Ok(file)
 }
 
 /// Writes `data` at `offset` and starts writing it to the disk (`sync_file_range` with

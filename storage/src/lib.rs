@@ -42,7 +42,9 @@ pub use log_store::LogStore;
 pub use state::queue::{PlayedTrack, QueuedTrack};
 pub use state::tracks::{AudioInfo, CHUNK_SIZE, Track, TrackMeta, Upload};
 pub use state::users::User;
-pub use state_machine::{ApplyWaitError, StateMachineStore, StateReader, chunks_named_by_snapshot};
+pub use state_machine::{
+    ApplyWaitError, StateMachineStore, StateReader, chunks_named_by_snapshot, chunks_named_in,
+};
 pub use types::{ChorusNode, Entry, TypeConfig};
 
 /// Errors opening the store.

@@ -173,7 +173,12 @@ impl StateReader {
 
 /// The distinct chunks the snapshot in `file` names. Blocking.
 pub fn chunks_named_by_snapshot(file: &Path) -> io::Result<HashSet<ChunkHash>> {
-    let mut reader = SnapshotReader::new(File::open(file)?)?;
+    chunks_named_in(File::open(file)?)
+}
+
+/// The distinct chunks the snapshot read from `input` names. Blocking.
+pub fn chunks_named_in(input: impl io::Read) -> io::Result<HashSet<ChunkHash>> {
+    let mut reader = SnapshotReader::new(input)?;
     let mut named = HashSet::new();
     while let Some(record) = reader.next_record()? {
         let chunks = chunks_named_by(&record.key, &record.value)

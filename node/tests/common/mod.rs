@@ -472,6 +472,11 @@ request_timeout_ms = 5000
     }
 
     /// Node `id`'s data directory (its sled database is in `db/`).
+    /// The cluster's `cluster.toml`.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.node(id).data_dir.clone()
     }
