@@ -267,3 +267,134 @@ mod tests {
         assert!(!r.valid);
     }
 }
+
+#[derive(Debug, Default, Serialize)]
+pub struct UploadResult {
+    pub valid: bool,
+    pub attempted: usize,
+    pub acknowledged: usize,
+    pub unknown_present: usize,
+    pub unknown_absent: usize,
+    /// Acknowledged uploads some node does not list (number, node).
+    pub lost: Vec<(u64, u64)>,
+    /// Refused uploads that a node lists anyway.
+    pub failed_but_present: Vec<u64>,
+    /// Uploads listed on some nodes and not on others, or as other tracks.
+    pub nodes_disagree: Vec<u64>,
+    /// Uploads that became more than one track.
+    pub duplicated: Vec<u64>,
+    /// Tracks a node listed that no client uploaded.
+    pub unexpected: Vec<u64>,
+    /// Tracks a node did not serve byte-identical: (upload, track, node, what came).
+    pub wrong_bytes: Vec<(u64, u64, u64, String)>,
+}
+
+/// `uploads`: every upload (its number, outcome and, when acknowledged, its track id);
+/// `nodes`: what each node lists and serves after recovery. An acknowledged upload must be
+/// listed on every node as its track and served byte-identical there; a refused one nowhere;
+/// an unknown one either everywhere (complete) or nowhere.
+pub fn check_uploads(
+    uploads: &[(u64, Outcome, Option<u64>)],
+    nodes: &[crate::workload::NodeUploads],
+) -> UploadResult {
+    let mut r = UploadResult {
+        attempted: uploads.len(),
+        ..Default::default()
+    };
+    let attempted: HashSet<u64> = uploads.iter().map(|u| u.0).collect();
+    for &(n, outcome, track) in uploads {
+        let listings: Vec<Option<&Vec<u64>>> =
+            nodes.iter().map(|node| node.listed.get(&n)).collect();
+        if listings.iter().any(|l| l.is_some_and(|ids| ids.len() > 1)) {
+            r.duplicated.push(n);
+        }
+        if listings.windows(2).any(|w| w[0] != w[1]) {
+            r.nodes_disagree.push(n);
+        }
+        let present = listings.iter().any(Option::is_some);
+        match outcome {
+            Outcome::Ok => {
+                r.acknowledged += 1;
+                for (node, listed) in nodes.iter().zip(&listings) {
+                    let as_acknowledged =
+                        listed.is_some_and(|ids| track.is_some_and(|t| ids.contains(&t)));
+                    if !as_acknowledged {
+                        r.lost.push((n, node.node));
+                    }
+                }
+            }
+            Outcome::Info if present => r.unknown_present += 1,
+            Outcome::Info => r.unknown_absent += 1,
+            Outcome::Fail if present => r.failed_but_present.push(n),
+            Outcome::Fail => {}
+        }
+    }
+    for node in nodes {
+        r.unexpected
+            .extend(node.listed.keys().filter(|n| !attempted.contains(n)));
+        r.wrong_bytes.extend(
+            node.wrong
+                .iter()
+                .map(|(n, track, what)| (*n, *track, node.node, what.clone())),
+        );
+    }
+    r.unexpected.sort_unstable();
+    r.unexpected.dedup();
+    r.valid = r.lost.is_empty()
+        && r.failed_but_present.is_empty()
+        && r.nodes_disagree.is_empty()
+        && r.duplicated.is_empty()
+        && r.unexpected.is_empty()
+        && r.wrong_bytes.is_empty();
+    r
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+    use crate::workload::NodeUploads;
+
+    fn node(id: u64, listed: &[(u64, u64)]) -> NodeUploads {
+        let mut n = NodeUploads {
+            node: id,
+            ..Default::default()
+        };
+        for &(upload, track) in listed {
+            n.listed.entry(upload).or_default().push(track);
+        }
+        n
+    }
+
+    #[test]
+    fn uploads_must_be_everywhere_or_nowhere_and_served_whole() {
+        let uploads = [
+            (1, Outcome::Ok, Some(10)),
+            (2, Outcome::Info, None),
+            (3, Outcome::Fail, None),
+            (4, Outcome::Info, None),
+        ];
+        let good = [(1, 10), (2, 20)];
+        let r = check_uploads(&uploads, &[node(1, &good), node(2, &good)]);
+        assert!(r.valid, "{r:?}");
+        assert_eq!((r.unknown_present, r.unknown_absent), (1, 1));
+
+        let r = check_uploads(&uploads, &[node(1, &good), node(2, &[(1, 10)])]);
+        assert_eq!(r.nodes_disagree, [2], "an unknown upload on one node only");
+        let r = check_uploads(&uploads, &[node(1, &[(2, 20)]), node(2, &[(2, 20)])]);
+        assert_eq!(r.lost, [(1, 1), (1, 2)], "an acknowledged upload missing");
+        let r = check_uploads(
+            &uploads,
+            &[node(1, &[(1, 10), (3, 30)]), node(2, &[(1, 10), (3, 30)])],
+        );
+        assert_eq!(r.failed_but_present, [3]);
+        let mut wrong = node(1, &good);
+        wrong.wrong.push((1, 10, "7 bytes".into()));
+        let r = check_uploads(&uploads, &[wrong, node(2, &good)]);
+        assert!(!r.valid && r.wrong_bytes.len() == 1);
+        let r = check_uploads(
+            &uploads,
+            &[node(1, &[(1, 10), (1, 11)]), node(2, &[(1, 10), (1, 11)])],
+        );
+        assert_eq!(r.duplicated, [1]);
+    }
+}

@@ -324,7 +324,11 @@ async fn drive(
             .await
             .context("setting up the workloads on the healthy cluster")?,
     );
-    tracing::info!(?fixture, "set up; starting the workload");
+    tracing::info!(
+        register_keys = ?fixture.register_keys,
+        counter_keys = ?fixture.counter_keys,
+        "set up; starting the workload"
+    );
 
     // The history: every op as one JSON line, written as it completes.
     let (history_tx, mut history_rx) = mpsc::unbounded_channel::<Op>();
@@ -355,6 +359,8 @@ async fn drive(
     for &w in workloads {
         let count = match w {
             Workload::Register => args.keys * nodes,
+            // Uploads are megabytes each: one client per node.
+            Workload::Upload => nodes,
             _ => args.clients_per_node as usize * nodes,
         };
         for k in 0..count {
@@ -426,7 +432,10 @@ async fn drive(
         .context("the cluster did not recover after the faults were healed")?;
     let recovery_s = healed_at.elapsed().as_secs_f64();
     tracing::info!("recovered in {recovery_s:.1} s; reading the final state");
-    let final_state = workload::read_final(&http, nodes).await?;
+    let mut final_state = workload::read_final(&http, nodes).await?;
+    if workloads.contains(&Workload::Upload) {
+        final_state.uploads = workload::read_uploads(&http, nodes, AUDIO).await?;
+    }
 
     let results = check(
         args,
@@ -576,6 +585,23 @@ fn check(
         valid &= r.valid;
         checkers.insert(
             "exactly-once".into(),
+            serde_json::to_value(&r).unwrap_or_default(),
+        );
+    }
+
+    if workloads.contains(&Workload::Upload) {
+        let uploads: Vec<(u64, Outcome, Option<u64>)> = ops
+            .iter()
+            .filter(|o| o.f == "upload")
+            .filter_map(|o| {
+                let track = o.value.and_then(|v| u64::try_from(v).ok());
+                Some((o.key?, o.outcome, track))
+            })
+            .collect();
+        let r = checks::check_uploads(&uploads, &final_state.uploads);
+        valid &= r.valid;
+        checkers.insert(
+            "upload".into(),
             serde_json::to_value(&r).unwrap_or_default(),
         );
     }

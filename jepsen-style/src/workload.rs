@@ -33,13 +33,15 @@ pub enum Workload {
     Set,
     Counter,
     ExactlyOnce,
+    Upload,
 }
 
-pub const ALL: [Workload; 4] = [
+pub const ALL: [Workload; 5] = [
     Workload::Register,
     Workload::Set,
     Workload::Counter,
     Workload::ExactlyOnce,
+    Workload::Upload,
 ];
 
 impl Workload {
@@ -49,6 +51,7 @@ impl Workload {
             Workload::Set => "set",
             Workload::Counter => "counter",
             Workload::ExactlyOnce => "exactly-once",
+            Workload::Upload => "upload",
         }
     }
 }
@@ -84,11 +87,12 @@ pub struct Op {
     pub process: u32,
     /// The node the client talked to.
     pub node: u64,
-    /// `read`, `write`, `add`, `vote` or `play`.
+    /// `read`, `write`, `add`, `vote`, `play` or `upload`.
     pub f: &'static str,
-    /// Register: the track id; counter: the voted track; set: the added id.
+    /// Register: the track id; counter: the voted track; set: the added id; upload: the
+    /// upload's number (its title and bytes follow from it, [`upload_bytes`]).
     pub key: Option<u64>,
-    /// Register: the value written, or read; play: the track played.
+    /// Register: the value written, or read; play: the track played; upload: the new track.
     pub value: Option<i64>,
     pub outcome: Outcome,
     /// Microseconds since the workload started.
@@ -122,8 +126,10 @@ impl Ctx {
 /// What the run's setup created for the workloads.
 #[derive(Clone, Debug, Default)]
 pub struct Fixture {
-    /// Bearer token of the user that uploaded the register tracks.
+    /// Bearer token of the user that uploads (the register tracks, the upload workload).
     pub token: String,
+    /// The MP3 the uploads are made of.
+    pub audio: Vec<u8>,
     pub register_keys: Vec<u64>,
     pub counter_keys: Vec<u64>,
 }
@@ -237,6 +243,7 @@ pub async fn run_client(
         rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(process).wrapping_mul(0x9E37_79B9));
     static NEXT_VALUE: AtomicI64 = AtomicI64::new(1);
     static NEXT_ADD: AtomicU64 = AtomicU64::new(SET_ID_BASE);
+    static NEXT_UPLOAD: AtomicU64 = AtomicU64::new(1);
     let base = http_base(node);
     if workload == Workload::ExactlyOnce {
         // Let the set's clients queue something first: an empty queue answers only
@@ -266,6 +273,12 @@ pub async fn run_client(
                 play_next(&ctx, process, node, &base).await;
                 // Plays are slower than adds so the queue does not run dry.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            }
+            Workload::Upload => {
+                let n = NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed);
+                upload(&ctx, process, node, &base, &fixture, n).await;
+                // Uploads are megabytes: a few a second per node keep the final check short.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
             }
         }
         // A little jitter keeps the history a size the linearizability search handles.
@@ -364,6 +377,53 @@ async fn add(ctx: &Ctx, process: u32, node: usize, base: &str, id: u64) {
     rec.complete(outcome, error);
 }
 
+/// The title of upload number `n`.
+pub fn upload_title(n: u64) -> String {
+    format!("jepsen-upload-{n}")
+}
+
+/// The bytes of upload number `n`: the fixture MP3 repeated (1 to 3 chunks, so uploads share
+/// their first chunks and the chunk store's sharing is exercised too), then an ID3v1 tag that
+/// makes the last chunk unique.
+pub fn upload_bytes(audio: &[u8], n: u64) -> Vec<u8> {
+    let repeats = [8, 40, 130][(n % 3) as usize];
+    let mut bytes = audio.repeat(repeats);
+    let mut tag = [0u8; 128];
+    tag[..3].copy_from_slice(b"TAG");
+    let title = upload_title(n);
+    let len = title.len().min(30);
+    tag[3..3 + len].copy_from_slice(&title.as_bytes()[..len]);
+    tag[127] = 255;
+    bytes.extend_from_slice(&tag);
+    bytes
+}
+
+async fn upload(ctx: &Ctx, process: u32, node: usize, base: &str, fixture: &Fixture, n: u64) {
+    let mut rec = Recorder::invoke(ctx, Workload::Upload, process, node, "upload");
+    rec.op.key = Some(n);
+    let meta = json!({"title": upload_title(n), "artist": "jepsen"});
+    let form = track_form(&meta, Some(&upload_bytes(&fixture.audio, n)));
+    let req = ctx
+        .http
+        .post(format!("{base}/tracks/upload"))
+        .bearer_auth(&fixture.token);
+    let answer = send(with_form(req, form)).await;
+    if let Answer::Status(201, body) = &answer {
+        match body["track_id"].as_str().and_then(|s| s.parse().ok()) {
+            Some(id) => {
+                rec.op.value = Some(id);
+                rec.complete(Outcome::Ok, None);
+            }
+            None => rec.complete(
+                Outcome::Info,
+                Some(format!("201 without a track_id: {body}")),
+            ),
+        }
+        return;
+    }
+    rec.complete_write(&answer);
+}
+
 async fn vote_down(ctx: &Ctx, process: u32, node: usize, base: &str, key: u64) {
     let mut rec = Recorder::invoke(ctx, Workload::Counter, process, node, "vote");
     rec.op.key = Some(key);
@@ -432,8 +492,11 @@ pub async fn setup(
 ) -> Result<Fixture> {
     let base = http_base(0);
     let deadline = Duration::from_secs(30);
-    let mut fixture = Fixture::default();
-    if workloads.contains(&Workload::Register) {
+    let mut fixture = Fixture {
+        audio: audio.to_vec(),
+        ..Fixture::default()
+    };
+    if workloads.contains(&Workload::Register) || workloads.contains(&Workload::Upload) {
         let user = json!({"username": "jepsen", "password": "jepsen-password", "email": "jepsen@example.com"});
         // Idempotency-Key: a retried registration is applied once and answers the same.
         retry("registering the test user", deadline, || {
@@ -454,7 +517,12 @@ pub async fn setup(
             .as_str()
             .context("login answer without token")?
             .to_string();
-        for k in 0..keys {
+        let register_keys = if workloads.contains(&Workload::Register) {
+            keys
+        } else {
+            0
+        };
+        for k in 0..register_keys {
             let form = track_form(&json!({"title": "0", "artist": "jepsen"}), Some(audio));
             let body = retry("uploading a register track", deadline, || {
                 let req = http
@@ -508,6 +576,8 @@ pub struct FinalState {
     pub history: Vec<(u64, i64)>,
     /// Each node's own `GET /history?consistency=stale`.
     pub node_histories: Vec<(u64, Vec<u64>)>,
+    /// What each node lists and serves of the upload workload's tracks.
+    pub uploads: Vec<NodeUploads>,
 }
 
 fn ids_votes(v: &Value) -> Result<Vec<(u64, i64)>> {
@@ -547,5 +617,86 @@ pub async fn read_final(http: &reqwest::Client, nodes: usize) -> Result<FinalSta
         queue,
         history,
         node_histories,
+        uploads: Vec::new(),
     })
+}
+
+/// What one node serves of the upload workload's tracks after recovery.
+#[derive(Debug, Default, Serialize)]
+pub struct NodeUploads {
+    pub node: u64,
+    /// Upload number -> the track ids titled so (one, if all is well), from the node's
+    /// linearizable `GET /tracks`.
+    pub listed: std::collections::BTreeMap<u64, Vec<u64>>,
+    /// Tracks whose `GET /play` on this node did not give the uploaded bytes: (upload, track,
+    /// what came instead).
+    pub wrong: Vec<(u64, u64, String)>,
+}
+
+/// Lists the upload workload's tracks on every node and plays each one there, comparing it with
+/// the bytes that were uploaded.
+pub async fn read_uploads(
+    http: &reqwest::Client,
+    nodes: usize,
+    audio: &[u8],
+) -> Result<Vec<NodeUploads>> {
+    let deadline = Duration::from_secs(60);
+    let mut out = Vec::new();
+    for i in 0..nodes {
+        let base = http_base(i);
+        let mut node = NodeUploads {
+            node: node_id(i),
+            ..Default::default()
+        };
+        let mut offset = 0;
+        loop {
+            let url = format!("{base}/tracks?q=jepsen-upload-&limit=1000&offset={offset}");
+            let page = retry("listing the uploaded tracks", deadline, || {
+                json_ok(http.get(&url), 200)
+            })
+            .await?;
+            let tracks = page.as_array().context("GET /tracks: not an array")?;
+            for t in tracks {
+                let n = t["title"]
+                    .as_str()
+                    .and_then(|t| t.strip_prefix("jepsen-upload-"))
+                    .and_then(|n| n.parse().ok());
+                let id = t["track_id"].as_str().and_then(|id| id.parse().ok());
+                if let (Some(n), Some(id)) = (n, id) {
+                    node.listed.entry(n).or_default().push(id);
+                }
+            }
+            if tracks.len() < 1000 {
+                break;
+            }
+            offset += tracks.len();
+        }
+        for (&n, ids) in &node.listed {
+            let want = upload_bytes(audio, n);
+            for &id in ids {
+                let url = format!("{base}/play/{id}");
+                let got = retry("playing an uploaded track", deadline, || async {
+                    let resp = http.get(&url).timeout(CLIENT_TIMEOUT).send().await?;
+                    let status = resp.status().as_u16();
+                    let body = resp.bytes().await?;
+                    if status >= 500 {
+                        bail!("{status}");
+                    }
+                    Ok((status, body))
+                })
+                .await;
+                let wrong = match got {
+                    Ok((200, body)) if body.as_ref() == want.as_slice() => continue,
+                    Ok((200, body)) => {
+                        format!("{} bytes, not the {} uploaded", body.len(), want.len())
+                    }
+                    Ok((status, _)) => format!("status {status}"),
+                    Err(e) => format!("{e:#}"),
+                };
+                node.wrong.push((n, id, wrong));
+            }
+        }
+        out.push(node);
+    }
+    Ok(out)
 }
