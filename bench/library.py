@@ -6,8 +6,8 @@ stream whole tracks.
 
     cargo build --release && python3 bench/library.py [--gib 2] [--report-every-mib 500]
 
-Every file is distinct down to each 1 MiB chunk (an ID3v2 tag of a different length shifts the
-frames), so the chunk store cannot share any of them. Disk is everything under a node's data
+Every file is distinct down to each 1 MiB chunk (each carries its file and chunk number inside a
+frame's payload), so the chunk store cannot share any of them. Disk is everything under a node's data
 directory (log, sled, snapshots, chunks). Figures are printed; nothing here asserts a target.
 """
 import argparse, json, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
@@ -21,16 +21,20 @@ MIB = 2**20
 
 
 def distinct_mp3(path, mib, n):
-    """`mib` MiB of MP3 frames behind an ID3v2 tag padded by 17n bytes: file n's chunks are its own."""
+    """`mib` MiB of MP3 frames in which every 1 MiB chunk carries (n, chunk index) in the payload
+    of a frame past the ones chorus decodes, away from any frame header: file n's chunks are
+    its own and the file still demuxes end to end."""
     block = open(FIXTURE, "rb").read()
-    pad = 17 * n % len(block) + 1
-    # The tag's size is syncsafe: 7 bits per byte.
-    syncsafe = bytes([(pad >> 21) & 0x7F, (pad >> 14) & 0x7F, (pad >> 7) & 0x7F, pad & 0x7F])
+    data = bytearray(block * -(-mib * MIB // len(block)))
+    for i in range(-(-len(data) // MIB)):
+        p = i * MIB + 20000
+        while 0xFF in data[p - 4:p + 12]:
+            p += 1
+        # 7 bits a byte: never 0xFF, so no frame sync is made.
+        data[p:p + 8] = bytes((n >> (7 * k)) & 0x7F for k in range(4)) + bytes((i >> (7 * k)) & 0x7F for k in range(4))
     with open(path, "wb") as out:
-        out.write(b"ID3\x03\x00\x00" + syncsafe + bytes(pad))
-        for _ in range(-(-mib * MIB // len(block))):
-            out.write(block)
-    return os.path.getsize(path)
+        out.write(data)
+    return len(data)
 
 
 def disk_mib(path):

@@ -73,11 +73,17 @@ fn init_logging() {
 /// them costs fresh pages: page faults, zeroing and unmapping were half of a catching-up leader's
 /// CPU. Fixing both thresholds keeps those buffers in the heap for reuse (measured: catching up
 /// 300 MiB of audio 5.9-7.5 s -> 4.3-5.4 s). Set before any thread starts.
+///
+/// glibc also gives threads arenas of their own (up to 8 per core), and each keeps the 1 MiB
+/// buffers freed in it: 16 clients streaming, each chunk read on whichever blocking-pool thread
+/// was free, held 130 MiB on the serving node; with two arenas 56 MiB, at the same rate
+/// (`bench/library.py`, bench/RESULTS.md).
 fn tune_malloc() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

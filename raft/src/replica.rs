@@ -535,12 +535,13 @@ impl Replica {
                 PeerResponse::SnapshotDone(self.inner.incoming.done(self, done).await)
             }
             PeerRequest::GetChunk(hash) => {
-                let reader = self.inner.reader.clone();
-                let read = tokio::task::spawn_blocking(move || reader.chunk(&hash))
+                // Unchecked here: the asking node checks the bytes against the hash itself.
+                let store = self.inner.reader.chunk_store().clone();
+                let read = tokio::task::spawn_blocking(move || store.read_unchecked(&hash))
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
-                PeerResponse::Chunk(read.map(|bytes| ChunkBytes(bytes.to_vec())))
+                PeerResponse::Chunk(read.map(ChunkBytes))
             }
             PeerRequest::ClientWrites(writes) => {
                 // Queued to the proposer together, so they normally share one log entry.
