@@ -16,8 +16,9 @@ streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and 
 recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
 Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
 the busiest node, and each node's CPU seconds and peak RSS. Every measured run starts with nothing dirty in the page cache (`sync`, not
-timed), after the setup's upload has been copied into sled on every node: what one run or the
-setup wrote is not written back inside another's measurement. Everything it starts is stopped,
+timed), after every node has applied the setup's upload: what one run or the setup wrote is not
+written back inside another's measurement. The catch-up state is distinct 10 MiB MP3s
+(`library.distinct_mp3`), so chorus's chunk store cannot share any of it. Everything it starts is stopped,
 also on failure or Ctrl-C.
 """
 import argparse, base64, json, os, platform, shutil, signal, subprocess, sys, tempfile, time
@@ -252,18 +253,14 @@ def chorus_upload(base, token, path, title):
 
 
 def settle(c, deadline=120):
-    """Ends the setup: waits until every chorus node has copied the uploaded audio into sled,
-    so that the `sync` before each measured run finds the upload's writes. Without these the
-    upload's audio, which sled leaves in the page cache (~19 MiB per node for the 10 MiB track),
-    is written out by the first snapshot build after it (all three nodes at once) or the
-    kernel's 30 s expiry, inside whichever measured run is going then (bench/RESULTS.md,
-    twelfth session)."""
+    """Ends the setup: waits until every chorus node has applied what the leader committed (the
+    upload's chunk files written), so that the `sync` before each measured run finds them."""
     end = time.time() + deadline
+    target = http("GET", c.url(c.leader()) + "/cluster")[1]["commit_index"]
     for i in c.procs:
-        while ((http("GET", c.url(i) + "/cluster")[1] or {}).get("storage") or {}).get(
-                "audio_chunks_to_copy", 1) > 0:
+        while ((http("GET", c.url(i) + "/cluster")[1] or {}).get("applied_index") or 0) < target:
             if time.time() > end:
-                sys.exit(f"chorus node {i} did not copy the uploaded audio within {deadline} s")
+                sys.exit(f"chorus node {i} did not apply the setup within {deadline} s")
             time.sleep(0.05)
 
 
@@ -271,8 +268,10 @@ def chorus_catch_up(c, token, mp3, state_mib):
     """Uploads state_mib MiB of tracks, wipes a follower, and times its catch-up."""
     leader = c.leader()
     uploading = time.time()
+    from library import distinct_mp3
     for n in range(max(1, state_mib // 10)):
-        chorus_upload(c.url(leader), token, mp3, f"state {n}")
+        distinct_mp3(mp3 + ".state", 10, n)
+        chorus_upload(c.url(leader), token, mp3 + ".state", f"state {n}")
     upload_secs = time.time() - uploading
     follower = next(i for i in c.procs if i != leader)
     target = http("GET", c.url(leader) + "/cluster")[1]["commit_index"]
@@ -292,17 +291,7 @@ def chorus_catch_up(c, token, mp3, state_mib):
     secs = time.time() - start
     cpu, rss = proc_stat(c.procs[follower].pid)
     leader_cpu = proc_stat(c.procs[leader].pid)[0] - leader_cpu_before
-    # Caught up means applied (as for etcd); the copy of the audio into sled trails the apply
-    # (ARCHITECTURE.md, audio_mover): timed too, with what it cost.
-    while ((http("GET", c.url(follower) + "/cluster")[1] or {}).get("storage") or {}).get(
-            "audio_chunks_to_copy", 0) > 0:
-        if time.time() - start > 900:
-            sys.exit("chorus follower did not copy its audio into sled within 900 s")
-        time.sleep(0.05)
-    copied_secs = time.time() - start
-    copied_cpu, copied_rss = proc_stat(c.procs[follower].pid)
-    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu, "upload_secs": upload_secs,
-            "copied_secs": copied_secs, "copied_cpu_s": copied_cpu, "copied_rss_mib": copied_rss}
+    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu, "upload_secs": upload_secs}
 
 
 def etcd_catch_up(e, state_mib):
@@ -359,7 +348,7 @@ def write_results(rows, recovery, args, started):
              f"{' --only ' + repr(args.only) if args.only else ''}` "
              f"on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Linux {platform.release()}; "
              f"3-node clusters on 127.0.0.1, data in one temporary directory. Medians of {args.rounds} "
-             "alternating rounds, each after a `sync` (untimed) and once the upload's audio was copied into sled. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
+             "alternating rounds, each after a `sync` (untimed) and once every node applied the setup. Ratio = chorus / anchor for throughput (higher is better for chorus) and "
              "for latency (lower is better for chorus).", "",
              "| scenario | metric | chorus | anchor | ratio |", "|---|---|---|---|---|"]
     for name, unit, c, a in rows:
@@ -385,8 +374,6 @@ def write_results(rows, recovery, args, started):
                      f"{a['secs']:.1f} | {c['secs'] / a['secs']:.2f} |")
         lines.append(f"| | CPU s / peak RSS of the new follower | {c['cpu_s']:.1f} s / {c['rss_mib']:.0f} MiB | "
                      f"{a['cpu_s']:.1f} s / {a['rss_mib']:.0f} MiB | |")
-        lines.append(f"| | chorus: audio copied into sled after (s; CPU s / peak RSS then) | "
-                     f"{c['copied_secs']:.1f} ({c['copied_cpu_s']:.1f} s / {c['copied_rss_mib']:.0f} MiB) | | |")
     lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for writes, reads and catch-up; nginx (sendfile) "
               "for streaming. Latency plot: [results/latency.svg](results/latency.svg).", ""]
     # What follows the marker (where chorus stands, the sessions' notes) is written by hand: kept.

@@ -157,6 +157,8 @@ def main():
         print(f"wiped follower {follower} caught up {library / MIB:,.0f} MiB in {secs:.2f} s "
               f"({library / MIB / secs:,.0f} MiB/s)")
         nodes_line(c, "after the wiped follower caught up")
+        time.sleep(5)
+        nodes_line(c, "5 s later")
 
         for i in c.procs:
             reset_peak(c.procs[i].pid)

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
 use storage::Track;
@@ -134,32 +134,37 @@ pub fn routes() -> Router<AppState> {
         .route("/tracks/{id}/file", get(file))
 }
 
-/// The bytes `[start, end]` of the track's audio, read one stored chunk at a time.
+/// Chunks read ahead of the one being sent: each is read (and, from disk, hashed) on the
+/// blocking pool while the one before goes out, so a stream is not read, then sent, in turn.
+const READ_AHEAD: usize = 2;
+
+/// The bytes `[start, end]` of the track's audio, one chunk file at a time.
 fn body(reader: AudioReader, start: u64, end: u64) -> Body {
-    let chunks = stream::try_unfold((reader, start), move |(reader, pos)| async move {
-        if pos > end {
-            return Ok::<_, std::io::Error>(None);
-        }
-        let index = u32::try_from(pos / CHUNK_SIZE as u64).map_err(std::io::Error::other)?;
-        let offset = (pos % CHUNK_SIZE as u64) as usize;
-        let fetch = reader.clone();
-        let chunk = tokio::task::spawn_blocking(move || fetch.chunk(index))
-            .await
-            .map_err(std::io::Error::other)??;
-        let wanted = usize::try_from(end - pos + 1).unwrap_or(usize::MAX);
-        let stop = chunk.len().min(offset.saturating_add(wanted));
-        if offset >= stop {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "stored audio is shorter than recorded",
-            ));
-        }
-        // The response shares the buffer the chunk was read (and checked) into.
-        let bytes = chunk.slice(offset..stop);
-        let next = pos + bytes.len() as u64;
-        Ok(Some((bytes, (reader, next))))
+    let chunk = CHUNK_SIZE as u64;
+    let pieces = (start / chunk..=end / chunk).map(move |index| {
+        // The part of chunk `index` inside `[start, end]`, as offsets within the chunk.
+        let first = start.max(index * chunk) - index * chunk;
+        let last = end.min(index * chunk + chunk - 1) - index * chunk;
+        (index, first as usize, last as usize)
     });
-    Body::from_stream(chunks)
+    let reads = stream::iter(pieces).map(move |(index, first, last)| {
+        let reader = reader.clone();
+        async move {
+            let index = u32::try_from(index).map_err(std::io::Error::other)?;
+            let chunk = tokio::task::spawn_blocking(move || reader.chunk(index))
+                .await
+                .map_err(std::io::Error::other)??;
+            if last >= chunk.len() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stored audio is shorter than recorded",
+                ));
+            }
+            // The response shares the buffer the chunk was read (and checked) into.
+            Ok::<_, std::io::Error>(chunk.slice(first..=last))
+        }
+    });
+    Body::from_stream(reads.buffered(READ_AHEAD))
 }
 
 fn header_value(s: &str) -> HeaderValue {

@@ -81,47 +81,11 @@ impl DurableSled {
 pub(crate) mod unsynced {
     use std::fs::File;
     use std::io;
-    use std::os::fd::AsRawFd;
     use std::path::Path;
 
-    #[repr(C)]
-    struct CachestatRange {
-        off: u64,
-        len: u64,
-    }
-
-    #[repr(C)]
-    #[derive(Default)]
-    struct Cachestat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-
-    /// `cachestat`'s number in the generic syscall table (x86_64 and aarch64 alike).
-    const SYS_CACHESTAT: libc::c_long = 451;
-
     fn pages_not_on_disk(file: &Path) -> io::Result<u64> {
-        let f = File::open(file)?;
-        // The whole file: a length of 0 means "to its end".
-        let range = CachestatRange { off: 0, len: 0 };
-        let mut stat = Cachestat::default();
-        // SAFETY: both pointers refer to live, properly laid out structs for the whole call.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                f.as_raw_fd(),
-                &range as *const CachestatRange,
-                &mut stat as *mut Cachestat,
-                0u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stat.nr_dirty + stat.nr_writeback)
+        let stat = crate::page_cache::stat(&File::open(file)?)?;
+        Ok(stat.dirty + stat.writeback)
     }
 
     /// Pages of every file under `dir` (recursively) that the kernel has not written yet.

@@ -24,6 +24,7 @@ pub mod codec;
 pub mod command;
 mod durable;
 pub mod log_store;
+mod page_cache;
 mod segments;
 mod sm_writer;
 pub mod snapshot;
