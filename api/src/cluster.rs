@@ -244,13 +244,20 @@ pub async fn verify_chunks(
 ) -> Result<axum::Json<ChunkCheck>, ApiError> {
     require_admin(&app, &headers)?;
     let r = app.replica.verify_and_repair_chunks().await?;
+    let hex = |hashes: &[storage::ChunkHash]| hashes.iter().map(ToString::to_string).collect();
+    let failed = r
+        .fetched
+        .failed
+        .iter()
+        .map(|(hash, why)| format!("{hash}: {why}"));
+    let sync = r.fetched.sync_failed.iter().map(|e| format!("sync: {e}"));
     Ok(axum::Json(ChunkCheck {
         node_id: app.replica.id(),
-        checked: r.checked,
-        checked_bytes: r.checked_bytes,
-        corrupt: r.corrupt,
-        missing: r.missing,
-        repaired: r.repaired,
-        failed: r.failed,
+        checked: r.verified.checked,
+        checked_bytes: r.verified.bytes,
+        corrupt: hex(&r.verified.corrupt),
+        missing: hex(&r.missing),
+        repaired: r.fetched.chunks,
+        failed: failed.chain(sync).collect(),
     }))
 }

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use chunk_fetch::Fetched;
 pub use protocol::WriteReceipt;
 pub use replica::{ChunkRepair, ClusterStatus, MemberStatus, Replica, ReplicaError};
 pub use storage::{ChorusNode, TypeConfig};

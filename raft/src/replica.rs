@@ -114,19 +114,14 @@ struct Inner {
 }
 
 /// What [`Replica::verify_and_repair_chunks`] found and did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ChunkRepair {
-    /// Chunk files read and checked against their hash.
-    pub checked: usize,
-    pub checked_bytes: u64,
-    /// Files whose bytes did not match their hash (removed, then fetched again).
-    pub corrupt: Vec<String>,
+    /// The check of every chunk file (the damaged ones were removed).
+    pub verified: storage::chunks::VerifyReport,
     /// Chunks the state names that this node lacked after the check (the damaged ones too).
-    pub missing: Vec<String>,
-    /// Chunks fetched from peers.
-    pub repaired: usize,
-    /// Chunks no peer could give, with why.
-    pub failed: Vec<String>,
+    pub missing: Vec<storage::ChunkHash>,
+    /// What was fetched of them from peers, and what could not be.
+    pub fetched: crate::chunk_fetch::Fetched,
 }
 
 /// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
@@ -266,17 +261,9 @@ impl Replica {
         )
         .await;
         Ok(ChunkRepair {
-            checked: verified.checked,
-            checked_bytes: verified.bytes,
-            corrupt: verified.corrupt.iter().map(ToString::to_string).collect(),
-            missing: missing.iter().map(ToString::to_string).collect(),
-            repaired: fetched.chunks,
-            failed: fetched
-                .failed
-                .iter()
-                .map(|(hash, why)| format!("{hash}: {why}"))
-                .chain(fetched.sync_failed.iter().map(|e| format!("sync: {e}")))
-                .collect(),
+            verified,
+            missing,
+            fetched,
         })
     }
 

@@ -933,6 +933,14 @@ mod tests {
         (fresh, log, copy)
     }
 
+    /// Applies two uploads of the same audio (filled with 5) as tracks 1 and 2 (entries 1–8).
+    async fn two_tracks_of_the_same_audio(sm: &mut StateMachineStore) {
+        sm.apply(upload(1, 1, 5)).await.expect("apply");
+        sm.apply([create(4, 1)]).await.expect("apply");
+        sm.apply(upload(5, 2, 5)).await.expect("apply");
+        sm.apply([create(8, 2)]).await.expect("apply");
+    }
+
     fn on_disk(sm: &StateMachineStore) -> HashSet<ChunkHash> {
         sm.inner.chunks.list().expect("list").into_iter().collect()
     }
@@ -943,10 +951,7 @@ mod tests {
     async fn uploaded_audio_is_stored_once_by_its_hash() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (_log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(upload(1, 1, 5)).await.expect("apply");
-        sm.apply([create(4, 1)]).await.expect("apply");
-        sm.apply(upload(5, 2, 5)).await.expect("apply");
-        sm.apply([create(8, 2)]).await.expect("apply");
+        two_tracks_of_the_same_audio(&mut sm).await;
         let [full, tail] = chunks_of(5);
         assert_eq!(on_disk(&sm), HashSet::from([full, tail]));
         let tracks: Vec<Vec<ChunkHash>> = sm
@@ -963,10 +968,7 @@ mod tests {
     async fn released_chunks_go_with_the_next_snapshot_and_shared_ones_stay() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (_log, mut sm) = crate::open(dir.path()).expect("open");
-        sm.apply(upload(1, 1, 5)).await.expect("apply");
-        sm.apply([create(4, 1)]).await.expect("apply");
-        sm.apply(upload(5, 2, 5)).await.expect("apply");
-        sm.apply([create(8, 2)]).await.expect("apply");
+        two_tracks_of_the_same_audio(&mut sm).await;
         sm.apply(upload(9, 3, 20)).await.expect("apply");
         sm.build_snapshot().await.expect("build");
         let delete = |index, track_id| {
