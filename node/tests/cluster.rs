@@ -504,9 +504,9 @@ async fn leader_among(c: &TestCluster, among: &[u64]) -> u64 {
 
 /// A leader deposed while its writes wait for a majority, whose log a snapshot then jumps past,
 /// must still take writes when it leads again. openraft 0.9 never answers proposals whose
-/// index an installed snapshot skipped; they used to hold the leader's proposal slots for good,
-/// and every later write through that node timed out while its reads still worked (found by
-/// jepsen-style, seed 4176492350703311786).
+/// index an installed snapshot skipped; held, they would keep the leader's proposal slots for
+/// good, and every later write through that node would time out while its reads still worked
+/// (jepsen-style, seed 4176492350703311786).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_deposed_while_proposing_takes_writes_when_it_leads_again() {
     let mut c = TestCluster::start(3).await;

@@ -307,9 +307,9 @@ impl Transport {
     /// Stops the sessions with `peer` so that the supervisor opens a fresh one; returns how many
     /// it stopped. Without this a session over a link that went silent (a partition drops
     /// packets, it does not close connections) lives on in TCP's retransmission backoff, and
-    /// after the link heals whatever was queued arrives seconds late: measured before this
-    /// worked, a node cut off for 9 s had its vote requests answered 5 s after the heal, all at
-    /// once, and the cluster went 9.7 s without a leader.
+    /// after the link heals whatever was queued arrives seconds late: without it, a node cut
+    /// off for 9 s had its vote requests answered 5 s after the heal, all at once, and the
+    /// cluster went 9.7 s without a leader.
     async fn drop_session(&self, peer: u64) -> usize {
         let Ok(sessions) = call_t!(self.inner.server, NodeServerMessage::GetSessions, 1000) else {
             tracing::warn!(

@@ -229,7 +229,7 @@ impl Response {
 /// its apply of the write has answered and sends it with its reply, so the node that took the
 /// request can answer without applying the entry itself first: it would wait for the commit to
 /// reach it and for its own log flush, where the commit needs only the leader and any one
-/// follower (bench/RESULTS.md, twelfth session).
+/// follower (bench/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadBack {
     /// The voting queue, in play order.

@@ -665,8 +665,7 @@ mod tests {
         );
     }
 
-    /// Found by jepsen-style: a node that had purged its log could not start again (the purge
-    /// point was read back with the wrong type).
+    /// A node that has purged its log starts again (the purge point reads back as written).
     #[tokio::test]
     async fn a_purged_log_opens_again() {
         let dir = tempfile::tempdir().expect("temp dir");

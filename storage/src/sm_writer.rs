@@ -13,8 +13,8 @@
 //! it and writes them as one. Why: each `apply_batch` puts two small writes of the same 4 KiB
 //! page on the disk (each roll of sled's buffer is a `pwrite` and a `sync_file_range` that waits
 //! for it), so one-client votes made every node write 12.6 KiB per vote against etcd's 4.7, and
-//! every node's log `fdatasync` queued behind those writes on the shared disk (bench/RESULTS.md,
-//! thirteenth session). The tree trails by that much more (and longer while a snapshot build
+//! every node's log `fdatasync` queued behind those writes on the shared disk (bench/RESULTS.md).
+//! The tree trails by that much more (and longer while a snapshot build
 //! holds it or the disk is slow); a drain or hold does not wait for it (it wakes the writer).
 //!
 //! Invariants:

@@ -828,9 +828,9 @@ mod tests {
         assert_eq!(sm.reader().read(|s| s.queue.len()), 210);
     }
 
-    /// Found by jepsen-style: a node killed while installing a snapshot came back with an empty
-    /// state machine and no marker (clearing `sm` had removed it), and could never start again
-    /// because its log had been purged up to the snapshot.
+    /// A node killed while installing a snapshot, after the install cleared `sm`, comes back
+    /// with the snapshot installed: the marker lives outside `sm`, and its log has been purged
+    /// up to the snapshot, so nothing else could bring it back.
     #[tokio::test]
     async fn an_install_interrupted_after_clearing_is_redone_on_open() {
         let dir = tempfile::tempdir().expect("temp dir");
