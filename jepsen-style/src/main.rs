@@ -50,7 +50,7 @@ struct Args {
     /// one-way, kill, kill-leader, pause, loss, delay.
     #[arg(long, default_value = "all")]
     nemesis: String,
-    /// Workloads, comma-separated: all, register, set, counter, exactly-once.
+    /// Workloads, comma-separated: all, register, set, counter, exactly-once, upload.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Seed of the fault schedule and the clients' choices (printed; pass it to replay).

@@ -1,5 +1,7 @@
 //! The Raft log: entries in append-only segment files under `<data_dir>/log/` ([`segments`]),
-//! and vote, committed and last purged in sled's `raft_meta` tree.
+//! and the vote and the last purged id in sled's `raft_meta` tree. The committed index is not
+//! kept (`save_committed` keeps nothing): the leader commits before its own flush, so a saved
+//! index could outlive the entries it names in a power loss.
 //!
 //! Durability (what keeps Raft safe across crashes and power loss): `append` writes the batch to
 //! the segment and hands its `LogFlushed` callback to the [`Flusher`] thread, which calls it only
