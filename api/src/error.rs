@@ -81,7 +81,12 @@ impl From<ReplicaError> for ApiError {
             ReplicaError::Rejected(_) => return Self::bad_request(e.to_string()),
             ReplicaError::Storage(_) => return crate::internal(e.to_string()),
         };
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        let message = match &e {
+            // What a client can do about it is HTTP's business, not the replica's.
+            ReplicaError::Unknown(_) => format!("{e}: retry with the same Idempotency-Key"),
+            _ => e.to_string(),
+        };
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 }
 

@@ -109,11 +109,9 @@ fn base_url(headers: &HeaderMap, replica: &Replica) -> String {
 
 /// This node's HTTP address as the cluster membership records it.
 fn own_http_addr(replica: &Replica) -> String {
-    let membership = replica.raft().metrics().borrow().membership_config.clone();
-    membership
-        .membership()
-        .get_node(&replica.id())
-        .map_or_else(|| "localhost".to_string(), |n| n.http_addr.clone())
+    replica
+        .own_addresses()
+        .map_or_else(|| "localhost".to_string(), |n| n.http_addr)
 }
 
 // ---- the actor ----

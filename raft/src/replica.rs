@@ -48,7 +48,7 @@ pub enum ReplicaError {
     )]
     NoLeader,
     #[error(
-        "the leader did not confirm the request in time ({0}); it may or may not have been applied: retry with the same Idempotency-Key"
+        "the leader did not confirm the request in time ({0}); it may or may not have been applied"
     )]
     Unknown(String),
     #[error("this node has not caught up with the cluster in time")]
@@ -234,8 +234,19 @@ impl Replica {
         self.inner.id
     }
 
-    pub fn raft(&self) -> &Raft {
+    pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// This node's addresses as the cluster's membership records them (`None` before this
+    /// node has learned the membership).
+    pub fn own_addresses(&self) -> Option<ChorusNode> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.inner.id)
+            .cloned()
     }
 
     pub(crate) fn transport(&self) -> &Transport {
