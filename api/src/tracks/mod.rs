@@ -1,35 +1,42 @@
 //! Tracks (seed 000): `POST /tracks/upload`, `GET /tracks`, `GET /tracks/{id}`,
 //! `PATCH /tracks/{id}`, `PATCH /tracks/upload` (id in the metadata), `DELETE /tracks/{id}`.
 //!
-//! An upload streams: the [`TracksActor`] reads the multipart body piece by piece, cuts the
-//! `file` part into chunks of [`CHUNK_SIZE`] and replicates each one (`PutChunk`) before reading
-//! on, so a node holds about one chunk of an upload in memory whatever the file size. Once the
-//! whole file is replicated it is checked and measured ([`audio::analyse`]) from the local copy,
-//! and only then is the track's metadata committed (`Create`/`Update`). Every way out before that
-//! (bad input, a dropped connection, an error) drops the pending upload and its chunks
-//! ([`AbortOnDrop`]); a node killed mid-upload leaves it to [`drop_idle_uploads`].
+//! An upload streams: the [`TracksActor`] reads the multipart body piece by piece (`form`),
+//! cuts the `file` part into 1 MiB chunks and replicates each one (`PutChunk`) before reading
+//! on (`upload`), so a node holds about one chunk of an upload in memory whatever the file size.
+//! Once the whole file is replicated it is checked and measured (`crate::audio::analyse`) from
+//! the local copy, and only then is the track's metadata committed (`Create`/`Update`). Every
+//! way out before that (bad input, a dropped connection, an error) drops the pending upload
+//! (`upload::AbortOnDrop`); a node killed mid-upload leaves it to the leader's sweep of idle
+//! uploads (`drop_idle_uploads`).
+//!
+//! This file holds the wire shapes, the actor and the routes.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::multipart::{Field, Multipart, MultipartRejection};
+use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
 use serde::{Deserialize, Serialize};
-use storage::state::tracks::CHUNK_SIZE;
-use storage::{AudioInfo, Command, Outcome, Track, TrackCommand, TrackMeta};
+use storage::{AudioInfo, Command, Track, TrackCommand};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::audio::{self, AudioReader, NotMp3};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, IdempotencyKey, PathParam, QueryParam, ReadOptions};
 use crate::users::{Message, rfc3339};
-use crate::{ApiSettings, AppState, ask, internal, respond, unexpected, write};
+use crate::{ApiSettings, AppState, ask, respond, write};
+
+mod form;
+mod upload;
+
+use form::too_large;
+use upload::{update, upload};
 
 /// Largest metadata part or form field.
 const MAX_FIELD: usize = 64 * 1024;
@@ -134,386 +141,6 @@ pub(crate) fn parse_track_id(raw: &str) -> Result<u64, ApiError> {
     raw.trim()
         .parse()
         .map_err(|_| ApiError::bad_request(format!("track id `{raw}` is not a number")))
-}
-
-// ---- reading the multipart form ----
-
-fn unsupported(e: NotMp3) -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        e.0,
-    )
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!(
-            "the file is larger than this cluster's upload limit of {} MiB",
-            limit / (1024 * 1024)
-        ),
-    )
-}
-
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!(
-        "the multipart body is malformed or was cut off: {e}"
-    ))
-}
-
-/// Metadata fields as sent; `None` = not given.
-#[derive(Debug, Default)]
-struct Fields {
-    title: Option<String>,
-    artist: Option<String>,
-    album: Option<String>,
-    genre: Option<String>,
-    track_id: Option<String>,
-}
-
-impl Fields {
-    fn set(&mut self, name: &str, value: String) -> Result<(), ApiError> {
-        let value = value.trim().to_string();
-        if value.chars().count() > MAX_TEXT {
-            return Err(ApiError::bad_request(format!(
-                "`{name}` is longer than {MAX_TEXT} characters"
-            )));
-        }
-        let slot = match name {
-            "title" => &mut self.title,
-            "artist" => &mut self.artist,
-            "album" => &mut self.album,
-            "genre" => &mut self.genre,
-            _ => &mut self.track_id,
-        };
-        *slot = Some(value);
-        Ok(())
-    }
-
-    fn merge_json(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
-        let meta: TrackMetadata = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the `metadata` part must be JSON like {{\"title\": \"…\", \"artist\": \"…\"}}: {e}"
-            ))
-        })?;
-        for (name, value) in [
-            ("title", meta.title),
-            ("artist", meta.artist),
-            ("album", meta.album),
-            ("genre", meta.genre),
-        ] {
-            if let Some(value) = value {
-                self.set(name, value)?;
-            }
-        }
-        match meta.track_id {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(s)) => self.set("track_id", s)?,
-            Some(serde_json::Value::Number(n)) => self.set("track_id", n.to_string())?,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "`track_id` must be a number or a string of digits, not {other}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.title.is_none()
-            && self.artist.is_none()
-            && self.album.is_none()
-            && self.genre.is_none()
-    }
-}
-
-/// Drops a pending upload and its chunks unless disarmed (the upload became a track). Runs on
-/// every early exit, including the request future being dropped when the client disconnects.
-struct AbortOnDrop {
-    replica: Replica,
-    upload_id: u64,
-    armed: bool,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (replica, upload_id) = (self.replica.clone(), self.upload_id);
-        tokio::spawn(async move {
-            let cmd = Command::Tracks(TrackCommand::AbortUpload { upload_id });
-            match replica.write(cmd, None).await {
-                Ok(_) => tracing::info!(upload_id, "dropped an unfinished upload"),
-                // The idle-upload sweep will get it.
-                Err(e) => {
-                    tracing::warn!(upload_id, error = %e, "could not drop an unfinished upload")
-                }
-            }
-        });
-    }
-}
-
-/// A `file` part stored as a pending upload.
-struct Received {
-    upload: AbortOnDrop,
-    info: AudioInfo,
-}
-
-async fn read_small(field: &mut Field<'_>, name: &str) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    while let Some(piece) = field.chunk().await.map_err(multipart_error)? {
-        if out.len() + piece.len() > MAX_FIELD {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the `{name}` part is over {} KiB", MAX_FIELD / 1024),
-            ));
-        }
-        out.extend_from_slice(&piece);
-    }
-    Ok(out)
-}
-
-/// Streams the `file` part into replicated chunks.
-async fn receive_file(
-    r: &Replica,
-    by: u64,
-    field: &mut Field<'_>,
-    limit: u64,
-) -> Result<Received, ApiError> {
-    let upload_id = match write(
-        r,
-        Command::Tracks(TrackCommand::BeginUpload { owner: by }),
-        None,
-    )
-    .await?
-    {
-        Outcome::Id(id) => id,
-        other => return Err(unexpected(other)),
-    };
-    let upload = AbortOnDrop {
-        replica: r.clone(),
-        upload_id,
-        armed: true,
-    };
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
-    let (mut size, mut index) = (0u64, 0u32);
-    loop {
-        let piece = field.chunk().await.map_err(multipart_error)?;
-        let done = piece.is_none();
-        if let Some(piece) = piece {
-            size += piece.len() as u64;
-            if size > limit {
-                return Err(too_large(limit));
-            }
-            buf.extend_from_slice(&piece);
-        }
-        while buf.len() >= CHUNK_SIZE || (done && !buf.is_empty()) {
-            let rest = buf.split_off(buf.len().min(CHUNK_SIZE));
-            let chunk = std::mem::replace(&mut buf, rest);
-            if index == 0 {
-                let head = chunk.clone();
-                tokio::task::spawn_blocking(move || audio::check_head(&head))
-                    .await
-                    .map_err(|e| internal(format!("MP3 check failed to run: {e}")))?
-                    .map_err(unsupported)?;
-            }
-            let cmd = TrackCommand::PutChunk {
-                upload_id,
-                index,
-                bytes: chunk,
-            };
-            write(r, Command::Tracks(cmd), None).await?;
-            index += 1;
-            buf.reserve(CHUNK_SIZE.saturating_sub(buf.capacity()));
-        }
-        if done {
-            break;
-        }
-    }
-    if size == 0 {
-        return Err(ApiError::bad_request("the `file` part is empty"));
-    }
-    Ok(Received {
-        upload,
-        info: AudioInfo {
-            size,
-            chunks: index,
-            duration_ms: 0,
-        },
-    })
-}
-
-/// Reads the whole form: metadata parts or fields, and the file (streamed into chunks).
-async fn read_form(
-    r: &Replica,
-    by: u64,
-    mut form: Multipart,
-    limit: u64,
-) -> Result<(Fields, Option<Received>), ApiError> {
-    let mut fields = Fields::default();
-    let mut file = None;
-    let mut parts = 0;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
-        parts += 1;
-        if parts > MAX_PARTS {
-            return Err(ApiError::bad_request(format!(
-                "too many form parts (at most {MAX_PARTS})"
-            )));
-        }
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "metadata" | "request" => fields.merge_json(&read_small(&mut field, &name).await?)?,
-            "title" | "artist" | "album" | "genre" | "track_id" => {
-                let bytes = read_small(&mut field, &name).await?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| ApiError::bad_request(format!("`{name}` is not UTF-8 text")))?;
-                fields.set(&name, text)?;
-            }
-            "file" if file.is_some() => {
-                return Err(ApiError::bad_request("send one `file` part, not several"));
-            }
-            "file" => file = Some(receive_file(r, by, &mut field, limit).await?),
-            other => {
-                tracing::debug!(part = other, "ignoring an unknown form part");
-                read_small(&mut field, other).await.map(drop).ok();
-            }
-        }
-    }
-    Ok((fields, file))
-}
-
-/// Checks and measures a received file from the local copy of its chunks.
-async fn analyse(r: &Replica, received: &mut Received) -> Result<audio::Analysis, ApiError> {
-    let upload_id = received.upload.upload_id;
-    let chunks = r
-        .state()
-        .read(|s| s.tracks.upload(upload_id).map(|u| u.chunks.clone()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "upload_gone",
-                format!("upload {upload_id} no longer exists (it was idle too long); upload again"),
-            )
-        })?;
-    let reader = AudioReader::new(r.state().clone(), &chunks, received.info.size);
-    let analysis = tokio::task::spawn_blocking(move || audio::analyse(reader))
-        .await
-        .map_err(|e| internal(format!("MP3 analysis failed to run: {e}")))?
-        .map_err(unsupported)?;
-    received.info.duration_ms = analysis.duration_ms;
-    Ok(analysis)
-}
-
-async fn upload(
-    r: Replica,
-    settings: Arc<ApiSettings>,
-    by: u64,
-    form: Multipart,
-    key: Option<String>,
-) -> Result<u64, ApiError> {
-    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
-    let mut file = file.ok_or_else(|| {
-        ApiError::bad_request("the form has no `file` part: attach the MP3 as `file`")
-    })?;
-    let tags = analyse(&r, &mut file).await?.tags;
-    let title = fields
-        .title
-        .filter(|t| !t.is_empty())
-        .or(tags.title)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "the track needs a title: give `title` in the metadata (the file has no ID3 title)",
-            )
-        })?;
-    let meta = TrackMeta {
-        title,
-        artist: fields.artist.or(tags.artist).unwrap_or_default(),
-        album: fields.album.or(tags.album).unwrap_or_default(),
-        genre: fields.genre.or(tags.genre).unwrap_or_default(),
-    };
-    let cmd = TrackCommand::Create {
-        upload_id: file.upload.upload_id,
-        by,
-        meta,
-        audio: file.info,
-    };
-    let receipt = r.write(Command::Tracks(cmd), key).await?;
-    // Rejected, or a retry of an upload that already succeeded (same Idempotency-Key, which
-    // returns the first track): this copy of the file is dropped. (Dropping an upload that
-    // became a track is a no-op, so an unknown outcome may safely drop too.)
-    file.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
-    match receipt.response.result? {
-        Outcome::Id(id) => Ok(id),
-        other => Err(unexpected(other)),
-    }
-}
-
-async fn update(
-    r: Replica,
-    settings: Arc<ApiSettings>,
-    path_id: Option<u64>,
-    by: u64,
-    form: Multipart,
-    key: Option<String>,
-) -> Result<(), ApiError> {
-    // Refuse early (from the local state) rather than after streaming a file for nothing; the
-    // state machine checks again when the change is applied.
-    if let Some(id) = path_id {
-        check_owner(&r, id, by).await?;
-    }
-    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
-    let track_id = match (path_id, fields.track_id.as_deref()) {
-        (Some(id), _) => id,
-        (None, Some(raw)) => parse_track_id(raw)?,
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "say which track to change: `track_id` in the metadata part",
-            ));
-        }
-    };
-    if fields.is_empty() && file.is_none() {
-        return Err(ApiError::bad_request(
-            "nothing to change: send metadata fields and/or a `file` part",
-        ));
-    }
-    if fields.title.as_deref() == Some("") {
-        return Err(ApiError::bad_request("`title` must not be empty"));
-    }
-    let mut file = file;
-    if let Some(received) = &mut file {
-        analyse(&r, received).await?;
-    }
-    let cmd = TrackCommand::Update {
-        track_id,
-        by,
-        title: fields.title,
-        artist: fields.artist,
-        album: fields.album,
-        genre: fields.genre,
-        audio: file.as_ref().map(|f| (f.upload.upload_id, f.info)),
-    };
-    let receipt = r.write(Command::Tracks(cmd), key).await?;
-    if let Some(received) = &mut file {
-        received.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
-    }
-    receipt.response.result.map(drop).map_err(ApiError::from)
-}
-
-async fn check_owner(r: &Replica, track_id: u64, by: u64) -> Result<(), ApiError> {
-    let owner = crate::read_confirming_absence(r, |s| s.tracks.get(track_id).map(|t| t.owner));
-    match owner.await? {
-        None => Err(ApiError::not_found(format!(
-            "track {track_id} does not exist"
-        ))),
-        Some(owner) if owner != by => Err(ApiError::forbidden(format!(
-            "track {track_id} belongs to another user; only its uploader may change it"
-        ))),
-        Some(_) => Ok(()),
-    }
 }
 
 // ---- the actor ----
