@@ -12,15 +12,25 @@
 //!   carrying audio goes alone, as a batch of one.
 //! - `read_barrier` makes the next local read linearizable: it gets a read index from the leader
 //!   (which confirms it still leads with a heartbeat round) and waits until this node has
-//!   applied up to it. Concurrent reads share one such round ([`ReadRounds`]).
+//!   applied up to it. Concurrent reads share one such round (`read_rounds`).
+//!
+//! The client façade is here; `peer` serves what other nodes ask of this one, `read_rounds`
+//! shares ReadIndex rounds between reads, `chunks` checks and repairs this node's audio.
+
+mod chunks;
+mod peer;
+mod read_rounds;
+
+pub use chunks::ChunkRepair;
+use read_rounds::ReadRounds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
-use openraft::{ChangeMembers, TryAsRef};
+use openraft::TryAsRef;
+use openraft::error::{ForwardToLeader, RaftError};
 use storage::{
     ApplyWaitError, ChorusNode, Command, LogStore, ReadBack, ReadBackValue, Request, StateReader,
 };
@@ -28,9 +38,7 @@ use storage::{
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
 use crate::propose::Proposer;
-use crate::protocol::{
-    ChunkBytes, ForwardError, PeerRequest, PeerResponse, PeerStatus, WriteReceipt,
-};
+use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteReceipt};
 use crate::transport::{Transport, TransportError};
 
 /// Longest single forwarding attempt; a write still has the rest of its deadline to find a new
@@ -111,63 +119,6 @@ struct Inner {
     proposer: Proposer,
     /// The snapshot a leader is sending this node, if any.
     incoming: crate::snapshot_transfer::Incoming,
-}
-
-/// What [`Replica::verify_and_repair_chunks`] found and did.
-#[derive(Debug, Clone, Default)]
-pub struct ChunkRepair {
-    /// The check of every chunk file (the damaged ones were removed).
-    pub verified: storage::chunks::VerifyReport,
-    /// Chunks the state names that this node lacked after the check (the damaged ones too).
-    pub missing: Vec<storage::ChunkHash>,
-    /// What was fetched of them from peers, and what could not be.
-    pub fetched: crate::chunk_fetch::Fetched,
-}
-
-/// Linearizable reads share ReadIndex rounds: one round (a message to the leader, which confirms
-/// its leadership with a heartbeat to a majority) answers every read that arrived before it
-/// started. A read waits for the round in flight, if any, to finish, then joins the next one, so
-/// under load a node has at most one round in flight and each round serves a whole batch.
-struct ReadRounds {
-    /// Rounds started so far (round n is the n-th to start).
-    started: AtomicU64,
-    /// Held while a round is in flight: the number and outcome of the last finished round.
-    last: tokio::sync::Mutex<(u64, Result<u64, ReplicaError>)>,
-}
-
-impl Default for ReadRounds {
-    fn default() -> Self {
-        Self {
-            started: AtomicU64::new(0),
-            // Round 0 never ran: no read arrives before it, so its outcome is never used.
-            last: tokio::sync::Mutex::new((0, Ok(0))),
-        }
-    }
-}
-
-impl ReadRounds {
-    /// A read index for a read arriving now: the outcome of the next round to finish that
-    /// started after this call, running `ask` (one ReadIndex round) if no such round is under
-    /// way when this read's turn comes.
-    async fn index<F, Fut>(&self, deadline: Instant, ask: F) -> Result<u64, ReplicaError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<u64, ReplicaError>>,
-    {
-        // Any round numbered above this one starts after this read arrived, so its read index
-        // covers every write acknowledged before the read.
-        let arrived = self.started.load(Ordering::Acquire);
-        let mut last = tokio::time::timeout_at(deadline.into(), self.last.lock())
-            .await
-            .map_err(|_| ReplicaError::NoLeader)?;
-        if last.0 > arrived {
-            return last.1.clone();
-        }
-        let round = self.started.fetch_add(1, Ordering::AcqRel) + 1;
-        let result = ask().await;
-        *last = (round, result.clone());
-        result
-    }
 }
 
 #[derive(Clone)]
@@ -260,47 +211,6 @@ impl Replica {
 
     pub fn request_timeout(&self) -> Duration {
         self.inner.timeout
-    }
-
-    /// The other members, the leader first: where to fetch audio chunks from.
-    pub(crate) fn chunk_sources(&self) -> Vec<u64> {
-        let m = self.inner.raft.metrics().borrow().clone();
-        let me = self.inner.id;
-        let leader = m.current_leader.filter(|&l| l != me);
-        let others = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|&id| id != me && Some(id) != leader);
-        leader.into_iter().chain(others).collect()
-    }
-
-    /// Checks every chunk file against its hash (a damaged one is removed), then fetches from
-    /// peers every chunk the state names that this node lacks. Blocking work runs on the
-    /// blocking pool.
-    pub async fn verify_and_repair_chunks(&self) -> Result<ChunkRepair, ReplicaError> {
-        let store = self.inner.reader.chunk_store().clone();
-        let verified = tokio::task::spawn_blocking(move || store.verify_all())
-            .await
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?
-            .map_err(|e| ReplicaError::Storage(format!("checking the chunk files: {e}")))?;
-        let reader = self.inner.reader.clone();
-        let missing = tokio::task::spawn_blocking(move || reader.missing_chunks())
-            .await
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let fetched = crate::chunk_fetch::fetch(
-            &self.inner.transport,
-            &self.chunk_sources(),
-            self.inner.reader.chunk_store(),
-            missing.clone(),
-        )
-        .await;
-        Ok(ChunkRepair {
-            verified,
-            missing,
-            fetched,
-        })
     }
 
     /// Proposes `command`; `dedupe_key` (from a client's `Idempotency-Key`) makes retries safe
@@ -521,100 +431,6 @@ impl Replica {
         }
     }
 
-    /// Serves a request from a peer (or from this node's own `route` when it is the leader).
-    pub(crate) async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
-        let raft = &self.inner.raft;
-        match req {
-            PeerRequest::AppendEntries(r) => {
-                let carries_entries = !r.entries.is_empty();
-                if carries_entries {
-                    tracing::trace!(target: "chorus::stages", stage = "follower.append");
-                }
-                let answer = raft.append_entries(r).await;
-                if carries_entries {
-                    tracing::trace!(target: "chorus::stages", stage = "follower.acked");
-                }
-                PeerResponse::AppendEntries(answer)
-            }
-            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::SnapshotPart(part) => {
-                PeerResponse::SnapshotPart(self.inner.incoming.part(raft, part).await)
-            }
-            PeerRequest::SnapshotDone(done) => {
-                PeerResponse::SnapshotDone(self.inner.incoming.done(self, done).await)
-            }
-            PeerRequest::GetChunk(hash) => {
-                // Unchecked here: the asking node checks the bytes against the hash itself.
-                let store = self.inner.reader.chunk_store().clone();
-                let read = tokio::task::spawn_blocking(move || store.read_unchecked(&hash))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                PeerResponse::Chunk(read.map(ChunkBytes))
-            }
-            PeerRequest::ClientWrites(writes) => {
-                // Queued to the proposer together, so they normally share one log entry.
-                let proposals = writes
-                    .into_iter()
-                    .map(|(r, read_back)| self.propose_write(r, read_back));
-                PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
-            }
-            PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                raft.get_read_log_id()
-                    .await
-                    .map(|(read, _)| read.map_or(0, |l| l.index))
-                    .map_err(|e| match e {
-                        // Not a bad request: the leader cannot reach a majority right now.
-                        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-                            ForwardError::Failed(q.to_string())
-                        }
-                        e => forward_error(e),
-                    }),
-            ),
-            PeerRequest::Status => PeerResponse::Status(PeerStatus {
-                node_id: self.inner.id,
-                pristine: self.is_pristine(),
-            }),
-            PeerRequest::AddMember { id, node } => {
-                PeerResponse::Membership(self.add_member_here(id, node).await)
-            }
-            PeerRequest::RemoveMember { id } => {
-                PeerResponse::Membership(self.remove_member_here(id).await)
-            }
-        }
-    }
-
-    async fn add_member_here(&self, id: u64, node: ChorusNode) -> Result<(), ForwardError> {
-        let raft = &self.inner.raft;
-        raft.add_learner(id, node, true)
-            .await
-            .map_err(forward_error)?;
-        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(forward_error)?;
-        Ok(())
-    }
-
-    async fn remove_member_here(&self, id: u64) -> Result<(), ForwardError> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let change = if membership.voter_ids().any(|v| v == id) {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else if membership.get_node(&id).is_some() {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        } else {
-            return Err(ForwardError::Rejected(format!(
-                "node {id} is not a member of the cluster"
-            )));
-        };
-        self.inner
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(forward_error)?;
-        Ok(())
-    }
-
     /// True when this node has never been part of a cluster.
     pub fn is_pristine(&self) -> bool {
         let metrics = self.inner.raft.metrics();
@@ -765,82 +581,5 @@ pub(crate) async fn server_metrics_until(
         if metrics.changed().await.is_err() {
             return false;
         }
-    }
-}
-
-#[cfg(test)]
-mod read_rounds_tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// A read is never answered by a round that started before it arrived: reads B and C arrive
-    /// while round 1 (started for read A) is in flight, so they wait for it, then share round 2,
-    /// which only one of them asks for.
-    #[tokio::test]
-    async fn a_read_is_answered_by_a_round_that_started_after_it_arrived() {
-        let rounds = Arc::new(ReadRounds::default());
-        let asked = Arc::new(AtomicUsize::new(0));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let (release_first, first_answer) = tokio::sync::oneshot::channel::<u64>();
-        let a = {
-            let (rounds, asked) = (rounds.clone(), asked.clone());
-            tokio::spawn(async move {
-                let ask = || async {
-                    asked.fetch_add(1, Ordering::SeqCst);
-                    Ok(first_answer.await.unwrap_or(0))
-                };
-                rounds.index(deadline, ask).await
-            })
-        };
-        let round_one = async {
-            while rounds.started.load(Ordering::SeqCst) < 1 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), round_one)
-            .await
-            .expect("read a starts round 1");
-        let later = |rounds: Arc<ReadRounds>, asked: Arc<AtomicUsize>| {
-            tokio::spawn(async move {
-                let ask = || async {
-                    asked.fetch_add(1, Ordering::SeqCst);
-                    Ok(20)
-                };
-                rounds.index(deadline, ask).await
-            })
-        };
-        let b = later(rounds.clone(), asked.clone());
-        let c = later(rounds.clone(), asked.clone());
-        // Both have read the round count and wait for round 1's lock.
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        release_first.send(10).expect("round 1 is waiting");
-        let (a, b, c) = (a.await, b.await, c.await);
-        assert_eq!(a.expect("read a").expect("index"), 10);
-        assert_eq!(
-            b.expect("read b").expect("index"),
-            20,
-            "not round 1's answer"
-        );
-        assert_eq!(
-            c.expect("read c").expect("index"),
-            20,
-            "not round 1's answer"
-        );
-        assert_eq!(asked.load(Ordering::SeqCst), 2, "b and c shared round 2");
-    }
-
-    /// A read that arrives while no round is in flight starts one; an error is every sharer's.
-    #[tokio::test]
-    async fn a_failed_round_fails_its_reads_and_the_next_read_asks_again() {
-        let rounds = ReadRounds::default();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let failed = rounds
-            .index(deadline, || async { Err(ReplicaError::NoLeader) })
-            .await;
-        assert!(matches!(failed, Err(ReplicaError::NoLeader)));
-        let ok = rounds.index(deadline, || async { Ok(7) }).await;
-        assert_eq!(ok.expect("index"), 7);
     }
 }
