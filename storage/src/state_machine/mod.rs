@@ -1,0 +1,491 @@
+//! The Raft state machine: applies committed entries to [`State`], persists them in the `sm`
+//! sled tree and the audio in the chunk store; builds and installs snapshots as files under
+//! `<data_dir>/snapshots/`. This file is the openraft adapter (open, apply); `snapshots` builds
+//! and installs, `chunk_gc` removes chunk files nothing names, `reader` is the read side.
+//!
+//! Invariants:
+//! - Every applied batch is one atomic sled batch holding the domain writes *and* `m/applied`
+//!   and `m/membership`, so the tree always describes exactly one log position. The batches are
+//!   written by their own thread ([`crate::sm_writer`]), so the tree may trail the in-memory
+//!   state; whatever reads or replaces the whole tree drains that writer first.
+//! - An apply that stores a chunk writes its file before the apply answers, so a track is never
+//!   visible without its audio; the writer syncs the chunk files before it writes a batch that
+//!   names them, so the tree never names a chunk a power loss could take.
+//! - A chunk no track or upload names any more is released with the index of that apply and
+//!   its file removed once a snapshot at or after that index is current: until then the current
+//!   snapshot, or the tree a crash leaves behind, may still name it. Removal happens under the
+//!   state lock, so no apply stores the same chunk again meanwhile.
+//! - The in-memory [`State`] and the tree change together under the write lock; readers
+//!   ([`StateReader`]) take the read lock and so see whole entries only.
+//! - A snapshot is the `sm` tree streamed to a file as of one log position (taken under the
+//!   read lock; the `sm-writer` is then held there while applies go on in memory). It names
+//!   chunks, never carries them: an install refuses a file naming a chunk this node lacks
+//!   before anything is replaced (the `raft` crate fetches them from peers first). An install
+//!   interrupted by a crash is redone from `current.snap` on the next start (the `installing`
+//!   marker in the `sm_control` tree says so; it lives outside `sm` because the install
+//!   clears `sm`).
+//! - At open, chunk files neither the state nor the current snapshot names are removed (an
+//!   apply that wrote one and a crash before its batch reached the tree; the entry is applied
+//!   again from the log).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use tokio::io::AsyncWriteExt;
+
+use crate::OpenError;
+mod chunk_gc;
+mod reader;
+mod snapshots;
+#[cfg(test)]
+mod tests;
+
+pub use reader::StateReader;
+pub use snapshots::{chunks_named_by_snapshot, chunks_named_in};
+
+use crate::applied_waiters::AppliedWaiters;
+pub use crate::applied_waiters::ApplyWaitError;
+use crate::chunks::{ChunkHash, ChunkStore, sync_dir};
+use crate::codec;
+use crate::command::Response;
+use crate::durable::DurableSled;
+use crate::sm_writer::SmWriter;
+use crate::snapshot::SnapshotReader;
+use crate::state::{Changes, State};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    TypeConfig,
+};
+
+const M_PREFIX: &[u8] = b"m/";
+const M_APPLIED: &[u8] = b"m/applied";
+const M_MEMBERSHIP: &[u8] = b"m/membership";
+/// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
+const INSTALLING: &[u8] = b"installing";
+const CURRENT: &str = "current.snap";
+
+/// The state as of `last_applied`.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The state's trees (`sm`, `sm_control`) and the log's metadata.
+    db: DurableSled,
+    sm: sled::Tree,
+    /// Writes the `sm` batches of applied entries, off the apply path.
+    sm_writer: SmWriter,
+    /// Holds the install marker. Not `sm`: an install clears `sm`, and with it the marker.
+    control: sled::Tree,
+    chunks: Arc<ChunkStore>,
+    /// Chunks nothing names any more, with the index of the apply that let them go.
+    released: Mutex<Vec<(u64, ChunkHash)>>,
+    applied: RwLock<Applied>,
+    dir: PathBuf,
+    /// The file most recently handed out by `begin_receiving_snapshot`.
+    receiving: Mutex<Option<PathBuf>>,
+    /// Serialises snapshot builds and installs.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    file_seq: AtomicU64,
+    waiters: AppliedWaiters,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn sled_io(e: sled::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    codec::encode(value).map_err(io::Error::other)
+}
+
+impl Inner {
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.dir.join(CURRENT)
+    }
+
+    fn next_file(&self, kind: &str) -> PathBuf {
+        let seq = self.file_seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!("{kind}-{}-{seq}.snap", std::process::id()))
+    }
+}
+
+async fn same_file(file: &tokio::fs::File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (file.metadata().await?, tokio::fs::metadata(path).await?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: DurableSled, chunks: ChunkStore, dir: &Path) -> Result<Self, OpenError> {
+        let io_err = |source| OpenError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: dir.display().to_string(),
+            message,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        // Leftovers of builds or transfers that a crash interrupted.
+        for entry in fs::read_dir(dir).map_err(io_err)? {
+            let path = entry.map_err(io_err)?.path();
+            if path.file_name().is_some_and(|n| n != CURRENT) {
+                fs::remove_file(&path).map_err(io_err)?;
+            }
+        }
+        let sm = db
+            .db()
+            .open_tree("sm")
+            .map_err(|e| corrupt(e.to_string()))?;
+        let control = db
+            .db()
+            .open_tree("sm_control")
+            .map_err(|e| corrupt(e.to_string()))?;
+        let chunks = Arc::new(chunks);
+        let for_writer = chunks.clone();
+        let sm_writer = SmWriter::start(
+            sm.clone(),
+            crate::sm_writer::COALESCE,
+            Box::new(move || for_writer.sync_pending()),
+        )
+        .map_err(io_err)?;
+        let inner = Inner {
+            db,
+            sm_writer,
+            sm,
+            control,
+            chunks,
+            released: Mutex::new(Vec::new()),
+            applied: RwLock::new(Applied::default()),
+            dir: dir.to_path_buf(),
+            receiving: Mutex::new(None),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            file_seq: AtomicU64::new(0),
+            waiters: AppliedWaiters::default(),
+        };
+        let interrupted = inner
+            .control
+            .contains_key(INSTALLING)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if interrupted {
+            tracing::warn!("a snapshot install was interrupted; installing it again");
+            inner
+                .install_blocking(None)
+                .map_err(|e| corrupt(format!("redo snapshot install: {e}")))?;
+        } else {
+            let read = |key: &[u8]| -> Result<Option<sled::IVec>, OpenError> {
+                inner.sm.get(key).map_err(|e| corrupt(e.to_string()))
+            };
+            let mut applied = Applied {
+                state: State::load(&inner.sm).map_err(|e| corrupt(e.to_string()))?,
+                ..Applied::default()
+            };
+            if let Some(bytes) = read(M_APPLIED)? {
+                applied.last_applied = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            }
+            if let Some(bytes) = read(M_MEMBERSHIP)? {
+                applied.membership = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            }
+            *inner.write_lock() = applied;
+        }
+        inner
+            .sweep_unnamed_chunks()
+            .map_err(|e| corrupt(format!("sweep the chunk store: {e}")))?;
+        inner.waiters.applied(inner.write_lock().last_applied);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Repairs a state machine that is behind the log's purge point. openraft 0.9 purges the log
+    /// up to a received snapshot while the snapshot is still being installed, so a crash in
+    /// between leaves entries missing that neither the log nor the state machine has. If
+    /// `current.snap` covers them it is installed again; otherwise the node cannot recover by
+    /// itself, and says so instead of letting openraft fail on the missing entries.
+    pub(crate) fn repair_if_behind(&self, purged: Option<LogId>) -> Result<(), OpenError> {
+        let applied = self.reader().last_applied();
+        if purged <= applied {
+            return Ok(());
+        }
+        let corrupt = |message: String| OpenError::Corrupt {
+            path: self.inner.dir.display().to_string(),
+            message,
+        };
+        let snapshot = File::open(self.inner.current_path())
+            .and_then(|f| Ok(SnapshotReader::new(f)?.meta))
+            .ok();
+        match snapshot {
+            Some(meta) if meta.last_log_id >= purged => {
+                tracing::warn!(
+                    ?applied,
+                    ?purged,
+                    "state machine behind the purged log; installing current.snap again"
+                );
+                self.inner
+                    .install_blocking(None)
+                    .map(drop)
+                    .map_err(|e| corrupt(format!("re-install current.snap: {e}")))
+            }
+            _ => Err(corrupt(format!(
+                "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
+            ))),
+        }
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn open_current(&self, meta: SnapshotMeta) -> io::Result<Snapshot> {
+        let file = tokio::fs::File::open(self.inner.current_path()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let _serial = self.inner.snapshot_lock.lock().await;
+        let meta = self
+            .blocking(|inner| inner.build_blocking())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        let sig = meta.signature();
+        self.open_current(meta)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let guard = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok((guard.last_applied, guard.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        tracing::trace!(target: "chorus::stages", stage = "apply.start");
+        let mut guard = self.inner.write_lock();
+        let mut changes = Changes::default();
+        let mut responses = Vec::new();
+        let mut released = Vec::new();
+        let write_err = |e: io::Error| StorageIOError::write_state_machine(&e);
+        for entry in entries {
+            guard.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::done(),
+                EntryPayload::Normal(req) => {
+                    let response = guard
+                        .state
+                        .apply(&req, &mut changes)
+                        .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                    // Written before the apply answers: a track is never visible without its
+                    // audio. Synced by the writer before the batch that names it.
+                    for (hash, bytes) in changes.take_stored_chunks() {
+                        self.inner.chunks.put(&hash, &bytes).map_err(write_err)?;
+                    }
+                    let index = entry.log_id.index;
+                    released.extend(
+                        changes
+                            .take_released_chunks()
+                            .into_iter()
+                            .map(|h| (index, h)),
+                    );
+                    response
+                }
+                EntryPayload::Membership(m) => {
+                    guard.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::done()
+                }
+            };
+            responses.push(response);
+        }
+        let encode_err = |e: crate::codec::CodecError| StorageIOError::write_state_machine(&e);
+        guard.state.finish_batch(&mut changes).map_err(encode_err)?;
+        changes
+            .put(M_APPLIED.to_vec(), &guard.last_applied)
+            .map_err(encode_err)?;
+        changes
+            .put(M_MEMBERSHIP.to_vec(), &guard.membership)
+            .map_err(encode_err)?;
+        if !released.is_empty() {
+            self.inner
+                .released
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(released);
+        }
+        // Not flushed: the log already is, and a crash replays entries after `m/applied`.
+        self.inner
+            .sm_writer
+            .submit(changes.into_writes())
+            .map_err(write_err)?;
+        let last = guard.last_applied;
+        drop(guard);
+        self.inner.waiters.applied(last);
+        tracing::trace!(target: "chorus::stages", stage = "apply.done");
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        tracing::info!("receiving a snapshot");
+        let path = self.inner.next_file("incoming");
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let abandoned = self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(path);
+        // A transfer that never finished (a leader that went away, a refused part): its file
+        // would otherwise stay until the next start, one per abandoned transfer.
+        if let Some(abandoned) = abandoned
+            && let Err(e) = tokio::fs::remove_file(&abandoned).await
+        {
+            tracing::debug!(path = %abandoned.display(), error = %e, "cannot remove an abandoned incoming snapshot");
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let sig = meta.signature();
+        let err = |e: io::Error| {
+            StorageError::from(StorageIOError::write_snapshot(Some(sig.clone()), &e))
+        };
+        let _serial = self.inner.snapshot_lock.lock().await;
+        let started = std::time::Instant::now();
+        snapshot.flush().await.map_err(err)?;
+        snapshot.sync_all().await.map_err(err)?;
+        tracing::info!(took = ?started.elapsed(), "received snapshot synced");
+        let received = self
+            .inner
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // openraft normally hands back the file we gave out in `begin_receiving_snapshot`; any
+        // other file (a test may substitute one) is copied next to it first.
+        let ours = match &received {
+            Some(path) => same_file(&snapshot, path).await.map_err(err)?,
+            None => false,
+        };
+        let incoming = match received {
+            Some(path) if ours => path,
+            _ => {
+                let tmp = self.inner.next_file("copy");
+                let mut out = tokio::fs::File::create(&tmp).await.map_err(err)?;
+                use tokio::io::AsyncSeekExt;
+                snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
+                tokio::io::copy(&mut snapshot, &mut out)
+                    .await
+                    .map_err(err)?;
+                out.sync_all().await.map_err(err)?;
+                tmp
+            }
+        };
+        let expected = meta.clone();
+        self.blocking(move |inner| {
+            // Refused before anything of this node's is replaced.
+            let lacking = chunks_named_by_snapshot(&incoming)?
+                .into_iter()
+                .filter(|h| !inner.chunks.contains(h))
+                .count();
+            if lacking > 0 {
+                let _ = fs::remove_file(&incoming);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the snapshot names {lacking} audio chunks this node does not have (they are fetched from peers before an install)"
+                    ),
+                ));
+            }
+            // The chunks fetched for it are durable before it replaces anything.
+            inner.chunks.sync_pending()?;
+            fs::rename(&incoming, inner.current_path())?;
+            sync_dir(&inner.dir)?;
+            inner.install_blocking(Some(&expected))
+        })
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        // Under the lock, so no build or install replaces the file between reading its header
+        // and opening it.
+        let _serial = self.inner.snapshot_lock.lock().await;
+        let path = self.inner.current_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let meta = self
+            .blocking(move |_| Ok(SnapshotReader::new(File::open(&path)?)?.meta))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let sig = meta.signature();
+        let snapshot = self
+            .open_current(meta)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e))?;
+        Ok(Some(snapshot))
+    }
+}
