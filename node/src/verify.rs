@@ -38,9 +38,10 @@ pub async fn run(config: &Path, node: u64) -> anyhow::Result<()> {
         );
     }
     let count = |key: &str| body[key].as_array().map_or(0, Vec::len);
+    let checked = body["checked"].as_u64().unwrap_or(0);
     println!(
-        "node {node}: checked {} chunk files ({} MiB); {} damaged, {} missing, {} fetched again from peers",
-        body["checked"],
+        "node {node}: checked {checked} chunk file{} ({} MiB); {} damaged, {} missing, {} fetched again from peers",
+        if checked == 1 { "" } else { "s" },
         body["checked_bytes"].as_u64().unwrap_or(0) >> 20,
         count("corrupt"),
         count("missing"),
