@@ -61,10 +61,7 @@ pub(crate) async fn fetch(
         }
     }
     let sync = store.clone();
-    let synced = tokio::task::spawn_blocking(move || sync.sync_pending())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let synced = on_blocking_pool(move || sync.sync_pending()).await;
     if let Err(e) = synced {
         tracing::error!(error = %e, "syncing fetched audio chunks failed");
         fetched.sync_failed = Some(e);
@@ -111,14 +108,26 @@ async fn fetch_one(
         };
         let size = bytes.len() as u64;
         let store = store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put_received(&hash, &bytes))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let stored = on_blocking_pool(move || store.put_received(&hash, &bytes)).await;
         match stored {
             Ok(()) => return Ok(size),
             Err(e) => why = format!("from node {peer}: {e}"),
         }
     }
     Err(why)
+}
+
+/// Runs blocking chunk-store work on tokio's blocking pool; its error, or the task's, as text
+/// for a peer's answer or a fetch report.
+pub(crate) async fn on_blocking_pool<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -307,7 +307,7 @@ async fn fetch_lacking_chunks(replica: &Replica, file: File) -> Result<File, Sna
         reader.seek(SeekFrom::Start(0))?;
         let named = storage::chunks_named_in(reader)?;
         reader.seek(SeekFrom::Start(0))?;
-        let lacking: Vec<_> = named.into_iter().filter(|h| !store.contains(h)).collect();
+        let lacking = store.lacking(&named);
         Ok((file, lacking))
     })
     .await

@@ -169,6 +169,15 @@ impl ChunkStore {
         self.path(hash).exists()
     }
 
+    /// The chunks of `named` that have no file here. Blocking: one `stat` each.
+    pub fn lacking<'a>(&self, named: impl IntoIterator<Item = &'a ChunkHash>) -> Vec<ChunkHash> {
+        named
+            .into_iter()
+            .filter(|h| !self.contains(h))
+            .copied()
+            .collect()
+    }
+
     /// Stores `bytes`, whose hash the caller computed as `hash`, without syncing (recorded for
     /// [`Self::sync_pending`]). A file already there with the right size is kept.
     pub fn put(&self, hash: &ChunkHash, bytes: &[u8]) -> io::Result<()> {

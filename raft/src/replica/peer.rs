@@ -36,10 +36,8 @@ impl Replica {
             PeerRequest::GetChunk(hash) => {
                 // Unchecked here: the asking node checks the bytes against the hash itself.
                 let store = self.inner.reader.chunk_store().clone();
-                let read = tokio::task::spawn_blocking(move || store.read_unchecked(&hash))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let read =
+                    crate::chunk_fetch::on_blocking_pool(move || store.read_unchecked(&hash)).await;
                 PeerResponse::Chunk(read.map(ChunkBytes))
             }
             PeerRequest::ClientWrites(writes) => {

@@ -60,11 +60,7 @@ impl Inner {
                 .filter(|h| !state.tracks.names_chunk(h))
                 .map(|h| (at, h)),
         );
-        let missing = state
-            .tracks
-            .chunks()
-            .filter(|h| !self.chunks.contains(h))
-            .count();
+        let missing = self.chunks.lacking(state.tracks.chunks()).len();
         if missing > 0 {
             tracing::error!(
                 missing,

@@ -445,10 +445,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let expected = meta.clone();
         self.blocking(move |inner| {
             // Refused before anything of this node's is replaced.
-            let lacking = chunks_named_by_snapshot(&incoming)?
-                .into_iter()
-                .filter(|h| !inner.chunks.contains(h))
-                .count();
+            let lacking = inner
+                .chunks
+                .lacking(&chunks_named_by_snapshot(&incoming)?)
+                .len();
             if lacking > 0 {
                 let _ = fs::remove_file(&incoming);
                 return Err(io::Error::new(

@@ -40,10 +40,7 @@ impl StateReader {
     /// by a check; they are fetched again from peers). Blocking: checks each file exists.
     pub fn missing_chunks(&self) -> Vec<ChunkHash> {
         let named: Vec<ChunkHash> = self.read(|s| s.tracks.chunks().copied().collect());
-        named
-            .into_iter()
-            .filter(|h| !self.inner.chunks.contains(h))
-            .collect()
+        self.inner.chunks.lacking(&named)
     }
 
     /// Waits until the state of every applied entry is in the sled tree (the `sm-writer` has

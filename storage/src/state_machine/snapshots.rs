@@ -131,11 +131,7 @@ impl Inner {
             .clear();
         let state = &guard.state;
         let removed = self.chunks.sweep(|h| state.tracks.names_chunk(h))?;
-        let missing = state
-            .tracks
-            .chunks()
-            .filter(|h| !self.chunks.contains(h))
-            .count();
+        let missing = self.chunks.lacking(state.tracks.chunks()).len();
         drop(guard);
         self.waiters.applied(meta.last_log_id);
         tracing::info!(last_log_id = ?meta.last_log_id, removed_chunks = removed, "installed snapshot");
