@@ -5,7 +5,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{cluster, error, playback, playlists, queue, tracks, users};
+use crate::{cluster, error, events, playback, playlists, queue, tracks, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,7 @@ use crate::{cluster, error, playback, playlists, queue, tracks, users};
         playback::play, playback::file,
         playlists::add, playlists::remove, playlists::playlist,
         queue::add_track, queue::remove_track, queue::vote, queue::queue, queue::metadata,
-        queue::history, queue::play_next, queue::clear,
+        queue::history, queue::play_next, queue::clear, events::events,
         cluster::health, cluster::ready, cluster::cluster, cluster::add_member, cluster::remove_member,
         cluster::verify_chunks,
     ),

@@ -4,7 +4,9 @@
 //! - [`users`], [`tracks`], [`playback`], [`playlists`]: the music service (seed 000), each an
 //!   actor and its routes; [`auth`] (passwords, JWTs, the `AuthUser` extractor) and [`audio`]
 //!   (MP3 checks, duration, ID3 tags, reading stored audio) serve them.
-//! - [`queue`]: the voting queue (seed 004): its actor and routes.
+//! - [`queue`]: the voting queue (seed 004): its actor and routes; the actor also keeps the
+//!   live event streams ([`events`]: `GET /events`).
+//! - [`web`]: the web app at `/` (embedded files).
 //! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership.
 //! - [`docs`]: OpenAPI and Swagger UI at `/docs`.
 //! - [`error`]: [`ApiError`], the one error shape; [`extract`]: extractors that reject with it.
@@ -17,12 +19,14 @@ pub mod auth;
 pub mod cluster;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod playback;
 pub mod playlists;
 pub mod queue;
 pub mod tracks;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +34,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Redirect;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use raft::Replica;
 use utoipa::OpenApi;
@@ -107,10 +110,8 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
         settings,
     };
     Ok(Router::new()
-        .route(
-            "/",
-            axum::routing::get(|| async { Redirect::temporary("/docs/") }),
-        )
+        .merge(web::routes())
+        .merge(events::routes())
         .merge(users::routes())
         .merge(tracks::routes())
         .merge(playback::routes())
@@ -132,6 +133,16 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
             tower_http::trace::TraceLayer::new_for_http().on_failure(
                 tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
             ),
+        )
+        // Any page may call any node with a bearer token (no cookies, so no ambient authority):
+        // the web app moves to another node of the cluster when its own dies.
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods(tower_http::cors::Any)
+                .allow_headers(tower_http::cors::Any)
+                .expose_headers(tower_http::cors::Any)
+                .max_age(Duration::from_secs(600)),
         )
         .with_state(state))
 }

@@ -16,11 +16,13 @@ use axum::routing::{get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
 use serde::{Deserialize, Serialize};
-use storage::{Command, Outcome, PlayedTrack, QueueCommand, QueuedTrack, ReadBack, ReadBackValue};
+use tokio::sync::{broadcast, mpsc};
+use storage::{Command, FeedItem, Outcome, PlayedTrack, QueueCommand, QueuedTrack, ReadBack, ReadBackValue};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions};
+use crate::events::{self, Frame, LiveFeed};
 use crate::{AppState, ask, require_admin, respond, unexpected};
 
 const MAX_TEXT: usize = 500;
@@ -145,34 +147,85 @@ pub enum QueueMsg {
     Queue(Consistency, Reply<Vec<QueuedTrack>>),
     Metadata(u64, Consistency, Reply<QueuedTrack>),
     History(Consistency, Reply<Vec<PlayedTrack>>),
+    /// A live event stream for `/events` (see [`crate::events`]).
+    Subscribe {
+        last_seen: Option<u64>,
+        reply: Reply<mpsc::Receiver<Bytes>>,
+    },
+    /// From the state machine's change feed.
+    Feed(FeedItem),
+    /// The change feed went on without us: changes were missed.
+    FeedLagged,
 }
 
 impl ractor::Message for QueueMsg {}
 
-/// Owns the queue domain on this node.
+/// Owns the queue domain on this node: writes and reads of the queue, and the live event
+/// streams of every browser connected here ([`LiveFeed`]).
 pub struct QueueActor;
+
+pub struct QueueActorState {
+    replica: Replica,
+    live: LiveFeed,
+}
+
+/// The `state` event for this node's applied state.
+fn read_state_frame(replica: &Replica) -> Frame {
+    replica.state().read_indexed(events::state_frame)
+}
 
 impl Actor for QueueActor {
     type Msg = QueueMsg;
-    type State = Replica;
+    type State = QueueActorState;
     type Arguments = Replica;
 
     async fn pre_start(
         &self,
-        _: ActorRef<QueueMsg>,
+        myself: ActorRef<QueueMsg>,
         replica: Replica,
-    ) -> Result<Replica, ActorProcessingErr> {
-        Ok(replica)
+    ) -> Result<QueueActorState, ActorProcessingErr> {
+        // Subscribed before the index is read, so nothing after that index is missed.
+        let mut feed = replica.state().subscribe_changes();
+        let start = replica.state().read_indexed(|_, index| index);
+        tracing::debug!(start, "live feed starts after this index");
+        tokio::spawn(async move {
+            loop {
+                let msg = match feed.recv().await {
+                    Ok(item) => QueueMsg::Feed(item),
+                    Err(broadcast::error::RecvError::Lagged(_)) => QueueMsg::FeedLagged,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if myself.cast(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(QueueActorState {
+            replica,
+            live: LiveFeed::starting_at(start),
+        })
     }
 
     async fn handle(
         &self,
         _: ActorRef<QueueMsg>,
         msg: QueueMsg,
-        replica: &mut Replica,
+        state: &mut QueueActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let r = replica.clone();
+        let r = state.replica.clone();
         match msg {
+            QueueMsg::Subscribe { last_seen, reply } => {
+                let receiver = state
+                    .live
+                    .subscribe(last_seen, || read_state_frame(&r));
+                let _ = reply.send(Ok(receiver));
+            }
+            QueueMsg::Feed(FeedItem::Applied(applied)) => {
+                state.live.applied(events::change_frame(&applied));
+            }
+            QueueMsg::Feed(FeedItem::Replaced { .. }) | QueueMsg::FeedLagged => {
+                state.live.restart(|| read_state_frame(&r));
+            }
             QueueMsg::Add(t, key, reply) => respond(reply, async move {
                 let cmd = QueueCommand::Add {
                     id: t.id,

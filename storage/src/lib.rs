@@ -8,6 +8,7 @@
 //! - [`log_store`]: the Raft log ([`LogStore`]): entries in segment files (`segments`), vote and
 //!   purge point in sled, group commit with fdatasync.
 //! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
+//! - [`change_feed`]: what each applied entry visibly changed, for live event streams.
 //! - [`chunks`]: the audio, as content-addressed files ([`ChunkStore`]).
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
 //! - `durable`: sled's writes made to survive a power loss where chorus relies on them.
@@ -19,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 mod applied_waiters;
+pub mod change_feed;
 pub mod chunks;
 pub mod codec;
 pub mod command;
@@ -34,6 +36,7 @@ pub mod types;
 
 use std::path::Path;
 
+pub use change_feed::{AppliedChanges, FeedItem, StateChange};
 pub use chunks::{ChunkError, ChunkHash, ChunkStore};
 pub use command::{
     Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, ReadBack,

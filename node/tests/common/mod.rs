@@ -7,6 +7,8 @@
 // Each integration-test binary uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};

@@ -18,6 +18,7 @@ pub mod users;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::change_feed::StateChange;
 use crate::chunks::ChunkHash;
 use crate::codec::{self, CodecError};
 use crate::command::{
@@ -39,6 +40,8 @@ pub struct Changes {
     stored: Vec<(ChunkHash, Vec<u8>)>,
     /// Chunks no track or upload names any more.
     released: Vec<ChunkHash>,
+    /// What watchers see changed (see `change_feed`).
+    visible: Vec<StateChange>,
 }
 
 impl Changes {
@@ -48,6 +51,15 @@ impl Changes {
 
     pub(crate) fn release_chunk(&mut self, hash: ChunkHash) {
         self.released.push(hash);
+    }
+
+    pub(crate) fn record(&mut self, change: StateChange) {
+        self.visible.push(change);
+    }
+
+    /// The visible changes recorded since the last call.
+    pub fn take_visible(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.visible)
     }
 
     /// The chunks stored since the last call.

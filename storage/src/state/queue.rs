@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, decode, key_number, numbered_key};
+use crate::change_feed::StateChange;
 use crate::codec::CodecError;
 use crate::command::{CommandError, ErrorKind, Outcome, QueueCommand};
 
@@ -115,6 +116,7 @@ impl QueueState {
                     self.counters.next_added += 1;
                     self.put_track(track.clone(), changes)?;
                     self.save_counters(changes)?;
+                    changes.record(StateChange::Queued(track.clone()));
                     Ok(Outcome::Track(track))
                 }
             }
@@ -123,7 +125,10 @@ impl QueueState {
                 format!("track {id} needs a title, an artist and a duration to be queued"),
             )),
             QueueCommand::Remove { id } => match self.remove_track(*id, changes) {
-                Some(_) => Ok(Outcome::Done),
+                Some(_) => {
+                    changes.record(StateChange::Unqueued(*id));
+                    Ok(Outcome::Done)
+                }
                 None => Err(not_queued(*id)),
             },
             QueueCommand::Vote { id, up } => match self.tracks.get(id).cloned() {
@@ -131,6 +136,7 @@ impl QueueState {
                     self.order.remove(&order_key(&track));
                     track.votes += if *up { 1 } else { -1 };
                     self.put_track(track.clone(), changes)?;
+                    changes.record(StateChange::Voted(track.clone()));
                     Ok(Outcome::Track(track))
                 }
                 None => Err(not_queued(*id)),
@@ -148,6 +154,7 @@ impl QueueState {
                         changes.put(numbered_key(HISTORY, played.seq), &played)?;
                         self.history.insert(played.seq, played.clone());
                         self.save_counters(changes)?;
+                        changes.record(StateChange::Played(played.clone()));
                         Ok(Outcome::Played(played))
                     }
                     None => Err(CommandError::new(
@@ -166,6 +173,7 @@ impl QueueState {
                 self.tracks.clear();
                 self.order.clear();
                 self.history.clear();
+                changes.record(StateChange::Cleared);
                 Ok(Outcome::Done)
             }
         })
@@ -187,7 +195,9 @@ impl QueueState {
 
     /// Takes a deleted upload out of the queue (its history entries stay: they happened).
     pub(crate) fn remove_deleted_track(&mut self, id: u64, changes: &mut Changes) {
-        self.remove_track(id, changes);
+        if self.remove_track(id, changes).is_some() {
+            changes.record(StateChange::Unqueued(id));
+        }
     }
 
     fn save_counters(&self, changes: &mut Changes) -> Result<(), CodecError> {

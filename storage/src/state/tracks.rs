@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::{Changes, decode, key_number, numbered_key};
+use crate::change_feed::StateChange;
 use crate::chunks::ChunkHash;
 use crate::codec::CodecError;
 use crate::command::{CommandError, ErrorKind, Outcome};
@@ -324,6 +325,7 @@ impl TracksState {
         };
         changes.put(numbered_key(TRACK, id), &track)?;
         changes.put(COUNTERS.to_vec(), &self.counters)?;
+        changes.record(StateChange::TrackAdded(track.clone()));
         self.tracks.insert(id, track);
         Ok(Ok(Outcome::Id(id)))
     }
@@ -390,6 +392,7 @@ impl TracksState {
             track.audio = *info;
         }
         changes.put(numbered_key(TRACK, track_id), &track)?;
+        changes.record(StateChange::TrackUpdated(track.clone()));
         self.tracks.insert(track_id, track);
         Ok(Ok(Outcome::Done))
     }
@@ -406,6 +409,7 @@ impl TracksState {
             self.drop_refs(&track.chunks, changes);
         }
         changes.delete(numbered_key(TRACK, track_id));
+        changes.record(StateChange::TrackRemoved(track_id));
         Ok(Outcome::Done)
     }
 

@@ -24,6 +24,8 @@
 //!   interrupted by a crash is redone from `current.snap` on the next start (the `installing`
 //!   marker in the `sm_control` tree says so; it lives outside `sm` because the install
 //!   clears `sm`).
+//! - What each entry visibly changed is published on the change feed after its apply, in log
+//!   order; an install publishes that the whole state was replaced (`crate::change_feed`).
 //! - At open, chunk files neither the state nor the current snapshot names are removed (an
 //!   apply that wrote one and a crash before its batch reached the tree; the entry is applied
 //!   again from the log).
@@ -49,6 +51,7 @@ pub use reader::StateReader;
 pub use snapshots::{chunks_named_by_snapshot, chunks_named_in};
 
 use crate::applied_waiters::AppliedWaiters;
+use crate::change_feed::{AppliedChanges, ChangeFeed, FeedItem};
 pub use crate::applied_waiters::ApplyWaitError;
 use crate::chunks::{ChunkHash, ChunkStore, sync_dir};
 use crate::codec;
@@ -97,6 +100,7 @@ struct Inner {
     snapshot_lock: tokio::sync::Mutex<()>,
     file_seq: AtomicU64,
     waiters: AppliedWaiters,
+    feed: ChangeFeed,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +185,7 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             file_seq: AtomicU64::new(0),
             waiters: AppliedWaiters::default(),
+            feed: ChangeFeed::default(),
         };
         let interrupted = inner
             .control
@@ -313,6 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut changes = Changes::default();
         let mut responses = Vec::new();
         let mut released = Vec::new();
+        let mut visible = Vec::new();
         let write_err = |e: io::Error| StorageIOError::write_state_machine(&e);
         for entry in entries {
             guard.last_applied = Some(entry.log_id);
@@ -329,6 +335,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         self.inner.chunks.put(&hash, &bytes).map_err(write_err)?;
                     }
                     let index = entry.log_id.index;
+                    let seen = changes.take_visible();
+                    if !seen.is_empty() {
+                        visible.push(FeedItem::Applied(Arc::new(AppliedChanges {
+                            index,
+                            changes: seen,
+                        })));
+                    }
                     released.extend(
                         changes
                             .take_released_chunks()
@@ -367,6 +380,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let last = guard.last_applied;
         drop(guard);
         self.inner.waiters.applied(last);
+        // After the lock is released: whoever hears of an index finds the state there or later.
+        self.inner.feed.publish(visible);
         tracing::trace!(target: "chorus::stages", stage = "apply.done");
         Ok(responses)
     }

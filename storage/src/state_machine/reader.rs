@@ -3,7 +3,10 @@
 use std::io;
 use std::sync::{Arc, PoisonError};
 
+use tokio::sync::broadcast;
+
 use super::Inner;
+use crate::change_feed::FeedItem;
 use crate::applied_waiters::ApplyWaitError;
 use crate::chunks::{ChunkError, ChunkHash, ChunkStore};
 use crate::state::State;
@@ -24,6 +27,23 @@ impl StateReader {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         f(&guard.state)
+    }
+
+    /// Runs `f` on a consistent view of the state and the index of the last entry that view
+    /// includes (0 before any).
+    pub fn read_indexed<R>(&self, f: impl FnOnce(&State, u64) -> R) -> R {
+        let guard = self
+            .inner
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&guard.state, guard.last_applied.map_or(0, |l| l.index))
+    }
+
+    /// Hears what every entry applied from now on changes, in log order (see
+    /// [`crate::change_feed`]).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<FeedItem> {
+        self.inner.feed.subscribe()
     }
 
     /// One audio chunk, checked against its hash. Blocking.

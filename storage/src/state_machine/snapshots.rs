@@ -9,6 +9,7 @@ use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use super::{INSTALLING, Inner, M_APPLIED, M_MEMBERSHIP, M_PREFIX, encode_io, sled_io};
+use crate::change_feed::FeedItem;
 use crate::chunks::{ChunkHash, sync_dir};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::state::State;
@@ -134,6 +135,9 @@ impl Inner {
         let missing = self.chunks.lacking(state.tracks.chunks()).len();
         drop(guard);
         self.waiters.applied(meta.last_log_id);
+        self.feed.publish([FeedItem::Replaced {
+            index: meta.last_log_id.map_or(0, |l| l.index),
+        }]);
         tracing::info!(last_log_id = ?meta.last_log_id, removed_chunks = removed, "installed snapshot");
         if missing > 0 {
             // Only after a crash between this node's checks and the install: a check finds them.

@@ -408,3 +408,53 @@ async fn closing_the_waiters_fails_waits_for_unapplied_entries() {
     );
     assert_eq!(reader.wait_applied(1, far).await, Ok(()));
 }
+
+fn next_item(feed: &mut tokio::sync::broadcast::Receiver<FeedItem>) -> FeedItem {
+    feed.try_recv().expect("a published item")
+}
+
+/// Watchers hear each entry's visible changes with its index, in log order, only once it is
+/// applied; entries that change nothing visible (an upload's chunks) are not published, and an
+/// install says the whole state was replaced.
+#[tokio::test]
+async fn applied_changes_are_published_in_log_order_with_their_index() {
+    use crate::change_feed::StateChange;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_log, mut sm) = crate::open(dir.path()).expect("open");
+    let mut feed = sm.reader().subscribe_changes();
+    sm.apply(upload(1, 1, 5)).await.expect("apply");
+    sm.apply([create(4, 1), add(5, 77), entry(6, vote(77))])
+        .await
+        .expect("apply");
+    let FeedItem::Applied(first) = next_item(&mut feed) else {
+        panic!("an applied entry");
+    };
+    assert_eq!(first.index, 4);
+    assert!(matches!(&first.changes[..], [StateChange::TrackAdded(t)] if t.id == 1));
+    let FeedItem::Applied(second) = next_item(&mut feed) else {
+        panic!("an applied entry");
+    };
+    assert_eq!(second.index, 5);
+    assert!(matches!(&second.changes[..], [StateChange::Queued(t)] if t.id == 77));
+    let FeedItem::Applied(third) = next_item(&mut feed) else {
+        panic!("an applied entry");
+    };
+    assert_eq!(third.index, 6);
+    assert!(matches!(&third.changes[..], [StateChange::Voted(t)] if t.id == 77 && t.votes == 1));
+    assert!(feed.try_recv().is_err(), "nothing else was published");
+
+    sm.build_snapshot().await.expect("build");
+    let mut watched = sm.reader().subscribe_changes();
+    let snapshot = sm
+        .get_current_snapshot()
+        .await
+        .expect("get")
+        .expect("a snapshot");
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("install");
+    assert!(matches!(
+        next_item(&mut watched),
+        FeedItem::Replaced { index: 6 }
+    ));
+}
