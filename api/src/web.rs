@@ -33,22 +33,52 @@ static ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
         .unwrap_or_else(|_| HeaderValue::from_static("\"chorus\""))
 });
 
+/// For working on the app: serve the files from this directory (e.g. `api/web`), read on each
+/// request, instead of the copies compiled in — edit and reload, no rebuild.
+pub const WEB_DIR_ENV: &str = "CHORUS_WEB_DIR";
+
 pub fn routes() -> Router<AppState> {
+    let page = |name: &'static str, embedded: &'static str, content_type: &'static str| {
+        get(move |h: HeaderMap| async move { file(&h, name, embedded, content_type).await })
+    };
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { file(&h, INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/app.js", get(|h: HeaderMap| async move { file(&h, APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/app.css", get(|h: HeaderMap| async move { file(&h, APP_CSS, "text/css; charset=utf-8") }))
+        .route(
+            "/",
+            page("index.html", INDEX_HTML, "text/html; charset=utf-8"),
+        )
+        .route(
+            "/app.js",
+            page("app.js", APP_JS, "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/app.css",
+            page("app.css", APP_CSS, "text/css; charset=utf-8"),
+        )
 }
 
-fn file(request: &HeaderMap, body: &'static str, content_type: &'static str) -> Response {
+async fn file(
+    request: &HeaderMap,
+    name: &str,
+    embedded: &'static str,
+    content_type: &'static str,
+) -> Response {
+    let from_disk = match std::env::var_os(WEB_DIR_ENV) {
+        Some(dir) => tokio::fs::read(std::path::Path::new(&dir).join(name))
+            .await
+            .ok(),
+        None => None,
+    };
     let etag = ETAG.clone();
-    let unchanged = request
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|given| given == etag);
+    let unchanged = from_disk.is_none()
+        && request
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|given| given == etag);
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
+    } else if let Some(bytes) = from_disk {
+        bytes.into_response()
     } else {
-        body.into_response()
+        embedded.into_response()
     };
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

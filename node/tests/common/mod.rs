@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod sse;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::fs::File;

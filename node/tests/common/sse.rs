@@ -35,11 +35,7 @@ impl EventStream {
             request = request.header("Last-Event-ID", id.to_string());
         }
         let response = request.send().await?;
-        anyhow::ensure!(
-            response.status() == 200,
-            "GET {url}: {}",
-            response.status()
-        );
+        anyhow::ensure!(response.status() == 200, "GET {url}: {}", response.status());
         let content_type = response
             .headers()
             .get("content-type")
