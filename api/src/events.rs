@@ -192,6 +192,8 @@ pub struct LiveFeed {
     subscribers: Vec<Subscriber>,
     /// The last `state` event built, while no change has been heard since.
     latest_state: Option<Frame>,
+    /// The node is stopping: streams are ended and no new one starts.
+    closed: bool,
 }
 
 impl LiveFeed {
@@ -204,7 +206,19 @@ impl LiveFeed {
             backlog_bytes: 0,
             subscribers: Vec::new(),
             latest_state: None,
+            closed: false,
         }
+    }
+
+    /// Ends every stream (a server stopping gracefully would otherwise wait on them forever;
+    /// their clients resume on another node) and refuses new ones.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.subscribers.clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     pub fn subscribers(&self) -> usize {
@@ -362,7 +376,10 @@ pub async fn events(
                 Ok(Some(bytes)) => Some((Ok(bytes), (receiver, false))),
                 // Dropped for falling behind, or the node is shutting down: the client resumes.
                 Ok(None) => None,
-                Err(_) => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (receiver, false))),
+                Err(_) => Some((
+                    Ok(Bytes::from_static(b": keep-alive\n\n")),
+                    (receiver, false),
+                )),
             }
         },
     ));
@@ -474,6 +491,10 @@ mod tests {
         feed.applied(change(51));
         assert_eq!(drain(&mut rx), ["c1", "s50", "c51"]);
         let mut gap = feed.subscribe(Some(1), state_at(51));
-        assert_eq!(drain(&mut gap), ["s51"], "index 1 is before the replaced state");
+        assert_eq!(
+            drain(&mut gap),
+            ["s51"],
+            "index 1 is before the replaced state"
+        );
     }
 }

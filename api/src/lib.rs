@@ -77,8 +77,25 @@ pub struct StartError {
     message: String,
 }
 
+/// What the server tells the API when it stops.
+pub struct StopHandle {
+    queue: ActorRef<queue::QueueMsg>,
+}
+
+impl StopHandle {
+    /// Ends every live event stream, which never ends by itself: call it when the server
+    /// starts its graceful shutdown, or that shutdown waits on the streams forever. Their
+    /// browsers resume on another node.
+    pub fn stopping(&self) {
+        let _ = self.queue.cast(queue::QueueMsg::CloseStreams);
+    }
+}
+
 /// Starts this node's domain actors and returns the router serving the whole API.
-pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, StartError> {
+pub async fn router(
+    replica: Replica,
+    settings: ApiSettings,
+) -> Result<(Router, StopHandle), StartError> {
     let settings = Arc::new(settings);
     let queue = spawn("queue", queue::QueueActor, replica.clone()).await?;
     let users = spawn(
@@ -100,6 +117,9 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
         replica.clone(),
         settings.upload_idle_timeout,
     ));
+    let stop = StopHandle {
+        queue: queue.clone(),
+    };
     let state = AppState {
         replica,
         queue,
@@ -109,7 +129,7 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
         playlists,
         settings,
     };
-    Ok(Router::new()
+    let router = Router::new()
         .merge(web::routes())
         .merge(events::routes())
         .merge(users::routes())
@@ -144,7 +164,8 @@ pub async fn router(replica: Replica, settings: ApiSettings) -> Result<Router, S
                 .expose_headers(tower_http::cors::Any)
                 .max_age(Duration::from_secs(600)),
         )
-        .with_state(state))
+        .with_state(state);
+    Ok((router, stop))
 }
 
 async fn spawn<A: Actor>(
@@ -230,12 +251,16 @@ pub(crate) async fn ask<M: ractor::Message, T: Send + 'static>(
 ) -> Result<T, ApiError> {
     match actor.call(msg, None).await {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
-        _ => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "this node is shutting down; use another node",
-        )),
+        _ => Err(shutting_down()),
     }
+}
+
+pub(crate) fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "this node is shutting down; use another node",
+    )
 }
 
 /// Checks the cluster admin token (`X-Admin-Token: <token>` or `Authorization: Bearer <token>`).

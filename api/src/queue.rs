@@ -16,13 +16,15 @@ use axum::routing::{get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
 use serde::{Deserialize, Serialize};
+use storage::{
+    Command, FeedItem, Outcome, PlayedTrack, QueueCommand, QueuedTrack, ReadBack, ReadBackValue,
+};
 use tokio::sync::{broadcast, mpsc};
-use storage::{Command, FeedItem, Outcome, PlayedTrack, QueueCommand, QueuedTrack, ReadBack, ReadBackValue};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions};
 use crate::events::{self, Frame, LiveFeed};
+use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions};
 use crate::{AppState, ask, require_admin, respond, unexpected};
 
 const MAX_TEXT: usize = 500;
@@ -156,6 +158,8 @@ pub enum QueueMsg {
     Feed(FeedItem),
     /// The change feed went on without us: changes were missed.
     FeedLagged,
+    /// The node is stopping: end the live streams.
+    CloseStreams,
 }
 
 impl ractor::Message for QueueMsg {}
@@ -215,11 +219,14 @@ impl Actor for QueueActor {
         let r = state.replica.clone();
         match msg {
             QueueMsg::Subscribe { last_seen, reply } => {
-                let receiver = state
-                    .live
-                    .subscribe(last_seen, || read_state_frame(&r));
-                let _ = reply.send(Ok(receiver));
+                let answer = if state.live.is_closed() {
+                    Err(crate::shutting_down())
+                } else {
+                    Ok(state.live.subscribe(last_seen, || read_state_frame(&r)))
+                };
+                let _ = reply.send(answer);
             }
+            QueueMsg::CloseStreams => state.live.close(),
             QueueMsg::Feed(FeedItem::Applied(applied)) => {
                 state.live.applied(events::change_frame(&applied));
             }

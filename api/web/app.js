@@ -17,6 +17,10 @@ const $ = (sel) => document.querySelector(sel);
 let base = location.origin;
 /** Member base URLs (`http://` + http_addr) from the latest GET /cluster, ordered by node id. */
 let memberBases = [];
+/** Which node answered at a base URL: the page's own origin may name a member differently
+ * (`localhost` rather than `127.0.0.1`), and failover must not pick that same node again. */
+const nodeAt = new Map();
+let memberIds = [];
 /** Bases that failed to answer lately: shown unreachable until they answer /health again. */
 const deadBases = new Set();
 let lastEventId = 0;
@@ -142,12 +146,16 @@ function failover(failed) {
   if (base !== failed) return; // another request already moved on
   const list = memberBases.length ? memberBases : [base];
   const at = list.indexOf(failed);
+  const failedId = nodeAt.get(failed);
+  const start = at >= 0 ? at : Math.max(0, memberIds.indexOf(failedId));
   for (let k = 1; k <= list.length; k++) {
-    const candidate = list[(at + k + list.length) % list.length];
+    const i = (start + k) % list.length;
+    const candidate = list[i];
+    if (failedId !== undefined && memberIds[i] === failedId) continue;
     if (candidate !== failed && !deadBases.has(candidate)) return setBase(candidate);
   }
   // Every other member failed lately too: still try the next one rather than stay put.
-  const next = list[(at + 1 + list.length) % list.length];
+  const next = list[(start + 1) % list.length];
   if (next && next !== failed) setBase(next);
 }
 
@@ -780,15 +788,28 @@ async function refreshCluster() {
   try {
     // Dead nodes that answer again become candidates for failover again.
     await Promise.all([...deadBases].map(async (b) => { if (b !== base && await alive(b, 800)) deadBases.delete(b); }));
+    const asked = base;
     const view = await api('GET', '/cluster', { timeout: 3000 });
     lastCluster = view;
-    memberBases = (view.members || []).slice().sort((a, b) => a.id - b.id).map((m) => `http://${m.http_addr}`);
+    if (asked === base) nodeAt.set(base, view.node_id);
+    const members = (view.members || []).slice().sort((a, b) => a.id - b.id);
+    memberBases = members.map((m) => memberBase(m.http_addr));
+    memberIds = members.map((m) => m.id);
+    members.forEach((m, i) => nodeAt.set(memberBases[i], m.id));
     renderCluster(view, true);
   } catch {
     renderCluster(lastCluster, false);
   } finally {
     clusterBusy = false;
   }
+}
+
+/** A member's base URL. A node listening on every interface names itself 0.0.0.0 (or [::]),
+ * which a browser cannot call: use the host this page came from instead. */
+function memberBase(httpAddr) {
+  const m = /^(.*):(\d+)$/.exec(httpAddr);
+  if (m && (m[1] === '0.0.0.0' || m[1] === '[::]')) return `http://${location.hostname}:${m[2]}`;
+  return `http://${httpAddr}`;
 }
 
 function renderCluster(view, answered) {
@@ -798,9 +819,12 @@ function renderCluster(view, answered) {
   set('#cluster-commit', answered ? view.commit_index : null);
   set('#cluster-applied', answered ? view.applied_index : null);
   if (!view) return;
+  const deadIds = new Set([...deadBases].map((b) => nodeAt.get(b)));
   const rows = (view.members || []).slice().sort((a, b) => a.id - b.id).map((m) => {
-    const addr = `http://${m.http_addr}`;
-    const reachable = m.reachable && !deadBases.has(addr) && (answered || addr !== base);
+    const addr = memberBase(m.http_addr);
+    // What this page saw itself (a node that did not answer it) wins over the server's view.
+    const failedHere = deadBases.has(addr) || deadIds.has(m.id) || (!answered && (addr === base || nodeAt.get(base) === m.id));
+    const reachable = m.reachable && !failedHere;
     const tr = el('tr', answered && m.id === view.node_id ? 'self' : '');
     tr.dataset.nodeId = String(m.id);
     const link = el('a', null, m.http_addr);

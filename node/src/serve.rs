@@ -45,7 +45,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
         upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),
     };
-    let app = api::router(replica.clone(), settings).await?;
+    let (app, api_stop) = api::router(replica.clone(), settings).await?;
     tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "node serving");
 
     // Stop on SIGTERM/SIGINT, or when the Raft core dies: a node that cannot replicate must not
@@ -67,11 +67,12 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         }
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = raft_failed => {}
             }
+            api_stop.stopping();
         })
         .await
         .context("http server failed")?;

@@ -58,18 +58,33 @@ async fn every_node_streams_the_same_changes_and_a_client_resumes_on_another_nod
         .await
         .expect("open /events");
     let first = stream.next(WAIT).await.expect("a first event");
-    assert_eq!(first.kind, "state", "a new client starts from the whole state");
+    assert_eq!(
+        first.kind, "state",
+        "a new client starts from the whole state"
+    );
     assert_eq!(first.data["queue"], json!([]));
 
     lead.write_ok("/add_track", queued(1)).await;
     cluster.api(other).write_ok("/add_track", queued(2)).await;
-    cluster.api(watched).write_ok("/vote?id=2&up=true", Body::None).await;
+    cluster
+        .api(watched)
+        .write_ok("/vote?id=2&up=true", Body::None)
+        .await;
     lead.write_ok("/vote?id=1&up=false", Body::None).await;
     let seen = changes(&mut stream, 4).await;
     let applied = changes_of(&seen);
     let kinds: Vec<String> = applied.iter().flat_map(|(_, t)| t.clone()).collect();
-    assert_eq!(kinds, ["queued", "queued", "voted", "voted"], "{}", describe(&seen));
-    let voted = &seen.iter().find(|e| change_types(e) == ["voted"]).expect("a vote").data;
+    assert_eq!(
+        kinds,
+        ["queued", "queued", "voted", "voted"],
+        "{}",
+        describe(&seen)
+    );
+    let voted = &seen
+        .iter()
+        .find(|e| change_types(e) == ["voted"])
+        .expect("a vote")
+        .data;
     assert_eq!(voted["changes"][0]["track"]["id"], 2);
     assert_eq!(voted["changes"][0]["track"]["votes"], 1);
     assert!(voted["changes"][0]["track"]["added_seq"].is_u64());
@@ -83,8 +98,14 @@ async fn every_node_streams_the_same_changes_and_a_client_resumes_on_another_nod
     let replayed = changes(&mut elsewhere, 2).await;
     let expected: Vec<&SseEvent> = seen.iter().filter(|e| e.id > resume_after).collect();
     assert_eq!(
-        replayed.iter().map(|e| (&e.id, &e.data)).collect::<Vec<_>>(),
-        expected.iter().map(|e| (&e.id, &e.data)).collect::<Vec<_>>(),
+        replayed
+            .iter()
+            .map(|e| (&e.id, &e.data))
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|e| (&e.id, &e.data))
+            .collect::<Vec<_>>(),
         "resumed: {}",
         describe(&replayed)
     );
@@ -104,7 +125,10 @@ async fn every_node_streams_the_same_changes_and_a_client_resumes_on_another_nod
     let after = changes(&mut resumed, 1).await;
     let played_at = after[0].id;
     assert!(played_at > last_seen);
-    assert_eq!(changes_of(&after), [(played_at, vec!["played".to_string()])]);
+    assert_eq!(
+        changes_of(&after),
+        [(played_at, vec!["played".to_string()])]
+    );
     assert_eq!(after[0].data["changes"][0]["played"]["id"], 2);
 
     // A node has no backlog from before it started: once it has caught up and been stopped

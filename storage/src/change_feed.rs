@@ -47,7 +47,9 @@ pub struct AppliedChanges {
 pub enum FeedItem {
     Applied(Arc<AppliedChanges>),
     /// A snapshot replaced the whole state as of `index`; no changes are published for it.
-    Replaced { index: u64 },
+    Replaced {
+        index: u64,
+    },
 }
 
 /// The sending side, held by the state machine.

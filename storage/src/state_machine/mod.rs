@@ -51,8 +51,8 @@ pub use reader::StateReader;
 pub use snapshots::{chunks_named_by_snapshot, chunks_named_in};
 
 use crate::applied_waiters::AppliedWaiters;
-use crate::change_feed::{AppliedChanges, ChangeFeed, FeedItem};
 pub use crate::applied_waiters::ApplyWaitError;
+use crate::change_feed::{AppliedChanges, ChangeFeed, FeedItem};
 use crate::chunks::{ChunkHash, ChunkStore, sync_dir};
 use crate::codec;
 use crate::command::Response;

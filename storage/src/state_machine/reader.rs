@@ -6,8 +6,8 @@ use std::sync::{Arc, PoisonError};
 use tokio::sync::broadcast;
 
 use super::Inner;
-use crate::change_feed::FeedItem;
 use crate::applied_waiters::ApplyWaitError;
+use crate::change_feed::FeedItem;
 use crate::chunks::{ChunkError, ChunkHash, ChunkStore};
 use crate::state::State;
 use crate::types::LogId;
