@@ -50,7 +50,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tokio::select! {
         ok = ready => {
             if ok {
-                println!("cluster ready: try `curl http://{}/queue`, or open http://{}/docs", config.nodes[0].http_addr, config.nodes[0].http_addr);
+                println!("cluster ready: open the app at http://{}/ (the API is at /docs)", config.nodes[0].http_addr);
             } else {
                 println!("the cluster is not ready after 60 s; see the node logs above");
             }

@@ -139,7 +139,17 @@ async fn every_node_streams_the_same_changes_and_a_client_resumes_on_another_nod
     let target = applied_index(&cluster, leader).await;
     let caught_up = async || (applied_index(&cluster, watched).await >= target).then_some(());
     eventually("the restarted node catches up", WAIT, caught_up).await;
+    // An open stream does not hold up a graceful stop (the harness fails a node that has not
+    // exited 30 s after SIGTERM); it ends, and its client resumes elsewhere.
+    let mut open = EventStream::open(&cluster.url(watched), None)
+        .await
+        .expect("open /events");
+    assert_eq!(open.next(WAIT).await.expect("a state").kind, "state");
     cluster.stop(watched).await;
+    assert!(
+        open.next(WAIT).await.is_none(),
+        "the stream ended with the node"
+    );
     cluster.restart(watched);
     cluster.wait_ready(watched).await;
     let mut restarted = EventStream::open(&cluster.url(watched), Some(1))
