@@ -130,6 +130,23 @@ async fn two_browsers_on_two_nodes_share_the_live_queue_library_and_player() {
         .expect("connected");
     }
 
+    // An API error is shown as its message, not a blank page.
+    two.type_into("#username", "nobody")
+        .await
+        .expect("username");
+    two.type_into("#password", "not-the-password")
+        .await
+        .expect("password");
+    two.click("#login").await.expect("log in");
+    two.wait_for(
+        "the login error on the page",
+        WAIT,
+        "const e = document.querySelector('#error'); return !e.hidden && e.textContent.includes('wrong username or password');",
+        json!([]),
+    )
+    .await
+    .expect("error shown");
+
     // Upload from the first page; the track appears in the second browser's library.
     signup(&one, "alice").await;
     let mp3 = fixture("tagged-3s.mp3");
@@ -258,9 +275,7 @@ async fn two_browsers_on_two_nodes_share_the_live_queue_library_and_player() {
     // shows the next vote.
     let dead = cluster.url(second_node);
     cluster.kill9(second_node);
-    one.click("#queue li[data-id='901'] .up")
-        .await
-        .expect("vote");
+    // 901 ties 902 at one vote and was added first, so it moves to the top.
     one.click("#queue li[data-id='901'] .up")
         .await
         .expect("vote");

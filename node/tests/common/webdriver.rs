@@ -204,13 +204,22 @@ impl Browser {
             .context("no element id")
     }
 
-    /// Clicks the first element matching `css`, as a user would (scrolled into view).
+    /// Clicks the first element matching `css`, as a user would (scrolled into view). A live
+    /// page may re-render the element between finding and clicking it: then it is found again.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let element = self.element(css).await?;
-        self.post(&format!("/element/{element}/click"), json!({}))
-            .await
-            .with_context(|| format!("click `{css}`"))
-            .map(|_| ())
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let element = self.element(css).await?;
+            let clicked = self
+                .post(&format!("/element/{element}/click"), json!({}))
+                .await
+                .with_context(|| format!("click `{css}`"));
+            match clicked {
+                Err(e) if attempts < 5 && format!("{e:#}").contains("stale element") => continue,
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     /// Types `text` into the first element matching `css` (for a file input: a file's path).
