@@ -358,15 +358,21 @@ function renderLibrary() {
   $('#library-section').classList.toggle('empty', library.length === 0);
 }
 
-function libraryItem(t, owner) {
+/** A track's row (library or playlist): its fields and a Play button; callers add actions. */
+function trackRow(t) {
   const li = el('li', 'track');
   li.dataset.trackId = t.track_id;
   const info = el('div', 'info');
   info.append(el('span', 'title', t.title), el('span', 'artist', t.artist),
     el('span', 'album', t.album), el('span', 'duration', t.duration));
   const actions = el('div', 'actions');
+  actions.append(button('play', 'Play', () => { playThrough = null; playTrack(t.track_id, t.title, t.artist); }));
+  return { li, info, actions };
+}
+
+function libraryItem(t, owner) {
+  const { li, info, actions } = trackRow(t);
   actions.append(
-    button('play', 'Play', () => { playThrough = null; playTrack(t.track_id, t.title, t.artist); }),
     button('queue-add', 'Queue', () => attempt(() => api('POST', '/add_track', { json: { id: Number(t.track_id) } }).then(afterQueueWrite))),
     button('playlist-add', '+ Playlist', () => attempt(() => addToPlaylist(t.track_id))),
   );
@@ -581,14 +587,8 @@ async function addToPlaylist(trackId) {
 
 function renderPlaylist() {
   const items = playlist.map((t) => {
-    const li = el('li', 'track');
-    li.dataset.trackId = t.track_id;
-    const info = el('div', 'info');
-    info.append(el('span', 'title', t.title), el('span', 'artist', t.artist),
-      el('span', 'album', t.album), el('span', 'duration', t.duration));
-    const actions = el('div', 'actions');
+    const { li, info, actions } = trackRow(t);
     actions.append(
-      button('play', 'Play', () => { playThrough = null; playTrack(t.track_id, t.title, t.artist); }),
       button('remove', 'Remove', () => attempt(async () => {
         await api('DELETE', '/playlist/remove', { json: { user_id: user.user_id, track_id: String(t.track_id) } });
         await loadPlaylist();

@@ -167,6 +167,28 @@ async fn two_browsers_on_two_nodes_share_the_live_queue_library_and_player() {
     let api = cluster.api(leader);
     api.read_ok(&format!("/tracks/{track_id}")).await;
 
+    // The uploader keeps it in their playlist.
+    let row = format!("#library li[data-track-id='{track_id}']");
+    one.wait_for(
+        "the upload in the uploader's library",
+        WAIT,
+        "return document.querySelector(arguments[0]) !== null;",
+        json!([row]),
+    )
+    .await
+    .expect("listed");
+    one.click(&format!("{row} .playlist-add"))
+        .await
+        .expect("add to playlist");
+    one.wait_for(
+        "the track in the playlist",
+        WAIT,
+        "return document.querySelector(`#playlist li[data-track-id='${arguments[0]}']`) !== null;",
+        json!([track_id.to_string()]),
+    )
+    .await
+    .expect("in the playlist");
+
     // The queue: one browser votes, the other shows the new order.
     api.write_ok(
         "/add_track",
