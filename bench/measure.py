@@ -43,7 +43,7 @@ class Cluster:
         replaced = {line.split("=")[0].strip() for line in ab}
         raft = [line for line in raft if line.split("=")[0].strip() not in replaced]
         lines = ['cluster_name = "bench"', 'secret = "bench-secret-123"', 'admin_token = "bench"',
-                 "[queue]", "allow_anonymous_clear = true", "[raft]", *raft, *ab,  # default: chorus's
+                 "[queue]", "allow_anonymous_clear = true", "anonymous_votes = true", "[raft]", *raft, *ab,  # default: chorus's
                  *extra]
         for i, (h, r) in self.nodes.items():
             lines += ["[[nodes]]", f"id = {i}", f'http_addr = "127.0.0.1:{h}"', f'raft_addr = "127.0.0.1:{r}"',

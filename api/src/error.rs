@@ -105,6 +105,11 @@ impl From<CommandError> for ApiError {
             ErrorKind::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", e.message),
             ErrorKind::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", e.message),
             ErrorKind::UploadGone => Self::new(StatusCode::CONFLICT, "upload_gone", e.message),
+            ErrorKind::QueueLimit => Self::new(StatusCode::CONFLICT, "queue_limit", e.message),
+            ErrorKind::SignInRequired => Self::unauthorized(e.message),
+            ErrorKind::NothingPlaying => {
+                Self::new(StatusCode::CONFLICT, "nothing_playing", e.message)
+            }
         }
     }
 }

@@ -71,14 +71,33 @@ struct LivePlayed {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum LiveChange {
-    Queued { track: LiveQueued },
-    Voted { track: LiveQueued },
-    Unqueued { id: u64 },
-    Played { played: LivePlayed },
+    Queued {
+        track: LiveQueued,
+    },
+    Voted {
+        track: LiveQueued,
+    },
+    Unqueued {
+        id: u64,
+    },
+    Played {
+        played: LivePlayed,
+    },
     Cleared,
-    TrackAdded { track: LibraryView },
-    TrackUpdated { track: LibraryView },
-    TrackRemoved { track_id: String },
+    /// Users who want the playing track skipped, of those needed.
+    SkipVoted {
+        votes: u32,
+        needed: u32,
+    },
+    TrackAdded {
+        track: LibraryView,
+    },
+    TrackUpdated {
+        track: LibraryView,
+    },
+    TrackRemoved {
+        track_id: String,
+    },
 }
 
 fn live_queued(t: &QueuedTrack) -> LiveQueued {
@@ -109,6 +128,10 @@ impl From<&StateChange> for LiveChange {
                 played: live_played(p),
             },
             StateChange::Cleared => Self::Cleared,
+            StateChange::SkipVoted { votes, needed } => Self::SkipVoted {
+                votes: *votes,
+                needed: *needed,
+            },
             StateChange::TrackAdded(t) => Self::TrackAdded {
                 track: LibraryView::from(t),
             },
@@ -136,6 +159,8 @@ struct StateData {
     /// Oldest first; the most recent [`STATE_HISTORY`] only.
     history: Vec<LivePlayed>,
     history_total: usize,
+    /// Users who want the playing track skipped.
+    skip_votes: u32,
 }
 
 /// `id:`, `event:` and one `data:` line. JSON from serde_json has no raw newline, so one line.
@@ -170,6 +195,7 @@ pub fn state_frame(state: &DomainState, index: u64) -> Frame {
         now_playing: history.last().map(live_played),
         history: recent.iter().map(live_played).collect(),
         history_total: history.len(),
+        skip_votes: state.queue.skip_votes(),
     };
     frame(index, "state", &data)
 }

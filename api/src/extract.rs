@@ -131,3 +131,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParam<T> 
         Ok(Self(value))
     }
 }
+
+/// Whether the client asked for a minimal answer with `Prefer: return=minimal` (RFC 7240):
+/// a write then answers with what it changed only, not the whole queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnMinimal(pub bool);
+
+impl ReturnMinimal {
+    /// The `Preference-Applied` header to send when the preference was honoured.
+    pub const APPLIED: (&'static str, &'static str) = ("preference-applied", "return=minimal");
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReturnMinimal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Preferences are comma-separated, may repeat the header, and may carry parameters
+        // after `;`; names and the `minimal` token compare case-insensitively. Unknown
+        // preferences are ignored, as the RFC asks.
+        let minimal = parts
+            .headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|pref| pref.split(';').next())
+            .any(|pref| {
+                let mut kv = pref.splitn(2, '=');
+                let name = kv.next().unwrap_or("").trim();
+                let value = kv.next().unwrap_or("").trim().trim_matches('"');
+                name.eq_ignore_ascii_case("return") && value.eq_ignore_ascii_case("minimal")
+            });
+        Ok(Self(minimal))
+    }
+}

@@ -51,6 +51,12 @@ pub struct ApiSettings {
     pub admin_token: String,
     /// `POST /clear` without the admin token (the seed's test scripts need it).
     pub allow_anonymous_clear: bool,
+    /// Anonymous votes count, each one ±1, as in the seed; otherwise voting needs a login.
+    pub anonymous_votes: bool,
+    /// Most tracks one user may have in the queue at once (0: no limit).
+    pub max_tracks_per_user: u32,
+    /// Distinct users' skip votes that skip the playing track (0: skipping by vote is off).
+    pub skip_votes: u32,
     /// Largest accepted MP3 upload.
     pub max_upload_bytes: u64,
     /// How long a login token is valid.

@@ -11,7 +11,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
@@ -22,9 +23,12 @@ use storage::{
 use tokio::sync::{broadcast, mpsc};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::error::{ApiError, ErrorBody};
 use crate::events::{self, Frame, LiveFeed};
-use crate::extract::{Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions};
+use crate::extract::{
+    Consistency, IdempotencyKey, JsonBody, PathParam, QueryParam, ReadOptions, ReturnMinimal,
+};
 use crate::{AppState, ask, require_admin, respond, unexpected};
 
 const MAX_TEXT: usize = 500;
@@ -60,6 +64,9 @@ pub struct TrackView {
     pub artist: String,
     pub duration: u32,
     pub votes: i64,
+    /// The user who queued it, when they were signed in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<u64>,
 }
 
 /// A played track: the track as it was queued, and when it was played.
@@ -79,11 +86,47 @@ pub struct QueueChanged {
     pub queue: Vec<TrackView>,
 }
 
+/// A vote's answer. With `Prefer: return=minimal` the queue is left out.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Voted {
     pub id: u64,
     pub votes: i64,
-    pub queue: Vec<TrackView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Vec<TrackView>>,
+}
+
+/// `POST /add_track` or `/remove_track` with `Prefer: return=minimal`: the track, not the queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueChangedMinimal {
+    #[schema(example = "Track added")]
+    pub message: String,
+    pub id: u64,
+    /// The track's votes (absent when it was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub votes: Option<i64>,
+}
+
+/// A skip vote's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkipVoted {
+    /// Users who want the playing track skipped (counted before a skip happened).
+    pub votes: u32,
+    /// How many it takes (`[queue] skip_votes`).
+    pub needed: u32,
+    /// True when this vote skipped the track.
+    pub skipped: bool,
+    /// The track now playing, when this vote skipped the previous one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now_playing: Option<PlayedView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QueuePage {
+    /// Skip this many tracks from the top of the queue (default 0).
+    pub offset: Option<usize>,
+    /// At most this many tracks (default: all).
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -113,6 +156,7 @@ impl From<&QueuedTrack> for TrackView {
             artist: t.artist.clone(),
             duration: t.duration,
             votes: t.votes,
+            added_by: t.added_by,
         }
     }
 }
@@ -135,18 +179,25 @@ fn views(queue: &[QueuedTrack]) -> Vec<TrackView> {
 
 type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
+/// A queue write's outcome, and the queue right after it when it was asked for.
+pub type Written = (Outcome, Option<Vec<QueuedTrack>>);
+
 pub enum QueueMsg {
-    Add(AddTrackBody, Option<String>, Reply<Vec<QueuedTrack>>),
-    Remove(u64, Option<String>, Reply<Vec<QueuedTrack>>),
-    Vote {
-        id: u64,
-        up: bool,
+    /// Add, remove, vote, unvote or skip; `with_queue` also reads the queue right after it.
+    Write {
+        cmd: QueueCommand,
         key: Option<String>,
-        reply: Reply<(QueuedTrack, Vec<QueuedTrack>)>,
+        with_queue: bool,
+        reply: Reply<Written>,
     },
     PlayNext(Option<String>, Reply<PlayedTrack>),
     Clear(Option<String>, Reply<()>),
-    Queue(Consistency, Reply<Vec<QueuedTrack>>),
+    /// `(offset, limit)` of the queue, and its whole length.
+    Queue(
+        Consistency,
+        (usize, usize),
+        Reply<(Vec<QueuedTrack>, usize)>,
+    ),
     Metadata(u64, Consistency, Reply<QueuedTrack>),
     History(Consistency, Reply<Vec<PlayedTrack>>),
     /// A live event stream for `/events` (see [`crate::events`]).
@@ -233,26 +284,12 @@ impl Actor for QueueActor {
             QueueMsg::Feed(FeedItem::Replaced { .. }) | QueueMsg::FeedLagged => {
                 state.live.restart(|| read_state_frame(&r));
             }
-            QueueMsg::Add(t, key, reply) => respond(reply, async move {
-                let cmd = QueueCommand::Add {
-                    id: t.id,
-                    title: t.title,
-                    artist: t.artist,
-                    duration: t.duration,
-                };
-                Ok(write_then_queue(&r, cmd, key).await?.1)
-            }),
-            QueueMsg::Remove(id, key, reply) => respond(reply, async move {
-                Ok(write_then_queue(&r, QueueCommand::Remove { id }, key)
-                    .await?
-                    .1)
-            }),
-            QueueMsg::Vote { id, up, key, reply } => respond(reply, async move {
-                match write_then_queue(&r, QueueCommand::Vote { id, up }, key).await? {
-                    (Outcome::Track(voted), queue) => Ok((voted, queue)),
-                    (other, _) => Err(unexpected(other)),
-                }
-            }),
+            QueueMsg::Write {
+                cmd,
+                key,
+                with_queue,
+                reply,
+            } => respond(reply, write_reading_back(r, cmd, key, with_queue)),
             QueueMsg::PlayNext(key, reply) => respond(reply, async move {
                 match write(&r, QueueCommand::PlayNext, key).await? {
                     Outcome::Played(p) => Ok(p),
@@ -262,9 +299,9 @@ impl Actor for QueueActor {
             QueueMsg::Clear(key, reply) => respond(reply, async move {
                 write(&r, QueueCommand::Clear, key).await.map(|_| ())
             }),
-            QueueMsg::Queue(c, reply) => {
-                respond(reply, async move { read(&r, c, |q| q.queue()).await })
-            }
+            QueueMsg::Queue(c, (offset, limit), reply) => respond(reply, async move {
+                read(&r, c, |q| (q.page(offset, limit), q.len())).await
+            }),
             QueueMsg::Metadata(id, c, reply) => respond(reply, async move {
                 read(&r, c, |q| q.track(id).cloned())
                     .await?
@@ -282,16 +319,27 @@ async fn write(r: &Replica, cmd: QueueCommand, key: Option<String>) -> Result<Ou
     crate::write(r, Command::Queue(cmd), key).await
 }
 
-/// Writes `cmd` and returns its outcome with the queue right after it, as the leader read it
-/// (`Replica::write_reading_back`: no wait for this node to apply the write).
-async fn write_then_queue(
-    r: &Replica,
+/// Writes `cmd` and returns its outcome, with the queue right after it (as the leader read it)
+/// if `with_queue`. Either way it returns once the leader has applied the write, without
+/// waiting for this node to apply it too (`Replica::write_reading_back`).
+async fn write_reading_back(
+    r: Replica,
     cmd: QueueCommand,
     key: Option<String>,
-) -> Result<(Outcome, Vec<QueuedTrack>), ApiError> {
-    let (receipt, ReadBackValue::Queue(queue)) = r
-        .write_reading_back(Command::Queue(cmd), key, ReadBack::Queue)
+    with_queue: bool,
+) -> Result<Written, ApiError> {
+    let read_back = if with_queue {
+        ReadBack::Queue
+    } else {
+        ReadBack::Nothing
+    };
+    let (receipt, value) = r
+        .write_reading_back(Command::Queue(cmd), key, read_back)
         .await?;
+    let queue = match value {
+        ReadBackValue::Queue(queue) => Some(queue),
+        ReadBackValue::Nothing => None,
+    };
     Ok((receipt.response.result?, queue))
 }
 
@@ -309,7 +357,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/add_track", post(add_track))
         .route("/remove_track", post(remove_track))
-        .route("/vote", post(vote))
+        .route("/vote", post(vote).delete(unvote))
+        .route("/skip", post(skip))
         .route("/queue", get(queue))
         .route("/metadata/{id}", get(metadata))
         .route("/history", get(history))
@@ -331,16 +380,64 @@ fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The idempotency key in the caller's scope (two users' keys never collide).
+fn scoped(key: IdempotencyKey, user: Option<u64>) -> Option<String> {
+    match user {
+        Some(user) => key.for_user(user),
+        None => key.0,
+    }
+}
+
+/// Sends a queue write to the actor; the queue comes back unless the client asked for a
+/// minimal answer.
+async fn write_queue(
+    app: &AppState,
+    cmd: QueueCommand,
+    key: Option<String>,
+    minimal: ReturnMinimal,
+) -> Result<Written, ApiError> {
+    ask(&app.queue, |reply| QueueMsg::Write {
+        cmd,
+        key,
+        with_queue: !minimal.0,
+        reply,
+    })
+    .await
+}
+
+/// `body` as JSON, marked as minimal when the client's preference was applied.
+fn answer(minimal: ReturnMinimal, body: impl Serialize) -> Response {
+    let mut response = axum::Json(body).into_response();
+    if minimal.0 {
+        let (name, value) = ReturnMinimal::APPLIED;
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn voted_track(outcome: Outcome) -> Result<QueuedTrack, ApiError> {
+    match outcome {
+        Outcome::Track(track) => Ok(track),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Add a track to the queue.
 #[utoipa::path(post, path = "/add_track", tag = "queue", request_body = AddTrackBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key apply once")),
-    responses((status = 200, body = QueueChanged), (status = 409, description = "already queued", body = ErrorBody),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key apply once"),
+        ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer without the queue")),
+    responses((status = 200, body = QueueChanged), (status = 401, description = "`[queue] max_tracks_per_user` is set and the caller is anonymous", body = ErrorBody),
+        (status = 409, description = "already queued, or the caller has `max_tracks_per_user` tracks queued", body = ErrorBody),
         (status = 422, description = "wrong types", body = ErrorBody), (status = 503, description = "no leader", body = ErrorBody)))]
 pub async fn add_track(
     State(app): State<AppState>,
-    IdempotencyKey(key): IdempotencyKey,
+    MaybeAuthUser(user): MaybeAuthUser,
+    minimal: ReturnMinimal,
+    key: IdempotencyKey,
     JsonBody(body): JsonBody<AddTrackBody>,
-) -> Result<axum::Json<QueueChanged>, ApiError> {
+) -> Result<Response, ApiError> {
     // The seed answers a body with missing fields with 422; keep that unless the id is an
     // uploaded track (then only `id` is needed). The state machine decides races.
     let complete = body.title.is_some() && body.artist.is_some() && body.duration.is_some();
@@ -365,26 +462,68 @@ pub async fn add_track(
     if let Some(artist) = &body.artist {
         check_text("artist", artist)?;
     }
-    let queue = ask(&app.queue, |reply| QueueMsg::Add(body, key, reply)).await?;
-    Ok(axum::Json(QueueChanged {
-        message: "Track added".into(),
-        queue: views(&queue),
-    }))
+    let cmd = QueueCommand::Add {
+        id: body.id,
+        title: body.title,
+        artist: body.artist,
+        duration: body.duration,
+        by: user,
+        max_per_user: app.settings.max_tracks_per_user,
+    };
+    let (outcome, queue) = write_queue(&app, cmd, scoped(key, user), minimal).await?;
+    let message = "Track added".to_string();
+    Ok(match queue {
+        Some(queue) => answer(
+            minimal,
+            QueueChanged {
+                message,
+                queue: views(&queue),
+            },
+        ),
+        None => {
+            let track = voted_track(outcome)?;
+            answer(
+                minimal,
+                QueueChangedMinimal {
+                    message,
+                    id: track.id,
+                    votes: Some(track.votes),
+                },
+            )
+        }
+    })
 }
 
 /// Remove a track from the queue.
 #[utoipa::path(post, path = "/remove_track", tag = "queue", request_body = TrackIdBody,
+    params(("Prefer" = Option<String>, Header, description = "`return=minimal`: answer without the queue")),
     responses((status = 200, body = QueueChanged), (status = 404, description = "not queued", body = ErrorBody)))]
 pub async fn remove_track(
     State(app): State<AppState>,
+    minimal: ReturnMinimal,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<TrackIdBody>,
-) -> Result<axum::Json<QueueChanged>, ApiError> {
-    let queue = ask(&app.queue, |reply| QueueMsg::Remove(body.id, key, reply)).await?;
-    Ok(axum::Json(QueueChanged {
-        message: "Track removed".into(),
-        queue: views(&queue),
-    }))
+) -> Result<Response, ApiError> {
+    let cmd = QueueCommand::Remove { id: body.id };
+    let (_, queue) = write_queue(&app, cmd, key, minimal).await?;
+    let message = "Track removed".to_string();
+    Ok(match queue {
+        Some(queue) => answer(
+            minimal,
+            QueueChanged {
+                message,
+                queue: views(&queue),
+            },
+        ),
+        None => answer(
+            minimal,
+            QueueChangedMinimal {
+                message,
+                id: body.id,
+                votes: None,
+            },
+        ),
+    })
 }
 
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
@@ -393,44 +532,25 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// Vote a queued track up or down.
-#[utoipa::path(post, path = "/vote", tag = "queue", params(VoteParams), request_body(content = Option<TrackIdBody>),
-    responses((status = 200, body = Voted), (status = 400, body = ErrorBody), (status = 404, description = "not queued", body = ErrorBody)))]
+/// Vote a queued track up or down. A signed-in user has one vote per track (the same vote again
+/// changes nothing; the other one replaces it). Anonymous votes count each time, and only while
+/// `[queue] anonymous_votes = true`.
+#[utoipa::path(post, path = "/vote", tag = "queue", params(VoteParams,
+        ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer `{id, votes}` only")),
+    request_body(content = Option<TrackIdBody>),
+    responses((status = 200, body = Voted), (status = 400, body = ErrorBody),
+        (status = 401, description = "anonymous, and this cluster takes only signed-in votes", body = ErrorBody),
+        (status = 404, description = "not queued", body = ErrorBody)))]
 pub async fn vote(
     State(app): State<AppState>,
-    IdempotencyKey(key): IdempotencyKey,
+    MaybeAuthUser(user): MaybeAuthUser,
+    minimal: ReturnMinimal,
+    key: IdempotencyKey,
     QueryParam(params): QueryParam<VoteParams>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Voted>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
-    let id = match params.id.as_deref() {
-        Some(raw) => parse_id(raw)?,
-        None if body.iter().any(|b| !b.is_ascii_whitespace()) => {
-            let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("body is not JSON: {e}"),
-                )
-            })?;
-            match value.get("id") {
-                Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| {
-                    ApiError::bad_request(format!("track id {n} is not a non-negative integer"))
-                })?,
-                Some(serde_json::Value::String(s)) => parse_id(s)?,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "give the track id as `?id=123` or as `{\"id\": 123}` in the body",
-                    ));
-                }
-            }
-        }
-        None => {
-            return Err(ApiError::bad_request(
-                "give the track id as `?id=123` or as `{\"id\": 123}` in the body",
-            ));
-        }
-    };
+    let id = vote_target(params.id.as_deref(), &body)?;
     let up = match params
         .up
         .as_deref()
@@ -445,22 +565,143 @@ pub async fn vote(
             )));
         }
     };
-    let (voted, queue) = ask(&app.queue, |reply| QueueMsg::Vote { id, up, key, reply }).await?;
-    Ok(axum::Json(Voted {
-        id: voted.id,
-        votes: voted.votes,
-        queue: views(&queue),
-    }))
+    if user.is_none() && !app.settings.anonymous_votes {
+        return Err(anonymous_vote_refused());
+    }
+    let cmd = QueueCommand::Vote { id, up, by: user };
+    let (outcome, queue) = write_queue(&app, cmd, scoped(key, user), minimal).await?;
+    let track = voted_track(outcome)?;
+    Ok(answer(
+        minimal,
+        Voted {
+            id: track.id,
+            votes: track.votes,
+            queue: queue.as_deref().map(views),
+        },
+    ))
 }
 
-/// The queue, most votes first (ties in the order tracks were added).
-#[utoipa::path(get, path = "/queue", tag = "queue", params(ReadOptions), responses((status = 200, body = [TrackView])))]
+pub(crate) fn anonymous_vote_refused() -> ApiError {
+    ApiError::unauthorized(
+        "log in to vote: each user has one vote per track here (POST /users/login, then send `Authorization: Bearer <token>`)",
+    )
+}
+
+/// The track id of a vote: `?id=` or `{"id": …}` in the body (the seed's clients send both).
+fn vote_target(query: Option<&str>, body: &[u8]) -> Result<u64, ApiError> {
+    let missing = || {
+        ApiError::bad_request("give the track id as `?id=123` or as `{\"id\": 123}` in the body")
+    };
+    if let Some(raw) = query {
+        return parse_id(raw);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(missing());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not JSON: {e}"),
+        )
+    })?;
+    match value.get("id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            ApiError::bad_request(format!("track id {n} is not a non-negative integer"))
+        }),
+        Some(serde_json::Value::String(s)) => parse_id(s),
+        _ => Err(missing()),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UnvoteParams {
+    /// Track id.
+    pub id: String,
+}
+
+/// Take back your vote for a queued track (nothing changes if you had none).
+#[utoipa::path(delete, path = "/vote", tag = "queue", params(UnvoteParams,
+        ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer `{id, votes}` only")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Voted), (status = 401, body = ErrorBody), (status = 404, description = "not queued", body = ErrorBody)))]
+pub async fn unvote(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    minimal: ReturnMinimal,
+    key: IdempotencyKey,
+    QueryParam(params): QueryParam<UnvoteParams>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&params.id)?;
+    let cmd = QueueCommand::Unvote { id, by: user };
+    let (outcome, queue) = write_queue(&app, cmd, key.for_user(user), minimal).await?;
+    let track = voted_track(outcome)?;
+    Ok(answer(
+        minimal,
+        Voted {
+            id: track.id,
+            votes: track.votes,
+            queue: queue.as_deref().map(views),
+        },
+    ))
+}
+
+/// Vote to skip the playing track (the last one played). Once `[queue] skip_votes` distinct
+/// users have, the next track plays, exactly once; later skip votes count against that one.
+#[utoipa::path(post, path = "/skip", tag = "queue", security(("bearer" = [])),
+    responses((status = 200, body = SkipVoted), (status = 400, description = "queue_empty: nothing could play instead", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, description = "skipping by vote is off (`skip_votes = 0`)", body = ErrorBody),
+        (status = 409, description = "nothing is playing", body = ErrorBody)))]
+pub async fn skip(
+    State(app): State<AppState>,
+    AuthUser(user): AuthUser,
+    key: IdempotencyKey,
+) -> Result<axum::Json<SkipVoted>, ApiError> {
+    let needed = app.settings.skip_votes;
+    if needed == 0 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "skip_disabled",
+            "skipping by vote is off on this cluster (`[queue] skip_votes = 0`)",
+        ));
+    }
+    let cmd = QueueCommand::Skip { by: user, needed };
+    let (outcome, _) = write_queue(&app, cmd, key.for_user(user), ReturnMinimal(true)).await?;
+    match outcome {
+        Outcome::Skip {
+            votes,
+            needed,
+            played,
+        } => Ok(axum::Json(SkipVoted {
+            votes,
+            needed,
+            skipped: played.is_some(),
+            now_playing: played.as_ref().map(PlayedView::from),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The queue, most votes first (ties in the order tracks were added). `X-Total-Count` is the
+/// length of the whole queue.
+#[utoipa::path(get, path = "/queue", tag = "queue", params(ReadOptions, QueuePage),
+    responses((status = 200, body = [TrackView], headers(("X-Total-Count" = u64, description = "tracks in the whole queue")))))]
 pub async fn queue(
     State(app): State<AppState>,
     opts: ReadOptions,
-) -> Result<axum::Json<Vec<TrackView>>, ApiError> {
-    let queue = ask(&app.queue, |reply| QueueMsg::Queue(opts.consistency, reply)).await?;
-    Ok(axum::Json(views(&queue)))
+    QueryParam(page): QueryParam<QueuePage>,
+) -> Result<Response, ApiError> {
+    let range = (page.offset.unwrap_or(0), page.limit.unwrap_or(usize::MAX));
+    let (queue, total) = ask(&app.queue, |reply| {
+        QueueMsg::Queue(opts.consistency, range, reply)
+    })
+    .await?;
+    let mut response = axum::Json(views(&queue)).into_response();
+    response
+        .headers_mut()
+        .insert("x-total-count", HeaderValue::from(total));
+    Ok(response)
 }
 
 /// One queued track.

@@ -40,6 +40,7 @@ admin_token = "jepsen-style-admin"
 
 [queue]
 allow_anonymous_clear = true
+anonymous_votes = true
 
 # Timings are chorus's defaults: the run tests what users get.
 [raft]

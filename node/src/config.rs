@@ -61,12 +61,29 @@ impl Default for TracksConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Allow `POST /clear` without the admin token (the seed's test scripts call it).
-    #[serde(default)]
     pub allow_anonymous_clear: bool,
+    /// Count anonymous votes, each one ±1, as the seed does (its test scripts vote without
+    /// logging in). Off, an anonymous vote gets 401 and every vote is one per user.
+    pub anonymous_votes: bool,
+    /// Most tracks one user may have in the queue at once; 0 = no limit.
+    pub max_tracks_per_user: u32,
+    /// Distinct users whose `POST /skip` skips the playing track; 0 turns skipping off.
+    pub skip_votes: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous_clear: false,
+            anonymous_votes: false,
+            max_tracks_per_user: 0,
+            skip_votes: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, eventually, fresh_key};
+use common::{
+    Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, User, eventually, fresh_key, register,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -74,39 +76,6 @@ fn form(parts: &[Part<'_>]) -> Body {
         content_type: Some(format!("multipart/form-data; boundary={BOUNDARY}")),
         bytes: form_bytes(parts),
     }
-}
-
-#[derive(Debug, Clone)]
-struct User {
-    id: String,
-    token: String,
-}
-
-impl User {
-    fn auth(&self) -> Vec<(&'static str, String)> {
-        vec![("Authorization", format!("Bearer {}", self.token))]
-    }
-}
-
-async fn register(api: &NodeApi, name: &str) -> User {
-    let body = json!({"username": name, "password": "password123", "email": format!("{name}@example.com")});
-    let resp = api
-        .write("/users/register", Body::Json(body), &fresh_key("reg"))
-        .await;
-    let id = resp.expect_status(201)["user_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("user_id is not a string: {}", resp.describe()))
-        .to_string();
-    let login = json!({"username": name, "password": "password123"});
-    let resp = api
-        .post("/users/login", Body::Json(login))
-        .await
-        .expect("login");
-    let token = resp.expect_status(200)["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token: {}", resp.describe()))
-        .to_string();
-    User { id, token }
 }
 
 async fn call(api: &NodeApi, method: Method, path: &str, body: Body, user: Option<&User>) -> Resp {

@@ -31,6 +31,11 @@ pub enum StateChange {
     Played(PlayedTrack),
     /// The queue and the history were emptied.
     Cleared,
+    /// `votes` of the `needed` users want the playing track skipped (not yet enough).
+    SkipVoted {
+        votes: u32,
+        needed: u32,
+    },
     TrackAdded(Track),
     TrackUpdated(Track),
     TrackRemoved(u64),

@@ -63,18 +63,40 @@ pub enum QueueCommand {
     /// Queues track `id`. If an uploaded track has that id, its metadata is used and the fields
     /// here may be absent; otherwise all three are required and the id is reserved so that no
     /// upload ever gets it.
+    ///
+    /// `by` is the signed-in user who queues it (`None`: anonymous). With `max_per_user` > 0 a
+    /// user may have at most that many tracks in the queue at once, and anonymous adds are
+    /// refused (the limit could not be kept); the proposing node's setting travels in the
+    /// command so every node decides alike.
     Add {
         id: u64,
         title: Option<String>,
         artist: Option<String>,
         duration: Option<u32>,
+        by: Option<u64>,
+        max_per_user: u32,
     },
     Remove {
         id: u64,
     },
+    /// A signed-in user (`by`) has one vote per queued track: the same vote again changes
+    /// nothing, the other one replaces it. An anonymous vote (`None`) adds or subtracts one
+    /// each time, as in the seed.
     Vote {
         id: u64,
         up: bool,
+        by: Option<u64>,
+    },
+    /// Takes back `by`'s vote for track `id` (nothing changes if there is none).
+    Unvote {
+        id: u64,
+        by: u64,
+    },
+    /// `by` votes to skip the playing track (the last one played); once `needed` distinct
+    /// users have, the next track is played, exactly once.
+    Skip {
+        by: u64,
+        needed: u32,
     },
     PlayNext,
     Clear,
@@ -170,6 +192,13 @@ pub enum Outcome {
     Played(PlayedTrack),
     /// The id the cluster allocated (user, upload or track).
     Id(u64),
+    /// A skip vote counted: `votes` of `needed` users want the playing track skipped;
+    /// `played` is the track that replaced it when this vote reached `needed`.
+    Skip {
+        votes: u32,
+        needed: u32,
+        played: Option<PlayedTrack>,
+    },
     /// One response per write of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
 }
@@ -196,6 +225,12 @@ pub enum ErrorKind {
     Forbidden,
     /// The upload no longer exists (aborted after being idle too long).
     UploadGone,
+    /// The user already has `max_tracks_per_user` tracks in the queue.
+    QueueLimit,
+    /// The write needs a signed-in user (a fair-queue rule counts per user).
+    SignInRequired,
+    /// Nothing has been played yet, so there is nothing to skip.
+    NothingPlaying,
 }
 
 impl CommandError {
@@ -234,18 +269,23 @@ impl Response {
 pub enum ReadBack {
     /// The voting queue, in play order.
     Queue,
+    /// Nothing: the caller only needs to know the write is applied (on the leader), not to
+    /// wait for this node to apply it (`Prefer: return=minimal`).
+    Nothing,
 }
 
 /// The answer to a [`ReadBack`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadBackValue {
     Queue(Vec<QueuedTrack>),
+    Nothing,
 }
 
 impl ReadBack {
     pub fn read(self, state: &crate::state::State) -> ReadBackValue {
         match self {
             ReadBack::Queue => ReadBackValue::Queue(state.queue.queue()),
+            ReadBack::Nothing => ReadBackValue::Nothing,
         }
     }
 }

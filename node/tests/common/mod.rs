@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 /// How long a whole cluster, or one restarted node, may take to become ready.
@@ -181,6 +181,42 @@ impl Resp {
     fn is_retryable(&self) -> bool {
         self.status == StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+#[derive(Debug, Clone)]
+/// A registered, logged-in user.
+pub struct User {
+    pub id: String,
+    pub token: String,
+}
+
+impl User {
+    /// The `Authorization` header for this user's requests.
+    pub fn auth(&self) -> Vec<(&'static str, String)> {
+        vec![("Authorization", format!("Bearer {}", self.token))]
+    }
+}
+
+/// Registers `name` (password `password123`) through `api` and logs in.
+pub async fn register(api: &NodeApi, name: &str) -> User {
+    let body = json!({"username": name, "password": "password123", "email": format!("{name}@example.com")});
+    let resp = api
+        .write("/users/register", Body::Json(body), &fresh_key("reg"))
+        .await;
+    let id = resp.expect_status(201)["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("user_id is not a string: {}", resp.describe()))
+        .to_string();
+    let login = json!({"username": name, "password": "password123"});
+    let resp = api
+        .post("/users/login", Body::Json(login))
+        .await
+        .expect("login");
+    let token = resp.expect_status(200)["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {}", resp.describe()))
+        .to_string();
+    User { id, token }
 }
 
 /// A handle on one node's HTTP API (cheap to clone, usable from spawned tasks).
@@ -379,14 +415,18 @@ impl TestCluster {
             })
             .collect();
 
+        // The seed's rules unless the test brings its own `[queue]`.
+        let queue = if extra.contains("[queue]") {
+            ""
+        } else {
+            "[queue]\nallow_anonymous_clear = true\nanonymous_votes = true\n"
+        };
         let mut config = format!(
             r#"cluster_name = "test"
 secret = "test-secret"
 admin_token = "test-admin"
 
-[queue]
-allow_anonymous_clear = true
-
+{queue}
 [raft]
 heartbeat_ms = 100
 election_timeout_min_ms = 600

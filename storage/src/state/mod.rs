@@ -178,22 +178,28 @@ impl State {
             title,
             artist,
             duration,
+            by,
+            max_per_user,
         } = cmd
         else {
             return self.queue.apply(cmd, at_ms, changes);
         };
         // An uploaded track is queued as uploaded; any other id becomes a queue-only track
         // whose id no upload will ever get.
-        let resolved = match self.tracks.get(*id) {
-            Some(track) => QueueCommand::Add {
-                id: *id,
-                title: Some(track.meta.title.clone()),
-                artist: Some(track.meta.artist.clone()),
-                duration: Some(u32::try_from(track.audio.seconds()).unwrap_or(u32::MAX)),
-            },
+        let (resolved, queue_only) = match self.tracks.get(*id) {
+            Some(track) => (
+                QueueCommand::Add {
+                    id: *id,
+                    title: Some(track.meta.title.clone()),
+                    artist: Some(track.meta.artist.clone()),
+                    duration: Some(u32::try_from(track.audio.seconds()).unwrap_or(u32::MAX)),
+                    by: *by,
+                    max_per_user: *max_per_user,
+                },
+                false,
+            ),
             None if title.is_some() && artist.is_some() && duration.is_some() => {
-                self.tracks.reserve(*id, changes)?;
-                cmd.clone()
+                (cmd.clone(), true)
             }
             None => {
                 return Ok(Err(CommandError::new(
@@ -204,7 +210,11 @@ impl State {
                 )));
             }
         };
-        self.queue.apply(&resolved, at_ms, changes)
+        let result = self.queue.apply(&resolved, at_ms, changes)?;
+        if queue_only && result.is_ok() {
+            self.tracks.reserve(*id, changes)?;
+        }
+        Ok(result)
     }
 
     fn apply_users(

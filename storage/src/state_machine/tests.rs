@@ -18,6 +18,8 @@ fn add(index: u64, id: u64) -> Entry {
                 title: Some(format!("t{id}")),
                 artist: Some("a".into()),
                 duration: Some(60),
+                by: None,
+                max_per_user: 0,
             }),
         }),
     }
@@ -341,7 +343,11 @@ fn request(key: &str, command: Command) -> Request {
 }
 
 fn vote(id: u64) -> Command {
-    Command::Queue(QueueCommand::Vote { id, up: true })
+    Command::Queue(QueueCommand::Vote {
+        id,
+        up: true,
+        by: None,
+    })
 }
 
 /// The leader groups writes into one entry: each is applied as if it were an entry of its
