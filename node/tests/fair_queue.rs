@@ -94,7 +94,9 @@ async fn one_vote_per_user_a_cap_per_user_and_skip_once() {
     let third = send(&a, Method::POST, "/add_track", track(3), &alice.auth()).await;
     third.expect_error_code(409, "queue_limit");
     assert!(
-        third.body["message"].as_str().is_some_and(|m| m.contains("2 tracks")),
+        third.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 tracks")),
         "{}",
         third.describe()
     );

@@ -12,9 +12,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{
-    Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, User, eventually, fresh_key, register,
-};
+use common::{Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, User, eventually, register};
 use reqwest::Method;
 use serde_json::{Value, json};
 
