@@ -153,7 +153,8 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
         })
 }
 
-async fn verify(app: &AppState, token: &str) -> Result<u64, ApiError> {
+/// The user a bearer token belongs to, or why it is not accepted.
+pub(crate) async fn verify(app: &AppState, token: &str) -> Result<u64, ApiError> {
     let invalid = || {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,

@@ -95,18 +95,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let Some(value) = parts.headers.get("idempotency-key") else {
             return Ok(Self(None));
         };
-        let key = value
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (a UUID works well)"
-                ))
-            })?;
-        // Anonymous scope; once users exist the key is scoped per user.
-        Ok(Self(Some(format!("idem:anon:{key}"))))
+        let raw = value.to_str().map_err(|_| bad_idempotency_key())?;
+        Ok(Self(Some(anonymous_idempotency_key(raw)?)))
     }
+}
+
+fn bad_idempotency_key() -> ApiError {
+    ApiError::bad_request(format!(
+        "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (a UUID works well)"
+    ))
+}
+
+/// A client's idempotency key in the anonymous scope ([`IdempotencyKey::for_user`] moves it to a
+/// user's), or 400 if it is not 1 to 200 visible ASCII characters.
+pub(crate) fn anonymous_idempotency_key(raw: &str) -> Result<String, ApiError> {
+    if raw.is_empty() || raw.len() > MAX_KEY_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad_idempotency_key());
+    }
+    Ok(format!("idem:anon:{raw}"))
 }
 
 impl IdempotencyKey {

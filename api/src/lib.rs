@@ -1,17 +1,18 @@
-//! The HTTP API every node serves (axum), one module per domain.
+//! The HTTP API every node serves (axum), one module per domain, and the gRPC queue service.
 //!
 //! Layout:
 //! - [`users`], [`tracks`], [`playback`], [`playlists`]: the music service (seed 000), each an
 //!   actor and its routes; [`auth`] (passwords, JWTs, the `AuthUser` extractor) and [`audio`]
 //!   (MP3 checks, duration, ID3 tags, reading stored audio) serve them.
 //! - [`queue`]: the voting queue (seed 004): its actor and routes; the actor also keeps the
-//!   live event streams ([`events`]: `GET /events`).
+//!   live event streams ([`events`]: `GET /events`). [`grpc`] serves the same actor as the
+//!   seed's gRPC `queue.QueueService`.
 //! - [`web`]: the web app at `/` (embedded files).
 //! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership.
 //! - [`docs`]: OpenAPI and Swagger UI at `/docs`.
 //! - [`error`]: [`ApiError`], the one error shape; [`extract`]: extractors that reject with it.
 //!
-//! Only this crate knows JSON and HTTP; domain rules live in `storage::state`, replication in
+//! Only this crate knows JSON, HTTP and gRPC; domain rules live in `storage::state`, replication in
 //! `raft`.
 
 pub mod audio;
@@ -21,6 +22,7 @@ pub mod docs;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod grpc;
 pub mod playback;
 pub mod playlists;
 pub mod queue;
@@ -97,11 +99,15 @@ impl StopHandle {
     }
 }
 
-/// Starts this node's domain actors and returns the router serving the whole API.
-pub async fn router(
-    replica: Replica,
-    settings: ApiSettings,
-) -> Result<(Router, StopHandle), StartError> {
+/// What one node serves: the HTTP API, the gRPC services, and the handle for stopping.
+pub struct Api {
+    pub http: Router,
+    pub grpc: grpc::GrpcServices,
+    pub stop: StopHandle,
+}
+
+/// Starts this node's domain actors and returns the HTTP and gRPC services over them.
+pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, StartError> {
     let settings = Arc::new(settings);
     let queue = spawn("queue", queue::QueueActor, replica.clone()).await?;
     let users = spawn(
@@ -135,7 +141,8 @@ pub async fn router(
         playlists,
         settings,
     };
-    let router = Router::new()
+    let grpc = grpc::GrpcServices::new(state.clone());
+    let http = Router::new()
         .merge(web::routes())
         .merge(events::routes())
         .merge(users::routes())
@@ -171,7 +178,7 @@ pub async fn router(
                 .max_age(Duration::from_secs(600)),
         )
         .with_state(state);
-    Ok((router, stop))
+    Ok(Api { http, grpc, stop })
 }
 
 async fn spawn<A: Actor>(

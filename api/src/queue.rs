@@ -366,7 +366,7 @@ pub fn routes() -> Router<AppState> {
         .route("/clear", post(clear))
 }
 
-fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::bad_request(format!(
             "`{field}` must not be empty"
@@ -526,7 +526,7 @@ pub async fn remove_track(
     })
 }
 
-fn parse_id(raw: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<u64, ApiError> {
     raw.trim().parse().map_err(|_| {
         ApiError::bad_request(format!("track id `{raw}` is not a non-negative integer"))
     })

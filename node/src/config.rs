@@ -136,6 +136,9 @@ pub struct NodeConfig {
     pub id: u64,
     pub http_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    /// Where the seed's gRPC queue service listens (none without it).
+    #[serde(default)]
+    pub grpc_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -173,7 +176,10 @@ impl ClusterConfig {
             if !ids.insert(n.id) {
                 bail!("node id {} appears twice", n.id);
             }
-            for addr in [n.http_addr, n.raft_addr] {
+            for addr in [Some(n.http_addr), Some(n.raft_addr), n.grpc_addr]
+                .into_iter()
+                .flatten()
+            {
                 if !addrs.insert(addr) {
                     bail!("address {addr} is used twice");
                 }

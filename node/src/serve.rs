@@ -25,6 +25,14 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     let listener = TcpListener::bind(me.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", me.http_addr))?;
+    let grpc_listener = match me.grpc_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let args = raft::StartArgs {
         node_id,
@@ -48,8 +56,17 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
         upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),
     };
-    let (app, api_stop) = api::router(replica.clone(), settings).await?;
-    tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "node serving");
+    let api = api::start(replica.clone(), settings).await?;
+    tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, grpc = ?me.grpc_addr, data = %me.data_dir.display(), "node serving");
+
+    // gRPC stops with HTTP: both watch `stopping`.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let grpc = grpc_listener.map(|listener| {
+        let mut stopping = stopping.clone();
+        tokio::spawn(api.grpc.serve(listener, async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }))
+    });
 
     // Stop on SIGTERM/SIGINT, or when the Raft core dies: a node that cannot replicate must not
     // keep answering /health as if it were fine (its supervisor restarts it).
@@ -69,16 +86,25 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, app)
+    let api_stop = api.stop;
+    axum::serve(listener, api.http)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = raft_failed => {}
             }
             api_stop.stopping();
+            let _ = stopping_tx.send(true);
         })
         .await
         .context("http server failed")?;
+    if let Some(grpc) = grpc {
+        match grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the gRPC server task failed"),
+        }
+    }
     let failure = failed_rx.await.ok();
 
     tracing::info!(node = node_id, "shutting down");

@@ -33,8 +33,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start node {}", node.id))?;
+        let grpc = node
+            .grpc_addr
+            .map(|addr| format!(", grpc {addr}"))
+            .unwrap_or_default();
         println!(
-            "node {}: http://{}  (raft {}, log {})",
+            "node {}: http://{}  (raft {}{grpc}, log {})",
             node.id,
             node.http_addr,
             node.raft_addr,

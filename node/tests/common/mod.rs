@@ -359,6 +359,7 @@ struct NodeProc {
     id: u64,
     http_addr: SocketAddr,
     raft_addr: SocketAddr,
+    grpc_addr: SocketAddr,
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
@@ -392,7 +393,7 @@ impl TestCluster {
             .tempdir()
             .expect("create the test's temp dir");
         // Hold every listener until all ports are picked, so no two are the same.
-        let listeners: Vec<TcpListener> = (0..2 * n)
+        let listeners: Vec<TcpListener> = (0..3 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
             .collect();
         let addrs: Vec<SocketAddr> = listeners
@@ -406,8 +407,9 @@ impl TestCluster {
                 let i = (id - 1) as usize;
                 NodeProc {
                     id,
-                    http_addr: addrs[2 * i],
-                    raft_addr: addrs[2 * i + 1],
+                    http_addr: addrs[3 * i],
+                    raft_addr: addrs[3 * i + 1],
+                    grpc_addr: addrs[3 * i + 2],
                     data_dir: dir.path().join(format!("n{id}")),
                     log_path: dir.path().join(format!("node{id}.log")),
                     child: None,
@@ -438,10 +440,11 @@ request_timeout_ms = 5000
         );
         for node in &nodes {
             config.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\n",
+                "\n[[nodes]]\nid = {}\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ngrpc_addr = \"{}\"\ndata_dir = \"{}\"\n",
                 node.id,
                 node.http_addr,
                 node.raft_addr,
+                node.grpc_addr,
                 node.data_dir.display()
             ));
         }
@@ -540,6 +543,11 @@ request_timeout_ms = 5000
 
     pub fn url(&self, id: u64) -> String {
         format!("http://{}", self.node(id).http_addr)
+    }
+
+    /// The node's gRPC address, `host:port`.
+    pub fn grpc_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).grpc_addr
     }
 
     pub fn api(&self, id: u64) -> NodeApi {

@@ -1,0 +1,380 @@
+//! The seed's gRPC queue service (`queue.QueueService`, `proto/queue.proto`) on every node's
+//! `grpc_addr`, with the standard `grpc.health.v1.Health` (serving = `/ready`) and server
+//! reflection beside it.
+//!
+//! It is another front door to the same [`QueueActor`](crate::queue::QueueActor) as REST, so it
+//! has the same guarantees: writes go to the leader and are answered once committed, reads are
+//! linearizable unless the `consistency: stale` metadata asks otherwise, `idempotency-key`
+//! metadata makes a retry apply once, and `authorization: Bearer <token>` makes a vote the
+//! caller's one vote. Errors carry the REST message with the nearest gRPC code.
+//!
+//! Votes answer with the voted track only, not the queue (the seed's clients look for the
+//! track in `queue`, so they still work); `AddTrack` and `RemoveTrack` answer with the whole
+//! queue, as the seed does, unless the `prefer: return=minimal` metadata asks for the track
+//! only.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use storage::{Outcome, PlayedTrack, QueueCommand, QueuedTrack};
+use tokio::net::TcpListener;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::extract::{Consistency, anonymous_idempotency_key};
+use crate::queue::{QueueMsg, Written, check_text, parse_id};
+use crate::{AppState, ask, unexpected};
+
+/// Code generated from `proto/queue.proto` by `build.rs`.
+pub mod pb {
+    tonic::include_proto!("queue");
+
+    /// The encoded descriptors of `queue.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/queue_descriptor.bin"));
+}
+
+use pb::queue_service_server::{QueueService, QueueServiceServer};
+
+/// How often the health service looks at this node's readiness.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let code = match (e.status, e.code) {
+            (_, "already_queued") => Code::AlreadyExists,
+            (StatusCode::BAD_REQUEST, "queue_empty") => Code::FailedPrecondition,
+            (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY, _) => {
+                Code::InvalidArgument
+            }
+            (StatusCode::UNAUTHORIZED, _) => Code::Unauthenticated,
+            (StatusCode::FORBIDDEN, _) => Code::PermissionDenied,
+            (StatusCode::NOT_FOUND, _) => Code::NotFound,
+            (StatusCode::CONFLICT, "queue_limit") => Code::ResourceExhausted,
+            (StatusCode::CONFLICT, _) => Code::FailedPrecondition,
+            (StatusCode::SERVICE_UNAVAILABLE, _) => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        let mut status = Status::new(code, e.message);
+        // The REST error code, for clients that want the finer reason.
+        if let Ok(value) = e.code.parse() {
+            status.metadata_mut().insert("chorus-error", value);
+        }
+        status
+    }
+}
+
+/// What a call's metadata asks for.
+struct CallOptions {
+    user: Option<u64>,
+    key: Option<String>,
+    consistency: Consistency,
+    minimal: bool,
+}
+
+fn text<'a>(metadata: &'a MetadataMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match metadata.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|v| Some(v.trim()))
+            .map_err(|_| ApiError::bad_request(format!("the `{name}` metadata is not ASCII"))),
+    }
+}
+
+impl CallOptions {
+    async fn read(app: &AppState, metadata: &MetadataMap) -> Result<Self, ApiError> {
+        let user = match text(metadata, "authorization")? {
+            None => None,
+            Some(value) => {
+                let token = value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+                    .ok_or_else(|| {
+                        ApiError::unauthorized(
+                            "the authorization metadata must be `Bearer <token>` (from POST /users/login)",
+                        )
+                    })?;
+                Some(crate::auth::verify(app, token.trim()).await?)
+            }
+        };
+        let key = text(metadata, "idempotency-key")?
+            .map(anonymous_idempotency_key)
+            .transpose()?
+            .map(|key| match user {
+                Some(user) => crate::extract::IdempotencyKey(Some(key))
+                    .for_user(user)
+                    .unwrap_or_default(),
+                None => key,
+            });
+        let consistency = match text(metadata, "consistency")? {
+            None | Some("linearizable") => Consistency::Linearizable,
+            Some("stale") => Consistency::Stale,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown consistency `{other}`: use `linearizable` (default) or `stale`"
+                )));
+            }
+        };
+        let minimal =
+            text(metadata, "prefer")?.is_some_and(|p| p.eq_ignore_ascii_case("return=minimal"));
+        Ok(Self {
+            user,
+            key,
+            consistency,
+            minimal,
+        })
+    }
+}
+
+fn track_message(t: &QueuedTrack) -> pb::Track {
+    pb::Track {
+        id: t.id.to_string(),
+        title: t.title.clone(),
+        artist: t.artist.clone(),
+        votes: i32::try_from(t.votes).unwrap_or(if t.votes < 0 { i32::MIN } else { i32::MAX }),
+        duration: i32::try_from(t.duration).unwrap_or(i32::MAX),
+    }
+}
+
+fn played_message(p: &PlayedTrack) -> pb::Track {
+    track_message(&p.track)
+}
+
+fn track_list(tracks: &[QueuedTrack]) -> Vec<pb::Track> {
+    tracks.iter().map(track_message).collect()
+}
+
+/// `queue.QueueService` over this node's queue actor.
+#[derive(Clone)]
+pub struct QueueGrpc {
+    app: AppState,
+}
+
+impl QueueGrpc {
+    async fn write(
+        &self,
+        cmd: QueueCommand,
+        options: &CallOptions,
+        with_queue: bool,
+    ) -> Result<Written, ApiError> {
+        ask(&self.app.queue, |reply| QueueMsg::Write {
+            cmd,
+            key: options.key.clone(),
+            with_queue,
+            reply,
+        })
+        .await
+    }
+
+    /// The answer to an add or a remove: the queue after it, or only `track` when asked to.
+    fn queue_response(
+        message: &str,
+        queue: Option<Vec<QueuedTrack>>,
+        track: Option<QueuedTrack>,
+    ) -> pb::QueueResponse {
+        pb::QueueResponse {
+            message: message.to_string(),
+            queue: match queue {
+                Some(queue) => track_list(&queue),
+                None => track.iter().map(track_message).collect(),
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl QueueService for QueueGrpc {
+    async fn add_track(
+        &self,
+        request: Request<pb::Track>,
+    ) -> Result<Response<pb::QueueResponse>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let track = request.into_inner();
+        let id = parse_id(&track.id)?;
+        // proto3 cannot tell an empty string from a missing one: empty means "not given", and an
+        // uploaded track's own metadata is then used.
+        let given = |field: &str, value: String| -> Result<Option<String>, ApiError> {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            check_text(field, &value)?;
+            Ok(Some(value))
+        };
+        let duration = u32::try_from(track.duration).map_err(|_| {
+            ApiError::bad_request(format!(
+                "duration {} is negative; give it in seconds",
+                track.duration
+            ))
+        })?;
+        let cmd = QueueCommand::Add {
+            id,
+            title: given("title", track.title)?,
+            artist: given("artist", track.artist)?,
+            // The seed's own tests queue tracks without a duration: 0 is a duration.
+            duration: Some(duration),
+            by: options.user,
+            max_per_user: self.app.settings.max_tracks_per_user,
+        };
+        let (outcome, queue) = self.write(cmd, &options, !options.minimal).await?;
+        let added = match outcome {
+            Outcome::Track(track) => track,
+            other => return Err(unexpected(other).into()),
+        };
+        Ok(Response::new(Self::queue_response(
+            "Track added",
+            queue,
+            Some(added),
+        )))
+    }
+
+    async fn remove_track(
+        &self,
+        request: Request<pb::TrackId>,
+    ) -> Result<Response<pb::QueueResponse>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let id = parse_id(&request.get_ref().id)?;
+        let (_, queue) = self
+            .write(QueueCommand::Remove { id }, &options, !options.minimal)
+            .await?;
+        Ok(Response::new(Self::queue_response(
+            "Track removed",
+            queue,
+            None,
+        )))
+    }
+
+    async fn vote_track(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::QueueResponse>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let vote = request.get_ref();
+        let id = parse_id(&vote.id)?;
+        if options.user.is_none() && !self.app.settings.anonymous_votes {
+            return Err(crate::queue::anonymous_vote_refused().into());
+        }
+        let cmd = QueueCommand::Vote {
+            id,
+            up: vote.up,
+            by: options.user,
+        };
+        let (outcome, _) = self.write(cmd, &options, false).await?;
+        match outcome {
+            Outcome::Track(track) => Ok(Response::new(pb::QueueResponse {
+                message: "Vote updated".into(),
+                queue: vec![track_message(&track)],
+            })),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn get_queue(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::QueueList>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let (queue, _) = ask(&self.app.queue, |reply| {
+            QueueMsg::Queue(options.consistency, (0, usize::MAX), reply)
+        })
+        .await?;
+        Ok(Response::new(pb::QueueList {
+            queue: track_list(&queue),
+        }))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<pb::TrackId>,
+    ) -> Result<Response<pb::Track>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let id = parse_id(&request.get_ref().id)?;
+        let track = ask(&self.app.queue, |reply| {
+            QueueMsg::Metadata(id, options.consistency, reply)
+        })
+        .await?;
+        Ok(Response::new(track_message(&track)))
+    }
+
+    async fn play_next(&self, request: Request<pb::Empty>) -> Result<Response<pb::Track>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let played = ask(&self.app.queue, |reply| {
+            QueueMsg::PlayNext(options.key.clone(), reply)
+        })
+        .await?;
+        Ok(Response::new(played_message(&played)))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::QueueList>, Status> {
+        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let history = ask(&self.app.queue, |reply| {
+            QueueMsg::History(options.consistency, reply)
+        })
+        .await?;
+        Ok(Response::new(pb::QueueList {
+            queue: history.iter().map(played_message).collect(),
+        }))
+    }
+}
+
+/// The gRPC services of one node, ready to serve.
+pub struct GrpcServices {
+    app: AppState,
+}
+
+impl GrpcServices {
+    pub(crate) fn new(app: AppState) -> Self {
+        Self { app }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), GrpcError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| GrpcError(e.to_string()))?;
+        let replica = self.app.replica.clone();
+        let reporter = tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let ready = replica.status().await.ready();
+                if serving != Some(ready) {
+                    let status = if ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    for service in ["", "queue.QueueService"] {
+                        health.set_service_status(service, status).await;
+                    }
+                    serving = Some(ready);
+                }
+                tokio::time::sleep(HEALTH_POLL).await;
+            }
+        });
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(QueueServiceServer::new(QueueGrpc { app: self.app }))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        reporter.abort();
+        served.map_err(|e| GrpcError(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the gRPC server failed: {0}")]
+pub struct GrpcError(String);
