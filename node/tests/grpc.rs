@@ -176,7 +176,7 @@ async fn the_seed_grpc_service_on_every_node() {
                     id: "103".into(),
                     up: true,
                 },
-                &[bearer.clone()],
+                std::slice::from_ref(&bearer),
             ))
             .await
             .expect("an authenticated VoteTrack")
@@ -237,7 +237,7 @@ async fn the_seed_grpc_service_on_every_node() {
                         id: "101".into(),
                         up: true,
                     },
-                    &[("authorization".into(), "Bearer nope".into())],
+                    &[("authorization", "Bearer nope".into())],
                 ))
                 .await
                 .map(drop),
@@ -253,7 +253,7 @@ async fn the_seed_grpc_service_on_every_node() {
     // PlayNext retried with one idempotency key on two nodes plays one track, once.
     let key = ("idempotency-key", fresh_key("play"));
     let first = client
-        .play_next(with(pb::Empty {}, &[key.clone()]))
+        .play_next(with(pb::Empty {}, std::slice::from_ref(&key)))
         .await
         .expect("PlayNext")
         .into_inner();
