@@ -309,3 +309,144 @@ fn tokio_stream_once<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::iter([message])
 }
+
+/// Whether `python3` can run the seed's client (grpcio and grpcio-tools installed). Without them
+/// the Python test is skipped with a message, unless `CHORUS_PYTHON_GRPC=require` (CI) makes
+/// that a failure.
+fn python_grpc_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert_ne!(
+            std::env::var("CHORUS_PYTHON_GRPC").as_deref(),
+            Ok("require"),
+            "CHORUS_PYTHON_GRPC=require, but python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
+        );
+        eprintln!(
+            "skipped: python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
+        );
+    }
+    found
+}
+
+const PROTO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/proto");
+
+/// Runs a Python script from `api/proto` and returns its stdout, failing on a non-zero exit.
+fn python(script: &str, args: &[&str], stubs: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(format!("{PROTO_DIR}/{script}"))
+        .args(args)
+        .env("PYTHONPATH", stubs)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python3 {script} {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_python_client_and_tests_against_followers() {
+    if !python_grpc_available() {
+        return;
+    }
+    // The stubs, generated from the proto as the seed's README says.
+    let stubs = tempfile::tempdir().expect("a temp dir for the stubs");
+    let generated = std::process::Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", &format!("-I{PROTO_DIR}")])
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .arg("queue.proto")
+        .current_dir(PROTO_DIR)
+        .status()
+        .expect("run grpc_tools.protoc");
+    assert!(generated.success(), "grpc_tools.protoc failed");
+
+    let c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let followers = c.followers(leader);
+    let (one, two) = (
+        c.grpc_addr(followers[0]).to_string(),
+        c.grpc_addr(followers[1]).to_string(),
+    );
+    let client = |args: &[&str]| {
+        let mut all = vec!["--target", one.as_str()];
+        all.extend_from_slice(args);
+        python("client.py", &all, stubs.path())
+    };
+
+    // The seed README's commands, in its order.
+    let added = client(&[
+        "add",
+        "--id",
+        "123",
+        "--title",
+        "Song Title",
+        "--artist",
+        "Artist Name",
+        "--duration",
+        "200",
+    ]);
+    assert!(
+        added.contains("Track added") && added.contains("\"123\""),
+        "{added}"
+    );
+    client(&[
+        "add",
+        "--id",
+        "124",
+        "--title",
+        "Other",
+        "--artist",
+        "Band",
+        "--duration",
+        "100",
+    ]);
+    let up = client(&["vote", "--id", "124", "--up", "true"]);
+    assert!(up.contains("votes: 1"), "{up}");
+    let queue = client(&["queue"]);
+    let first_124 = queue.find("\"124\"").expect("124 queued");
+    let first_123 = queue.find("\"123\"").expect("123 queued");
+    assert!(first_124 < first_123, "the voted track leads: {queue}");
+    let down = client(&["vote", "--id", "124", "--up", "false"]);
+    assert!(
+        !down.contains("votes:"),
+        "back to 0 votes (proto3 leaves 0 out): {down}"
+    );
+    let meta = client(&["metadata", "--id", "123"]);
+    assert!(
+        meta.contains("Song Title") && meta.contains("duration: 200"),
+        "{meta}"
+    );
+    let played = client(&["play"]);
+    assert!(played.contains("\"123\""), "{played}");
+    let history = client(&["history"]);
+    assert!(history.contains("Song Title"), "{history}");
+    let removed = client(&["remove", "--id", "124"]);
+    assert!(
+        removed.contains("Track removed") && !removed.contains("\"124\""),
+        "{removed}"
+    );
+    let missing = std::process::Command::new("python3")
+        .arg(format!("{PROTO_DIR}/client.py"))
+        .args(["--target", &one, "metadata", "--id", "999"])
+        .env("PYTHONPATH", stubs.path())
+        .output()
+        .expect("run client.py");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("NOT_FOUND") && stderr.contains("not in the queue"),
+        "{stderr}"
+    );
+
+    // The seed's test suite, on two followers (its sync test adds on one, reads on the other).
+    let report = python("seed_tests.py", &[&one, &two], stubs.path());
+    assert!(report.contains("ALL TESTS PASSED"), "{report}");
+}
