@@ -118,6 +118,50 @@ pub fn check_counter(
     }
 }
 
+/// Per-user votes `(track, user, outcome)`: a user counts once per track however often they
+/// vote. A track is valid when (users with an acknowledged vote) ≤ final ≤ (users with an
+/// acknowledged or unknown vote); above that, some user's vote was counted twice.
+pub fn check_user_votes(
+    votes: &[(u64, u64, Outcome)],
+    final_values: &BTreeMap<u64, Option<i64>>,
+) -> CounterResult {
+    let mut users: BTreeMap<u64, (BTreeSet<u64>, BTreeSet<u64>)> = final_values
+        .keys()
+        .map(|&k| (k, Default::default()))
+        .collect();
+    for &(track, user, outcome) in votes {
+        let (acknowledged, maybe) = users.entry(track).or_default();
+        match outcome {
+            Outcome::Ok => {
+                acknowledged.insert(user);
+                maybe.insert(user);
+            }
+            Outcome::Info => {
+                maybe.insert(user);
+            }
+            Outcome::Fail => {}
+        }
+    }
+    let keys: Vec<CounterKeyResult> = users
+        .into_iter()
+        .map(|(key, (acknowledged, maybe))| {
+            let (ok, any) = (acknowledged.len() as i64, maybe.len() as i64);
+            let final_value = final_values.get(&key).copied().flatten();
+            CounterKeyResult {
+                key,
+                acknowledged: ok,
+                unknown: any - ok,
+                final_value,
+                valid: final_value.is_some_and(|v| ok <= v && v <= any),
+            }
+        })
+        .collect();
+    CounterResult {
+        valid: keys.iter().all(|k| k.valid),
+        keys,
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct PlayResult {
     pub valid: bool,
@@ -226,6 +270,32 @@ mod tests {
         assert_eq!(r.lost, vec![2]);
         assert_eq!(r.unexpected, vec![9]);
         assert_eq!(r.failed_but_present, vec![4]);
+    }
+
+    #[test]
+    fn user_votes_count_each_user_once() {
+        use Outcome::{Fail, Info, Ok};
+        let votes = [
+            (1, 7, Ok),
+            (1, 7, Ok),
+            (1, 8, Info),
+            (1, 9, Fail),
+            (2, 7, Info),
+        ];
+        for (v1, v2, ok) in [
+            (1, 0, true),
+            (2, 1, true),
+            (3, 0, false),
+            (0, 0, false),
+            (2, 2, false),
+        ] {
+            let finals = BTreeMap::from([(1, Some(v1)), (2, Some(v2))]);
+            assert_eq!(
+                check_user_votes(&votes, &finals).valid,
+                ok,
+                "finals {v1} {v2}"
+            );
+        }
     }
 
     #[test]

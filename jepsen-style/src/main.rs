@@ -536,10 +536,14 @@ fn check(
         );
     }
 
-    let mut attempted: HashSet<u64> = fixture.counter_keys.iter().copied().collect();
+    let counter_tracks = fixture
+        .counter_keys
+        .iter()
+        .chain(&fixture.user_counter_keys);
+    let mut attempted: HashSet<u64> = counter_tracks.clone().copied().collect();
     if workloads.contains(&Workload::Set) {
         let mut adds = keyed_outcomes(ops, "add");
-        adds.extend(fixture.counter_keys.iter().map(|&k| (k, Outcome::Ok)));
+        adds.extend(counter_tracks.map(|&k| (k, Outcome::Ok)));
         attempted.extend(adds.iter().map(|a| a.0));
         let final_ids: HashSet<u64> = queued.iter().chain(&played).copied().collect();
         let r = checks::check_set(&adds, &final_ids);
@@ -570,6 +574,32 @@ fn check(
         valid &= r.valid;
         checkers.insert(
             "counter".into(),
+            serde_json::to_value(&r).unwrap_or_default(),
+        );
+
+        // Per-user votes: a track's down-votes beyond the setup's one are its distinct voters.
+        let votes: Vec<(u64, u64, Outcome)> = ops
+            .iter()
+            .filter(|o| o.f == "user-vote")
+            .filter_map(|o| Some((o.key?, u64::try_from(o.value?).ok()?, o.outcome)))
+            .collect();
+        let finals: BTreeMap<u64, Option<i64>> = fixture
+            .user_counter_keys
+            .iter()
+            .map(|&k| {
+                let votes = final_state
+                    .queue
+                    .iter()
+                    .chain(&final_state.history)
+                    .find(|t| t.0 == k)
+                    .map(|t| -t.1 - 1);
+                (k, votes)
+            })
+            .collect();
+        let r = checks::check_user_votes(&votes, &finals);
+        valid &= r.valid;
+        checkers.insert(
+            "user-votes".into(),
             serde_json::to_value(&r).unwrap_or_default(),
         );
     }

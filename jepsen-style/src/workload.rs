@@ -131,8 +131,17 @@ pub struct Fixture {
     /// The MP3 the uploads are made of.
     pub audio: Vec<u8>,
     pub register_keys: Vec<u64>,
+    /// Tracks voted down anonymously: each acknowledged vote counts.
     pub counter_keys: Vec<u64>,
+    /// Tracks voted down by signed-in users: each user counts once, however often they vote.
+    pub user_counter_keys: Vec<u64>,
+    /// Bearer tokens of the voters of `user_counter_keys` (the op's `value` is the index).
+    pub voter_tokens: Vec<String>,
 }
+
+/// Signed-in voters of the counter workload: few enough that each votes on every track many
+/// times over a run (all but the first vote must change nothing).
+const VOTERS: usize = 12;
 
 /// An HTTP answer, or the reason there was none.
 enum Answer {
@@ -265,9 +274,15 @@ pub async fn run_client(
                 let id = NEXT_ADD.fetch_add(1, Ordering::Relaxed);
                 add(&ctx, process, node, &base, id).await;
             }
-            Workload::Counter => {
+            Workload::Counter if rng.random_bool(0.5) => {
                 let key = fixture.counter_keys[rng.random_range(0..fixture.counter_keys.len())];
                 vote_down(&ctx, process, node, &base, key).await;
+            }
+            Workload::Counter => {
+                let keys = &fixture.user_counter_keys;
+                let key = keys[rng.random_range(0..keys.len())];
+                let voter = rng.random_range(0..fixture.voter_tokens.len());
+                user_vote_down(&ctx, process, node, &base, key, voter, &fixture).await;
             }
             Workload::ExactlyOnce => {
                 play_next(&ctx, process, node, &base).await;
@@ -432,6 +447,28 @@ async fn vote_down(ctx: &Ctx, process: u32, node: usize, base: &str, key: u64) {
     rec.complete_write(&answer);
 }
 
+/// A signed-in user's down-vote: only the user's first one changes the track's votes.
+async fn user_vote_down(
+    ctx: &Ctx,
+    process: u32,
+    node: usize,
+    base: &str,
+    key: u64,
+    voter: usize,
+    fixture: &Fixture,
+) {
+    let mut rec = Recorder::invoke(ctx, Workload::Counter, process, node, "user-vote");
+    rec.op.key = Some(key);
+    rec.op.value = i64::try_from(voter).ok();
+    let request = ctx
+        .http
+        .post(format!("{base}/vote?id={key}&up=false"))
+        .bearer_auth(&fixture.voter_tokens[voter])
+        .header("Prefer", "return=minimal");
+    let answer = send(request).await;
+    rec.complete_write(&answer);
+}
+
 async fn play_next(ctx: &Ctx, process: u32, node: usize, base: &str) {
     let mut rec = Recorder::invoke(ctx, Workload::ExactlyOnce, process, node, "play");
     let answer = send(ctx.http.post(format!("{base}/play_next"))).await;
@@ -482,7 +519,8 @@ async fn json_ok(req: reqwest::RequestBuilder, want: u16) -> Result<Value> {
 }
 
 /// Creates what the workloads need: a user and `keys` uploaded tracks (titled "0") for the
-/// register, `counters` queued tracks with one down-vote each for the counter.
+/// register; for the counter, `counters` queued tracks voted anonymously and `counters` voted by
+/// signed-in voters, each with one anonymous down-vote.
 pub async fn setup(
     http: &reqwest::Client,
     workloads: &[Workload],
@@ -540,7 +578,7 @@ pub async fn setup(
         }
     }
     if workloads.contains(&Workload::Counter) {
-        for k in 0..counters as u64 {
+        for k in 0..2 * counters as u64 {
             let id = COUNTER_ID_BASE + k;
             retry("queueing a counter track", deadline, || {
                 json_ok(
@@ -561,7 +599,33 @@ pub async fn setup(
                 )
             })
             .await?;
-            fixture.counter_keys.push(id);
+            if k < counters as u64 {
+                fixture.counter_keys.push(id);
+            } else {
+                fixture.user_counter_keys.push(id);
+            }
+        }
+        for v in 0..VOTERS {
+            let name = format!("voter{v}");
+            let user = json!({"username": name, "password": "jepsen-password", "email": format!("{name}@example.com")});
+            retry("registering a voter", deadline, || {
+                json_ok(
+                    http.post(format!("{base}/users/register"))
+                        .header("Idempotency-Key", format!("jepsen-setup-voter-{v}"))
+                        .json(&user),
+                    201,
+                )
+            })
+            .await?;
+            let login = json!({"username": name, "password": "jepsen-password"});
+            let body = retry("logging a voter in", deadline, || {
+                json_ok(http.post(format!("{base}/users/login")).json(&login), 200)
+            })
+            .await?;
+            let token = body["token"]
+                .as_str()
+                .context("login answer without token")?;
+            fixture.voter_tokens.push(token.to_string());
         }
     }
     Ok(fixture)
