@@ -1,5 +1,5 @@
 -- wrk script shared by every scenario of bench/compare.py. The request comes from the
--- environment (WRK_METHOD, WRK_PATH, WRK_BODY, WRK_CONTENT_TYPE, WRK_RANGE); the result is one
+-- environment (WRK_METHOD, WRK_PATH, WRK_BODY, WRK_CONTENT_TYPE, WRK_RANGE, WRK_PREFER); the result is one
 -- JSON line on stdout, so the harness does not parse wrk's human-readable report.
 wrk.method = os.getenv("WRK_METHOD") or "GET"
 wrk.path = os.getenv("WRK_PATH") or "/"
@@ -7,6 +7,10 @@ local body = os.getenv("WRK_BODY")
 if body and #body > 0 then
   wrk.body = body
   wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+end
+local prefer = os.getenv("WRK_PREFER")
+if prefer and #prefer > 0 then
+  wrk.headers["Prefer"] = prefer
 end
 local range = os.getenv("WRK_RANGE")
 if range and #range > 0 then
