@@ -629,7 +629,31 @@ function upsertQueue(t) {
   if (at >= 0) queue[at] = t; else queue.push(t);
 }
 
+/** Skip votes for the playing track: `needed` is known once a skip answer or event said it. */
+let skipVotes = { votes: 0, needed: null };
+
+function renderSkipVotes() {
+  const { votes, needed } = skipVotes;
+  $('#skip-votes').textContent = votes
+    ? (needed ? `${votes} of ${needed} want to skip` : `${votes} want to skip`)
+    : '';
+}
+
+$('#skip').addEventListener('click', () => attempt(async () => {
+  clearError();
+  const r = await api('POST', '/skip');
+  if (r.skipped) {
+    skipVotes = { votes: 0, needed: r.needed };
+    if (r.now_playing) applyPlayed(r.now_playing);
+    renderQueueViews();
+  } else {
+    skipVotes = { votes: r.votes, needed: r.needed };
+  }
+  renderSkipVotes();
+}));
+
 function applyPlayed(p) {
+  skipVotes = { votes: 0, needed: skipVotes.needed };
   queue = queue.filter((q) => q.id !== p.id);
   const last = history[history.length - 1];
   // The same play seen twice (an answer and its event) is one history entry.
@@ -651,10 +675,12 @@ function renderQueueViews() {
       el('span', 'votes', t.votes),
       button('up', '▲', () => vote(true)),
       button('down', '▼', () => vote(false)),
+      button('unvote', '↺', () => attempt(() => api('DELETE', `/vote?id=${t.id}`).then(afterQueueWrite))),
       button('remove', 'Remove', () => attempt(() => api('POST', '/remove_track', { json: { id: t.id } }).then(afterQueueWrite))),
     );
     actions.querySelector('.up').setAttribute('aria-label', 'vote up');
     actions.querySelector('.down').setAttribute('aria-label', 'vote down');
+    actions.querySelector('.unvote').setAttribute('aria-label', 'take back my vote');
     li.append(info, actions);
     return li;
   }));
@@ -752,7 +778,9 @@ function onState(e) {
   queue = data.queue || [];
   history = (data.history || []).slice(-HISTORY_MAX);
   nowPlaying = data.now_playing || null;
+  skipVotes = { votes: data.skip_votes || 0, needed: skipVotes.needed };
   renderQueueViews();
+  renderSkipVotes();
   // Library changes are not part of `state`: read the library again.
   attempt(loadLibrary);
 }
@@ -766,7 +794,8 @@ function onChange(e) {
       case 'voted': upsertQueue(c.track); break;
       case 'unqueued': queue = queue.filter((q) => q.id !== c.id); break;
       case 'played': applyPlayed(c.played); break;
-      case 'cleared': queue = []; history = []; nowPlaying = null; break;
+      case 'cleared': queue = []; history = []; nowPlaying = null; skipVotes.votes = 0; break;
+      case 'skip_voted': skipVotes = { votes: c.votes, needed: c.needed }; break;
       case 'track_added':
       case 'track_updated': upsertLibrary(c.track); break;
       case 'track_removed': removeFromLibrary(String(c.track_id)); break;
@@ -775,6 +804,7 @@ function onChange(e) {
   }
   lastEventId = data.index;
   renderQueueViews();
+  renderSkipVotes();
 }
 
 // ---------------------------------------------------------------- cluster panel

@@ -231,6 +231,19 @@ async fn two_browsers_on_two_nodes_share_the_live_queue_library_and_player() {
     assert_eq!(shown["imgs"], 0, "{shown}");
     assert_eq!(shown["xss"], Value::Null, "{shown}");
 
+    // Skip by vote: 902 plays; alice votes to skip it and the other browser sees the count.
+    api.write_ok("/play_next", Body::None).await;
+    wait_queue(&two, &[901, 903]).await;
+    one.click("#skip").await.expect("vote to skip");
+    two.wait_for(
+        "the skip vote in the other browser",
+        WAIT,
+        "return document.querySelector('#skip-votes').textContent.includes('1 of 2 want to skip');",
+        json!([]),
+    )
+    .await
+    .expect("skip votes shown");
+
     // Play the upload in the second browser; the time advances; a seek to the middle plays on
     // from there.
     two.click(&format!("#library li[data-track-id='{track_id}'] .play"))
@@ -297,11 +310,11 @@ async fn two_browsers_on_two_nodes_share_the_live_queue_library_and_player() {
     // shows the next vote.
     let dead = cluster.url(second_node);
     cluster.kill9(second_node);
-    // 901 ties 902 at one vote and was added first, so it moves to the top.
-    one.click("#queue li[data-id='901'] .up")
+    // 903 gets alice's vote and passes 901.
+    one.click("#queue li[data-id='903'] .up")
         .await
         .expect("vote");
-    wait_queue(&two, &[901, 902, 903]).await;
+    wait_queue(&two, &[903, 901]).await;
     let base = page_base(&two).await;
     assert_ne!(
         base.trim_end_matches('/'),
