@@ -338,10 +338,17 @@ impl GrpcServices {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), GrpcError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // v1 and the older v1alpha, which many tools still ask first.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|e| GrpcError(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|e| GrpcError(e.to_string()))?;
         let replica = self.app.replica.clone();
         let reporter = tokio::spawn(async move {
@@ -366,7 +373,8 @@ impl GrpcServices {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(QueueServiceServer::new(QueueGrpc { app: self.app }))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
