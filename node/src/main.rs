@@ -2,7 +2,8 @@
 //!
 //! - `chorus up`: starts every node of `cluster.toml` as its own process on this machine.
 //! - `chorus start --node <id>`: runs one node (one per machine in production).
-//! - `chorus client …`: the seed's `client.py` commands over HTTP, against any node.
+//! - `chorus client …`: the seed's `client.py` commands and the music commands, over HTTP.
+//! - `chorus completions <shell>`: shell completions.
 
 mod client;
 mod config;
@@ -41,8 +42,14 @@ enum Cmd {
         #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
         config: PathBuf,
     },
-    /// Talk to a running cluster (the seed's client.py commands).
+    /// Talk to a running cluster: the seed's client.py commands, accounts, uploads, the library,
+    /// downloads and the playlist.
     Client(client::ClientArgs),
+    /// Print shell completions: `chorus completions bash > /etc/bash_completion.d/chorus`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Check every audio chunk file of one running node against its hash; fetch damaged or
     /// missing ones again from its peers.
     Verify {
@@ -124,7 +131,19 @@ fn main() -> anyhow::Result<()> {
             start_malloc_trimmer();
             runtime.block_on(serve::run(&config, node))
         }
-        Cmd::Client(args) => runtime.block_on(client::run(args)),
+        Cmd::Client(args) => {
+            // One line, whatever RUST_BACKTRACE says: the client's errors are for people.
+            if let Err(e) = runtime.block_on(client::run(args)) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "chorus", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::Verify { node, config } => runtime.block_on(verify::run(&config, node)),
     }
 }

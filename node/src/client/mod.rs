@@ -1,0 +1,93 @@
+//! `chorus client`: talk to a running cluster over HTTP, against any node.
+//!
+//! - [`queue`]: the seed's `client.py` commands (add, play, history, queue, metadata, vote,
+//!   remove), anonymous as in the seed.
+//! - [`music`]: accounts, uploads with progress, the library, downloads and the playlist.
+//! - [`session`]: the login kept between commands (in the user's config directory).
+
+mod music;
+mod queue;
+mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Node to talk to, e.g. http://127.0.0.1:8081 (default: the node you logged in to, else
+    /// the first node of the configuration).
+    #[arg(long, global = true)]
+    node: Option<String>,
+    #[arg(
+        long,
+        env = "CHORUS_CONFIG",
+        default_value = "cluster.toml",
+        global = true
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: ClientCmd,
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    #[command(flatten)]
+    Queue(queue::QueueCmd),
+    #[command(flatten)]
+    Music(music::MusicCmd),
+}
+
+/// `--node` as a base URL (`http://` added when it has no scheme).
+fn normalise(node: &str) -> String {
+    let node = node.trim_end_matches('/');
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("http://{node}")
+    }
+}
+
+/// The node to talk to: `--node`, else the node of the stored login (if `use_session`), else
+/// the first node of the configuration.
+fn base_url(args: &ClientArgs, use_session: bool) -> anyhow::Result<String> {
+    if let Some(node) = &args.node {
+        return Ok(normalise(node));
+    }
+    if use_session && let Ok(Some(s)) = session::Session::load() {
+        return Ok(s.node);
+    }
+    let config = crate::config::ClusterConfig::load(&args.config)
+        .context("pass --node http://host:port, or run from a directory with cluster.toml")?;
+    Ok(format!("http://{}", config.nodes[0].http_addr))
+}
+
+fn http_client(timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    Ok(builder.build()?)
+}
+
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    match &args.command {
+        ClientCmd::Queue(cmd) => {
+            let session = session::Session::load().ok().flatten();
+            let base = base_url(&args, true)?;
+            // The login belongs to the node's cluster; another node of it takes it too, but a
+            // token is never sent to a node the user did not log in to.
+            let token = session
+                .as_ref()
+                .filter(|s| args.node.is_none() || s.node == base)
+                .map(|s| s.token.as_str());
+            queue::run(&base, cmd, token).await
+        }
+        ClientCmd::Music(cmd) => {
+            let base = base_url(&args, !cmd.is_login())?;
+            music::run(&base, cmd).await
+        }
+    }
+}
