@@ -11,7 +11,11 @@ file chorus stores. Each scenario runs against chorus and against its anchor alt
 and the command, and the latency percentiles to bench/results/latency.svg.
 
 Scenarios: replicated writes (POST /vote vs etcd PUT, on a follower, 1 and 64 clients);
-linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients); audio
+linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients); the same over
+gRPC against etcd's native gRPC API (`VoteTrack` vs `Put`, `GetQueue` vs a linearizable `Range`,
+on a follower, 1 and 64 clients), both driven by one Rust load client, bench/grpc-load (tonic;
+the etcd-client crate, whose build needs Debian's protobuf-compiler; built into
+target/grpc-load); audio
 streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and a 1 MiB range);
 recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
 Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
@@ -32,7 +36,10 @@ LUA = os.path.join(ROOT, "bench", "request.lua")
 FIXTURE = os.path.join(ROOT, "node", "tests", "fixtures", "untagged-2s.mp3")
 TICK = os.sysconf("SC_CLK_TCK")
 TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client", "nginx": "nginx-light", "wrk": "wrk",
-         "curl": "curl"}
+         "curl": "curl", "protoc": "protobuf-compiler"}
+GRPC_LOAD_DIR = os.path.join(ROOT, "bench", "grpc-load")
+GRPC_LOAD_TARGET = os.path.join(ROOT, "target", "grpc-load")
+GRPC_LOAD = os.path.join(GRPC_LOAD_TARGET, "release", "grpc-load")
 
 
 # ---- tools and processes ----
@@ -216,6 +223,20 @@ def wrk(url, conns, seconds, method="GET", path="/", body="", range_=""):
     return r
 
 
+def grpc_load(target, endpoint, clients, seconds, track_id=""):
+    """One bench/grpc-load run: closed loop, `clients` connections, one JSON line back."""
+    cmd = [GRPC_LOAD, "--target", target, "--endpoint", endpoint, "--clients", str(clients),
+           "--seconds", str(seconds)]
+    if track_id:
+        cmd += ["--track-id", str(track_id)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"grpc-load {target} failed:\n{out.stderr}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["non2xx"] = 0
+    return r
+
+
 def measured(pids, fn):
     """Runs fn() and adds the CPU seconds of `pids` and their highest peak RSS. What earlier
     runs left dirty is written out first (not timed)."""
@@ -355,6 +376,9 @@ def write_results(rows, recovery, args, started):
         key = "mib_s" if unit == "MiB/s" else "rps"
         cm, am = median(r[key] for r in c), median(r[key] for r in a)
         lines.append(f"| {name} | throughput ({unit}) | {cm:,.0f} | {am:,.0f} | {cm / am:.2f} |")
+        ratios = [x[key] / y[key] for x, y in zip(c, a) if y[key]]
+        if ratios:
+            lines.append(f"| | throughput ratio per round, min–max | | | {min(ratios):.2f}–{max(ratios):.2f} |")
         for p in ("p50", "p99", "p999"):
             cl, al = median(r[f"{p}_us"] for r in c), median(r[f"{p}_us"] for r in a)
             lines.append(f"| | {p} | {fmt_lat(cl)} | {fmt_lat(al)} | {cl / al:.2f} |")
@@ -374,7 +398,8 @@ def write_results(rows, recovery, args, started):
                      f"{a['secs']:.1f} | {c['secs'] / a['secs']:.2f} |")
         lines.append(f"| | CPU s / peak RSS of the new follower | {c['cpu_s']:.1f} s / {c['rss_mib']:.0f} MiB | "
                      f"{a['cpu_s']:.1f} s / {a['rss_mib']:.0f} MiB | |")
-    lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for writes, reads and catch-up; nginx (sendfile) "
+    lines += ["", "Anchors: etcd 3.4 through its HTTP gateway for the HTTP writes, reads and catch-up, and its "
+              "native gRPC API (same load client as chorus's gRPC rows) for the gRPC rows; nginx (sendfile) "
               "for streaming. Latency plot: [results/latency.svg](results/latency.svg).", ""]
     # What follows the marker (where chorus stands, the sessions' notes) is written by hand: kept.
     try:
@@ -436,6 +461,8 @@ def main():
     ensure_tools()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "node"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release"], cwd=GRPC_LOAD_DIR, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=GRPC_LOAD_TARGET))
     work = tempfile.mkdtemp(prefix="chorus-compare-")
     os.chmod(work, 0o755)
     c = e = ng = None
@@ -475,6 +502,18 @@ def main():
             ("linearizable reads, 64 clients", "req/s",
              lambda: wrk(c.url(cf), 64, args.seconds, "GET", f"/metadata/{track}"),
              lambda: wrk(e.url(ef), 64, args.seconds, "POST", "/v3/kv/range", rng)),
+            ("grpc writes: VoteTrack vs etcd Put (native gRPC), 1 client", "req/s",
+             lambda: grpc_load("chorus-vote", c.grpc_addr(cf), 1, args.seconds, track),
+             lambda: grpc_load("etcd-put", e.url(ef).removeprefix("http://"), 1, args.seconds)),
+            ("grpc writes: VoteTrack vs etcd Put (native gRPC), 64 clients", "req/s",
+             lambda: grpc_load("chorus-vote", c.grpc_addr(cf), 64, args.seconds, track),
+             lambda: grpc_load("etcd-put", e.url(ef).removeprefix("http://"), 64, args.seconds)),
+            ("grpc linearizable reads: GetQueue (1 track) vs etcd Range (native gRPC), 1 client", "req/s",
+             lambda: grpc_load("chorus-queue", c.grpc_addr(cf), 1, args.seconds),
+             lambda: grpc_load("etcd-range", e.url(ef).removeprefix("http://"), 1, args.seconds)),
+            ("grpc linearizable reads: GetQueue (1 track) vs etcd Range (native gRPC), 64 clients", "req/s",
+             lambda: grpc_load("chorus-queue", c.grpc_addr(cf), 64, args.seconds),
+             lambda: grpc_load("etcd-range", e.url(ef).removeprefix("http://"), 64, args.seconds)),
             ("streaming 10 MiB, 1 client", "MiB/s",
              lambda: wrk(c.url(cf), 1, args.seconds, "GET", f"/play/{track}"),
              lambda: wrk(ng.url(), 1, args.seconds, "GET", "/song.mp3")),

@@ -37,6 +37,7 @@ class Cluster:
     def __init__(self, n=3, extra=(), raft=("snapshot_every = 5000", "keep_logs_after_snapshot = 1000")):
         self.dir = tempfile.mkdtemp(prefix="chorus-bench-")
         self.nodes = {i: (free_port(), free_port()) for i in range(1, n + 1)}
+        self.grpc = {i: free_port() for i in self.nodes}
         # CHORUS_RAFT adds `[raft]` lines for an A/B of a setting ("snapshot_every_mib = 0; ...").
         # A key given there replaces the same key of `raft` (TOML refuses a key given twice).
         ab = [line.strip() for line in os.environ.get("CHORUS_RAFT", "").split(";") if line.strip()]
@@ -47,6 +48,7 @@ class Cluster:
                  *extra]
         for i, (h, r) in self.nodes.items():
             lines += ["[[nodes]]", f"id = {i}", f'http_addr = "127.0.0.1:{h}"', f'raft_addr = "127.0.0.1:{r}"',
+                      f'grpc_addr = "127.0.0.1:{self.grpc[i]}"',
                       f'data_dir = "n{i}"']
         self.config = os.path.join(self.dir, "cluster.toml")
         open(self.config, "w").write("\n".join(lines) + "\n")
@@ -56,6 +58,9 @@ class Cluster:
 
     def url(self, i):
         return f"http://127.0.0.1:{self.nodes[i][0]}"
+
+    def grpc_addr(self, i):
+        return f"127.0.0.1:{self.grpc[i]}"
 
     def start(self, i):
         log = open(os.path.join(self.dir, f"n{i}.log"), "a")
