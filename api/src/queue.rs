@@ -417,6 +417,27 @@ fn answer(minimal: ReturnMinimal, body: impl Serialize) -> Response {
     response
 }
 
+/// An add's or a remove's answer: the queue after it, or only the track when asked for less.
+fn queue_changed(
+    minimal: ReturnMinimal,
+    message: &str,
+    queue: Option<Vec<QueuedTrack>>,
+    id: u64,
+    votes: Option<i64>,
+) -> Response {
+    let message = message.to_string();
+    match queue {
+        Some(queue) => answer(
+            minimal,
+            QueueChanged {
+                message,
+                queue: views(&queue),
+            },
+        ),
+        None => answer(minimal, QueueChangedMinimal { message, id, votes }),
+    }
+}
+
 fn voted_track(outcome: Outcome) -> Result<QueuedTrack, ApiError> {
     match outcome {
         Outcome::Track(track) => Ok(track),
@@ -471,27 +492,14 @@ pub async fn add_track(
         max_per_user: app.settings.max_tracks_per_user,
     };
     let (outcome, queue) = write_queue(&app, cmd, scoped(key, user), minimal).await?;
-    let message = "Track added".to_string();
-    Ok(match queue {
-        Some(queue) => answer(
-            minimal,
-            QueueChanged {
-                message,
-                queue: views(&queue),
-            },
-        ),
-        None => {
-            let track = voted_track(outcome)?;
-            answer(
-                minimal,
-                QueueChangedMinimal {
-                    message,
-                    id: track.id,
-                    votes: Some(track.votes),
-                },
-            )
-        }
-    })
+    let votes = voted_track(outcome)?.votes;
+    Ok(queue_changed(
+        minimal,
+        "Track added",
+        queue,
+        body.id,
+        Some(votes),
+    ))
 }
 
 /// Remove a track from the queue.
@@ -506,24 +514,13 @@ pub async fn remove_track(
 ) -> Result<Response, ApiError> {
     let cmd = QueueCommand::Remove { id: body.id };
     let (_, queue) = write_queue(&app, cmd, key, minimal).await?;
-    let message = "Track removed".to_string();
-    Ok(match queue {
-        Some(queue) => answer(
-            minimal,
-            QueueChanged {
-                message,
-                queue: views(&queue),
-            },
-        ),
-        None => answer(
-            minimal,
-            QueueChangedMinimal {
-                message,
-                id: body.id,
-                votes: None,
-            },
-        ),
-    })
+    Ok(queue_changed(
+        minimal,
+        "Track removed",
+        queue,
+        body.id,
+        None,
+    ))
 }
 
 pub(crate) fn parse_id(raw: &str) -> Result<u64, ApiError> {

@@ -464,6 +464,27 @@ async fn drive(
 }
 
 /// `(key, outcome)` of every operation `f` in the history.
+/// Each track's down-votes at the end (minus its score), less `setup` votes the run's setup
+/// cast; a played track keeps the score it had then. `None` when the track is nowhere.
+fn final_down_votes(
+    final_state: &workload::FinalState,
+    tracks: &[u64],
+    setup: i64,
+) -> BTreeMap<u64, Option<i64>> {
+    tracks
+        .iter()
+        .map(|&k| {
+            let votes = final_state
+                .queue
+                .iter()
+                .chain(&final_state.history)
+                .find(|t| t.0 == k)
+                .map(|t| -t.1 - setup);
+            (k, votes)
+        })
+        .collect()
+}
+
 fn keyed_outcomes(ops: &[Op], f: &str) -> Vec<(u64, Outcome)> {
     ops.iter()
         .filter(|o| o.f == f)
@@ -557,19 +578,7 @@ fn check(
         incs.extend(fixture.counter_keys.iter().map(|&k| (k, Outcome::Ok)));
         // Down-votes: the count of votes is minus the track's score. A counter track that was
         // played keeps the score it had then (later votes find it gone: 404, failed).
-        let finals: BTreeMap<u64, Option<i64>> = fixture
-            .counter_keys
-            .iter()
-            .map(|&k| {
-                let votes = final_state
-                    .queue
-                    .iter()
-                    .chain(&final_state.history)
-                    .find(|t| t.0 == k)
-                    .map(|t| -t.1);
-                (k, votes)
-            })
-            .collect();
+        let finals = final_down_votes(final_state, &fixture.counter_keys, 0);
         let r = checks::check_counter(&incs, &finals);
         valid &= r.valid;
         checkers.insert(
@@ -583,19 +592,7 @@ fn check(
             .filter(|o| o.f == "user-vote")
             .filter_map(|o| Some((o.key?, u64::try_from(o.value?).ok()?, o.outcome)))
             .collect();
-        let finals: BTreeMap<u64, Option<i64>> = fixture
-            .user_counter_keys
-            .iter()
-            .map(|&k| {
-                let votes = final_state
-                    .queue
-                    .iter()
-                    .chain(&final_state.history)
-                    .find(|t| t.0 == k)
-                    .map(|t| -t.1 - 1);
-                (k, votes)
-            })
-            .collect();
+        let finals = final_down_votes(final_state, &fixture.user_counter_keys, 1);
         let r = checks::check_user_votes(&votes, &finals);
         valid &= r.valid;
         checkers.insert(
