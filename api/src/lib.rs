@@ -59,6 +59,9 @@ pub struct ApiSettings {
     pub max_tracks_per_user: u32,
     /// Distinct users' skip votes that skip the playing track (0: skipping by vote is off).
     pub skip_votes: u32,
+    /// The base URL clients reach this node at, for the links the API hands out (playlist
+    /// `url`s); `None`: `http://<http_addr>`.
+    pub public_url: Option<String>,
     /// Largest accepted MP3 upload.
     pub max_upload_bytes: u64,
     /// How long a login token is valid.
@@ -195,6 +198,16 @@ async fn spawn<A: Actor>(
         })
 }
 
+/// Whether an `If-None-Match` header value names `etag`: the weak comparison RFC 9110 asks
+/// for (`W/"x"` matches `"x"`), any of a comma-separated list, or `*`.
+pub(crate) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let want = opaque(etag);
+    if_none_match
+        .split(',')
+        .any(|t| t.trim() == "*" || opaque(t) == want)
+}
+
 /// A 500 for a broken invariant (logged; never caused by client input).
 pub(crate) fn internal(message: impl Into<String>) -> ApiError {
     let message = message.into();
@@ -302,4 +315,19 @@ pub(crate) fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<(), A
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_matches;
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        assert!(etag_matches("\"a1\"", "\"a1\""));
+        assert!(etag_matches("W/\"a1\"", "\"a1\""));
+        assert!(etag_matches("\"zz\", W/\"a1\"", "\"a1\""));
+        assert!(etag_matches("*", "\"a1\""));
+        assert!(!etag_matches("\"a2\"", "\"a1\""));
+        assert!(!etag_matches("a1", "\"a1\""));
+    }
 }

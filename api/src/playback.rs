@@ -47,7 +47,12 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Span {
         return Span::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parsed = |s: &str| s.parse::<u64>().ok();
+    // Digits only: `u64::from_str` would also take `+5`, which is no byte position.
+    let parsed = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     match (first.is_empty(), last.is_empty()) {
         // `bytes=-N`: the last N bytes.
         (true, false) => match parsed(last) {
@@ -192,9 +197,7 @@ async fn stream_track(
     let size = track.audio.size;
     let tag = etag(&track);
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    if header_str(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
-    {
+    if header_str(header::IF_NONE_MATCH).is_some_and(|v| crate::etag_matches(v, &tag)) {
         return (
             StatusCode::NOT_MODIFIED,
             [(header::ETAG, header_value(&tag))],
@@ -303,5 +306,9 @@ mod tests {
         assert_eq!(r("bytes=0-1,5-6"), Span::Whole);
         assert_eq!(r("items=0-1"), Span::Whole);
         assert_eq!(r("bytes=abc"), Span::Whole);
+        // Signs are not digits: malformed, so the whole file.
+        assert_eq!(r("bytes=+5-10"), Span::Whole);
+        assert_eq!(r("bytes=5-+10"), Span::Whole);
+        assert_eq!(r("bytes=-+10"), Span::Whole);
     }
 }

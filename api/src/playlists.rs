@@ -96,22 +96,17 @@ fn info(track: &Track, base: &str) -> TrackInfo {
     }
 }
 
-/// `http://<host>` as the client reached this node, so the URL works for that client.
-fn base_url(headers: &HeaderMap, replica: &Replica) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| own_http_addr(replica));
-    format!("http://{host}")
-}
-
-/// This node's HTTP address as the cluster membership records it.
-fn own_http_addr(replica: &Replica) -> String {
-    replica
+/// Where clients reach this node: `[[nodes]] public_url` if set, else `http://<http_addr>` as
+/// the membership records it. Never the request's `Host` header: a client could make the node
+/// hand other users links to any host it names.
+fn base_url(settings: &crate::ApiSettings, replica: &Replica) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let addr = replica
         .own_addresses()
-        .map_or_else(|| "localhost".to_string(), |n| n.http_addr)
+        .map_or_else(|| "localhost".to_string(), |n| n.http_addr);
+    format!("http://{addr}")
 }
 
 // ---- the actor ----
@@ -224,7 +219,7 @@ pub async fn add(
     .ok_or_else(|| internal("a playlist add answered no track"))?;
     Ok(axum::Json(Added {
         message: "Track added to playlist".into(),
-        track_info: info(&track, &base_url(&headers, &app.replica)),
+        track_info: info(&track, &base_url(&app.settings, &app.replica)),
     }))
 }
 
@@ -271,7 +266,7 @@ pub async fn playlist(
         PlaylistsMsg::Get(user_id, opts.consistency, reply)
     })
     .await?;
-    let base = base_url(&headers, &app.replica);
+    let base = base_url(&app.settings, &app.replica);
     Ok(axum::Json(PlaylistView {
         user_id: user_id.to_string(),
         tracks: tracks.iter().map(|t| info(t, &base)).collect(),

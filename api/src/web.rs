@@ -72,7 +72,8 @@ async fn file(
     let unchanged = from_disk.is_none()
         && request
             .get(header::IF_NONE_MATCH)
-            .is_some_and(|given| given == etag);
+            .and_then(|given| given.to_str().ok())
+            .is_some_and(|given| crate::etag_matches(given, etag.to_str().unwrap_or_default()));
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else if let Some(bytes) = from_disk {

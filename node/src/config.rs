@@ -136,6 +136,10 @@ pub struct NodeConfig {
     pub id: u64,
     pub http_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    /// The base URL clients reach this node at (behind a proxy, say), for the links the API
+    /// hands out; default `http://<http_addr>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Where the seed's gRPC queue service listens (none without it).
     #[serde(default)]
     pub grpc_addr: Option<SocketAddr>,
@@ -175,6 +179,14 @@ impl ClusterConfig {
         for n in &self.nodes {
             if !ids.insert(n.id) {
                 bail!("node id {} appears twice", n.id);
+            }
+            if let Some(url) = &n.public_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                bail!(
+                    "node {}: public_url `{url}` must start with http:// or https://",
+                    n.id
+                );
             }
             for addr in [Some(n.http_addr), Some(n.raft_addr), n.grpc_addr]
                 .into_iter()

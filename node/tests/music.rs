@@ -275,7 +275,22 @@ async fn uploads_stream_back_byte_identical_from_every_node_whole_and_by_ranges(
             assert_eq!(whole.header("content-type"), "audio/mpeg");
             assert_eq!(whole.header("accept-ranges"), "bytes");
             assert_eq!(whole.header("content-length"), size.to_string());
-            assert!(!whole.header("etag").is_empty(), "no ETag");
+            let etag = whole.header("etag").to_string();
+            assert!(!etag.is_empty(), "no ETag");
+            // A weak validator of the same version is a match (RFC 9110's weak comparison).
+            let weak = api
+                .send_with(
+                    Method::GET,
+                    &path,
+                    Body::None,
+                    &[("If-None-Match", format!("W/{etag}"))],
+                )
+                .await
+                .expect("conditional GET");
+            weak.expect_status(304);
+            // A signed position is no byte range: the whole file, not bytes 5-10.
+            let signed = get_range(&api, &path, "bytes=+5-10").await;
+            signed.expect_status(200);
             for (range, first, last) in &ranges {
                 let part = get_range(&api, &path, range).await;
                 part.expect_status(206);
@@ -1033,6 +1048,23 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
             "{body}"
         );
     }
+    // The links name the node's own address, whatever Host the client sent.
+    let mut headers = gina.auth();
+    headers.push(("Host", "evil.example".into()));
+    let list = api_f1
+        .send_with(
+            Method::GET,
+            &format!("/playlist/{}", gina.id),
+            Body::None,
+            &headers,
+        )
+        .await
+        .expect("playlist with a forged Host");
+    let url = list.expect_status(200)["tracks"][0]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(url.starts_with(&c.url(f[1])), "{url}");
     let list = api_f0.read_ok(&format!("/playlist/{}", gina.id)).await;
     let ids = |list: &Value| -> Vec<String> {
         list["tracks"]
