@@ -6,7 +6,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+
 use axum::routing::{delete, get, post};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::Replica;
@@ -200,7 +200,6 @@ pub async fn add(
     State(app): State<AppState>,
     AuthUser(by): AuthUser,
     key: IdempotencyKey,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<PlaylistChange>,
 ) -> Result<axum::Json<Added>, ApiError> {
     let (user_id, track_id) = (
@@ -259,7 +258,6 @@ pub async fn playlist(
     State(app): State<AppState>,
     PathParam(user_id): PathParam<String>,
     opts: ReadOptions,
-    headers: HeaderMap,
 ) -> Result<axum::Json<PlaylistView>, ApiError> {
     let user_id = Id::Text(user_id).parse("user_id")?;
     let tracks = ask(&app.playlists, |reply| {
