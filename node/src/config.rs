@@ -25,7 +25,25 @@ pub struct ClusterConfig {
     pub tracks: TracksConfig,
     #[serde(default)]
     pub raft: RaftConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head this long after it opened or after
+    /// its last answer (a slow or idle client) is closed.
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +232,9 @@ impl ClusterConfig {
             if mib > 1024 * 1024 {
                 bail!("[raft] {name} must be at most 1048576 (1 TiB)");
             }
+        }
+        if self.http.header_read_timeout_secs == 0 {
+            bail!("[http] header_read_timeout_secs must be positive");
         }
         if self.users.token_ttl_secs == 0 {
             bail!("[users] token_ttl_secs must be positive");

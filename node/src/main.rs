@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod http_server;
 mod serve;
 mod up;
 mod verify;

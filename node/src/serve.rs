@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::ClusterConfig;
@@ -80,25 +79,17 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
             let _ = failed_tx.send(why);
         }
     };
-    // TCP_NODELAY: without it the last, short segment of a streamed response waited for the
-    // client's delayed ACK (~40 ms on Linux); one-client `/play` of a 10 MiB track had p99 48 ms.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
     let api_stop = api.stop;
-    axum::serve(listener, api.http)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = raft_failed => {}
-            }
-            api_stop.stopping();
-            let _ = stopping_tx.send(true);
-        })
-        .await
-        .context("http server failed")?;
+    let header_read_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
+    crate::http_server::serve(listener, api.http, header_read_timeout, async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = raft_failed => {}
+        }
+        api_stop.stopping();
+        let _ = stopping_tx.send(true);
+    })
+    .await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Ok(())) => {}
