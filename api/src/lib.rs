@@ -26,6 +26,7 @@ pub mod grpc;
 pub mod playback;
 pub mod playlists;
 pub mod queue;
+pub mod slow_body;
 pub mod tracks;
 pub mod users;
 pub mod web;
@@ -62,6 +63,8 @@ pub struct ApiSettings {
     /// The base URL clients reach this node at, for the links the API hands out (playlist
     /// `url`s); `None`: `http://<http_addr>`.
     pub public_url: Option<String>,
+    /// A request body must deliver at least [`slow_body::MIN_BYTES`] in every window this long.
+    pub slow_body_timeout: Duration,
     /// Largest accepted MP3 upload.
     pub max_upload_bytes: u64,
     /// How long a login token is valid.
@@ -145,6 +148,7 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
         settings,
     };
     let grpc = grpc::GrpcServices::new(state.clone());
+    let settings_window = state.settings.slow_body_timeout;
     let http = Router::new()
         .merge(web::routes())
         .merge(events::routes())
@@ -164,6 +168,10 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
             )
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::map_request({
+            let window = settings_window;
+            move |request: axum::extract::Request| async move { slow_body::limit(request, window) }
+        }))
         .layer(
             // 503s during an election are expected, not server errors worth an ERROR line.
             tower_http::trace::TraceLayer::new_for_http().on_failure(

@@ -36,12 +36,15 @@ pub struct HttpConfig {
     /// A connection that has not sent a whole request head this long after it opened or after
     /// its last answer (a slow or idle client) is closed.
     pub header_read_timeout_secs: u64,
+    /// A request body must deliver at least 1 KiB in every window this long, or it is cut off.
+    pub slow_body_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             header_read_timeout_secs: 30,
+            slow_body_timeout_secs: 30,
         }
     }
 }
@@ -233,8 +236,8 @@ impl ClusterConfig {
                 bail!("[raft] {name} must be at most 1048576 (1 TiB)");
             }
         }
-        if self.http.header_read_timeout_secs == 0 {
-            bail!("[http] header_read_timeout_secs must be positive");
+        if self.http.header_read_timeout_secs == 0 || self.http.slow_body_timeout_secs == 0 {
+            bail!("[http] header_read_timeout_secs and slow_body_timeout_secs must be positive");
         }
         if self.users.token_ttl_secs == 0 {
             bail!("[users] token_ttl_secs must be positive");

@@ -52,6 +52,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         max_tracks_per_user: config.queue.max_tracks_per_user,
         skip_votes: config.queue.skip_votes,
         public_url: me.public_url.clone(),
+        slow_body_timeout: Duration::from_secs(config.http.slow_body_timeout_secs),
         max_upload_bytes: config.tracks.max_upload_mb * 1024 * 1024,
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
         upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),

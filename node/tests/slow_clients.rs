@@ -39,7 +39,7 @@ async fn until_closed(stream: &mut TcpStream, deadline: Duration) -> (String, Du
 async fn half_sent_and_idle_connections_are_closed() {
     let c = TestCluster::start_with(
         1,
-        &format!("[http]\nheader_read_timeout_secs = {TIMEOUT_SECS}\n"),
+        &format!("[http]\nheader_read_timeout_secs = {TIMEOUT_SECS}\nslow_body_timeout_secs = {TIMEOUT_SECS}\n"),
     )
     .await;
     let addr = c.url(1).trim_start_matches("http://").to_string();
@@ -70,6 +70,43 @@ async fn half_sent_and_idle_connections_are_closed() {
     assert!(
         said.starts_with("HTTP/1.1 200"),
         "the first request was answered: {said}"
+    );
+
+    // A body that trickles in at 20 bytes a second is cut off, not waited for.
+    let mut trickle = TcpStream::connect(&addr).await.expect("connect");
+    trickle
+        .write_all(b"POST /add_track HTTP/1.1\r\nHost: chorus\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    let answer = loop {
+        ticks.tick().await;
+        // The pace is the behaviour under test: 10 bytes every half second.
+        if trickle.write_all(b"          ").await.is_err() {
+            break until_closed(&mut trickle, deadline).await.0;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut buf)).await
+        {
+            let mut said = String::from_utf8_lossy(&buf[..n]).into_owned();
+            said.push_str(&until_closed(&mut trickle, deadline).await.0);
+            break said;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "a 20 B/s body was still being read after {deadline:?}"
+        );
+    };
+    eprintln!(
+        "    a 20 B/s body, after {:?}: {}",
+        started.elapsed(),
+        answer.lines().next().unwrap_or("(closed)")
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "a slow body gets a 4xx or a closed connection: {answer}"
     );
 
     // Everyone else is served as before.
