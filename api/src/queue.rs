@@ -57,7 +57,9 @@ pub struct TrackIdBody {
     pub id: u64,
 }
 
+/// A track in the voting queue (the library's tracks are `LibraryTrack`).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = QueuedTrack)]
 pub struct TrackView {
     pub id: u64,
     pub title: String,

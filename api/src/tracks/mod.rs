@@ -78,7 +78,9 @@ pub struct Uploaded {
     pub track_id: String,
 }
 
+/// A track of the library (the queue's tracks are `QueuedTrack`).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LibraryTrack)]
 pub struct TrackView {
     #[schema(example = "6789")]
     pub track_id: String,
