@@ -9,16 +9,25 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 
-/// `Json<T>` with [`ApiError`] rejections: 400 malformed JSON, 422 wrong types or missing
-/// fields, 415 wrong content type, 413 too large.
+/// `Json<T>` with [`ApiError`] rejections: 400 malformed JSON (invalid UTF-8 and lone surrogates
+/// anywhere included), 422 wrong types or missing fields, 415 wrong content type, 413 too large.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Self(value))
+        // Parsed as a whole first: serde skips fields `T` does not name without checking them,
+        // so invalid UTF-8 or a lone surrogate there would be accepted (and stored, by handlers
+        // that keep the raw body). Parsing into a `Value` checks every string.
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        T::deserialize(value).map(Self).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("the JSON body does not have the expected shape: {e}"),
+            )
+        })
     }
 }
 
@@ -169,5 +178,44 @@ impl<S: Send + Sync> FromRequestParts<S> for ReturnMinimal {
                 name.eq_ignore_ascii_case("return") && value.eq_ignore_ascii_case("minimal")
             });
         Ok(Self(minimal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::FromRequest;
+    use serde::Deserialize;
+
+    use super::JsonBody;
+
+    #[derive(Debug, Deserialize)]
+    struct Known {
+        #[allow(dead_code)]
+        id: u64,
+    }
+
+    async fn extract(body: &'static [u8]) -> Result<(), (u16, String)> {
+        let request = axum::http::Request::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("a request");
+        JsonBody::<Known>::from_request(request, &())
+            .await
+            .map(drop)
+            .map_err(|e| (e.status.as_u16(), e.code.to_string()))
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_must_be_valid_json_text_too() {
+        assert_eq!(extract(br#"{"id": 1, "extra": "fine"}"#).await, Ok(()));
+        let lone_surrogate = extract(br#"{"id": 1, "extra": "\ud800"}"#).await;
+        assert_eq!(lone_surrogate, Err((400, "invalid_json".into())));
+        let bad_utf8 = extract(b"{\"id\": 1, \"extra\": \"\xff\xfe\"}").await;
+        assert_eq!(bad_utf8, Err((400, "invalid_json".into())));
+        assert_eq!(
+            extract(br#"{"id": "x"}"#).await,
+            Err((422, "invalid_body".into()))
+        );
     }
 }
