@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """chorus side by side with etcd and nginx, in one run on this machine.
 
-    python3 bench/compare.py [--rounds 3] [--seconds 10] [--state-mib 500]
+    python3 bench/compare.py [--rounds 3] [--seconds 10] [--state-mib 500] [--only grpc] [--no-write]
 
 Installs what it needs (etcd-server, etcd-client, nginx-light, wrk, curl from Debian, when run as
 root), builds chorus in release mode, starts a 3-node chorus cluster and a 3-node etcd cluster on
@@ -12,14 +12,21 @@ and the command, and the latency percentiles to bench/results/latency.svg.
 
 Scenarios: replicated writes (POST /vote vs etcd PUT, on a follower, 1 and 64 clients);
 linearizable reads (GET /metadata/{id} vs etcd range, on a follower, 64 clients); the same over
-gRPC against etcd's native gRPC API (`VoteTrack` vs `Put`, `GetQueue` vs a linearizable `Range`,
-on a follower, 1 and 64 clients), both driven by one Rust load client, bench/grpc-load (tonic;
-the etcd-client crate, whose build needs Debian's protobuf-compiler; built into
-target/grpc-load); audio
-streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole and a 1 MiB range);
-recovery (a follower with an empty data directory catching up `--state-mib` MiB of state).
+gRPC against etcd's *native* gRPC API, not its HTTP gateway (`VoteTrack` vs `Put` of a 100-byte
+value, `GetQueue` vs a linearizable `Range`, on a follower, 1 and 64 clients), both driven by one
+closed-loop Rust load client, bench/grpc-load (tonic for chorus, the etcd-client crate for etcd;
+one connection per client; built into target/grpc-load; etcd-client's build needs Debian's
+protobuf-compiler, chorus's stubs do not). Before the first gRPC row the queue is filled to 10
+tracks, so GetQueue answers stay small; the HTTP rows run first, with the one queued track of
+earlier runs. Audio streaming (GET /play/{id} of a 10 MiB MP3 vs nginx, 1 and 16 clients, whole
+and a 1 MiB range); recovery (a follower with an empty data directory catching up `--state-mib`
+MiB of state). `--only grpc` runs just the gRPC rows (case-insensitive substring of the row
+names; the catch-up runs only for "catch-up" or no filter); `--no-write` prints the figures and
+leaves bench/RESULTS.md and the plot alone (for smoke runs).
 Per scenario and system: throughput, p50/p99/p999 latency, CPU seconds of all nodes, peak RSS of
-the busiest node, and each node's CPU seconds and peak RSS. Every measured run starts with nothing dirty in the page cache (`sync`, not
+the busiest node, and each node's CPU seconds and peak RSS; the gRPC rows also give the min–max
+over the rounds of each system's throughput and p99, and every row the min–max of the per-round
+throughput ratio. Every measured run starts with nothing dirty in the page cache (`sync`, not
 timed), after every node has applied the setup's upload: what one run or the setup wrote is not
 written back inside another's measurement. The catch-up state is distinct 10 MiB MP3s
 (`library.distinct_mp3`), so chorus's chunk store cannot share any of it. Everything it starts is stopped,
@@ -273,6 +280,23 @@ def chorus_upload(base, token, path, title):
     return json.loads(out.stdout)["track_id"]
 
 
+QUEUED = 10
+
+
+def fill_queue(c, node, first_track):
+    """Queues plain tracks (no audio) beside `first_track` up to QUEUED, so the gRPC rows see a
+    short queue of a known length: GetQueue's answer grows with it (bench/queue_size.py)."""
+    for k in range(1, QUEUED):
+        code, _ = http("POST", c.url(node) + "/add_track",
+                       {"id": 990000 + k, "title": f"bench {k}", "artist": "bench", "duration": 180})
+        if code != 200:
+            sys.exit(f"queueing bench track {990000 + k} failed: HTTP {code}")
+    ids = [str(t["id"]) for t in http("GET", c.url(node) + "/queue")[1] or []]
+    if len(ids) != QUEUED or str(first_track) not in ids:
+        sys.exit(f"expected {QUEUED} queued tracks including {first_track}, found {ids}")
+    settle(c)
+
+
 def settle(c, deadline=120):
     """Ends the setup: waits until every chorus node has applied what the leader committed (the
     upload's chunk files written), so that the `sync` before each measured run finds them."""
@@ -355,6 +379,12 @@ def fmt_lat(us):
 KEEP_MARKER = "<!-- compare.py replaces the text above this line and keeps the rest -->"
 
 
+def spread(results, key, fmt):
+    """"min–max" of one figure over the rounds."""
+    values = [r[key] for r in results]
+    return f"{fmt(min(values))}–{fmt(max(values))}"
+
+
 def per_node(results):
     """Median CPU seconds and peak RSS of each process over the rounds, in the order measured."""
     n = min(len(r["per_node"]) for r in results)
@@ -379,9 +409,21 @@ def write_results(rows, recovery, args, started):
         ratios = [x[key] / y[key] for x, y in zip(c, a) if y[key]]
         if ratios:
             lines.append(f"| | throughput ratio per round, min–max | | | {min(ratios):.2f}–{max(ratios):.2f} |")
+        # The gRPC rows (issue 23) also give each system's spread over the rounds; the HTTP rows
+        # keep the lines of earlier runs, so old and new tables read alike.
+        grpc = name.startswith("gRPC")
+        if grpc:
+            lines.append(f"| | throughput min–max over rounds | {spread(c, key, lambda v: f'{v:,.0f}')} | "
+                         f"{spread(a, key, lambda v: f'{v:,.0f}')} | |")
         for p in ("p50", "p99", "p999"):
             cl, al = median(r[f"{p}_us"] for r in c), median(r[f"{p}_us"] for r in a)
             lines.append(f"| | {p} | {fmt_lat(cl)} | {fmt_lat(al)} | {cl / al:.2f} |")
+            if grpc and p == "p99":
+                # Ratio column: chorus / anchor p99 of the same round.
+                p99s = [x["p99_us"] / y["p99_us"] for x, y in zip(c, a) if y["p99_us"]]
+                ratio = f"{min(p99s):.2f}–{max(p99s):.2f}" if p99s else ""
+                lines.append(f"| | p99 min–max over rounds | {spread(c, 'p99_us', fmt_lat)} | "
+                             f"{spread(a, 'p99_us', fmt_lat)} | {ratio} |")
         cc, ac = median(r["cpu_s"] for r in c), median(r["cpu_s"] for r in a)
         cr, ar = median(r["rss_mib"] for r in c), median(r["rss_mib"] for r in a)
         lines.append(f"| | CPU s (all nodes) | {cc:.1f} | {ac:.1f} | {cc / ac if ac else float('nan'):.2f} |")
@@ -450,10 +492,12 @@ def write_plot(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    ap.add_argument("--seconds", type=int, default=10, help="length of each wrk or grpc-load run")
     ap.add_argument("--state-mib", type=int, default=500, help="state for the catch-up scenario (0 skips it)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/chorus")
-    ap.add_argument("--only", default="", help="run only scenarios whose name contains this (e.g. writes)")
+    ap.add_argument("--only", default="", help="run only scenarios whose name contains this, case-insensitive "
+                    "(e.g. writes, grpc); the catch-up runs only when this is empty or in \"catch-up\"")
+    ap.add_argument("--no-write", action="store_true", help="print the figures only: leave --out and the plot alone")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"), help="where to write the table")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
@@ -492,6 +536,7 @@ def main():
 
         put = json.dumps({"key": b64("k"), "value": b64("v")})
         rng = json.dumps({"key": b64("k")})
+        etcd_grpc = e.url(ef).removeprefix("http://")
         scenarios = [
             ("replicated writes, 1 client", "req/s",
              lambda: wrk(c.url(cf), 1, args.seconds, "POST", f"/vote?id={track}&up=true"),
@@ -502,18 +547,22 @@ def main():
             ("linearizable reads, 64 clients", "req/s",
              lambda: wrk(c.url(cf), 64, args.seconds, "GET", f"/metadata/{track}"),
              lambda: wrk(e.url(ef), 64, args.seconds, "POST", "/v3/kv/range", rng)),
-            ("grpc writes: VoteTrack vs etcd Put (native gRPC), 1 client", "req/s",
+            # chorus's gRPC port vs the same etcd client URL (etcd serves gRPC and its HTTP gateway
+            # on one port).
+            ("gRPC write: VoteTrack vs etcd Put (native gRPC), on a follower, 1 client", "req/s",
              lambda: grpc_load("chorus-vote", c.grpc_addr(cf), 1, args.seconds, track),
-             lambda: grpc_load("etcd-put", e.url(ef).removeprefix("http://"), 1, args.seconds)),
-            ("grpc writes: VoteTrack vs etcd Put (native gRPC), 64 clients", "req/s",
+             lambda: grpc_load("etcd-put", etcd_grpc, 1, args.seconds)),
+            ("gRPC write: VoteTrack vs etcd Put (native gRPC), on a follower, 64 clients", "req/s",
              lambda: grpc_load("chorus-vote", c.grpc_addr(cf), 64, args.seconds, track),
-             lambda: grpc_load("etcd-put", e.url(ef).removeprefix("http://"), 64, args.seconds)),
-            ("grpc linearizable reads: GetQueue (1 track) vs etcd Range (native gRPC), 1 client", "req/s",
+             lambda: grpc_load("etcd-put", etcd_grpc, 64, args.seconds)),
+            (f"gRPC linearizable read: GetQueue ({QUEUED} queued tracks) vs etcd Range (native gRPC), "
+             "on a follower, 1 client", "req/s",
              lambda: grpc_load("chorus-queue", c.grpc_addr(cf), 1, args.seconds),
-             lambda: grpc_load("etcd-range", e.url(ef).removeprefix("http://"), 1, args.seconds)),
-            ("grpc linearizable reads: GetQueue (1 track) vs etcd Range (native gRPC), 64 clients", "req/s",
+             lambda: grpc_load("etcd-range", etcd_grpc, 1, args.seconds)),
+            (f"gRPC linearizable read: GetQueue ({QUEUED} queued tracks) vs etcd Range (native gRPC), "
+             "on a follower, 64 clients", "req/s",
              lambda: grpc_load("chorus-queue", c.grpc_addr(cf), 64, args.seconds),
-             lambda: grpc_load("etcd-range", e.url(ef).removeprefix("http://"), 64, args.seconds)),
+             lambda: grpc_load("etcd-range", etcd_grpc, 64, args.seconds)),
             ("streaming 10 MiB, 1 client", "MiB/s",
              lambda: wrk(c.url(cf), 1, args.seconds, "GET", f"/play/{track}"),
              lambda: wrk(ng.url(), 1, args.seconds, "GET", "/song.mp3")),
@@ -525,9 +574,14 @@ def main():
              lambda: wrk(ng.url(), 16, args.seconds, "GET", "/song.mp3", range_="bytes=4194304-5242879")),
         ]
         rows = []
+        queue_filled = False
         for name, unit, run_chorus, run_anchor in scenarios:
-            if args.only not in name:
+            if args.only.lower() not in name.lower():
                 continue
+            if name.startswith("gRPC") and not queue_filled:
+                # After the HTTP rows, which keep measuring with the one queued track.
+                fill_queue(c, leader, track)
+                queue_filled = True
             cr, ar = [], []
             for rnd in range(args.rounds):
                 # Alternate which system goes first, so drift on a noisy machine hits both.
@@ -537,17 +591,22 @@ def main():
             unit_key = "mib_s" if unit == "MiB/s" else "rps"
             for rnd, (a, b) in enumerate(zip(cr, ar)):
                 print(f"  round {rnd + 1}: chorus {a[unit_key]:,.0f} {unit} p99 {a['p99_us'] / 1000:.2f} ms, "
-                      f"anchor {b[unit_key]:,.0f} {unit} p99 {b['p99_us'] / 1000:.2f} ms", flush=True)
+                      f"anchor {b[unit_key]:,.0f} {unit} p99 {b['p99_us'] / 1000:.2f} ms, "
+                      f"ratio {a[unit_key] / b[unit_key] if b[unit_key] else float('nan'):.2f}, "
+                      f"errors {a['errors'] + a['non2xx']} / {b['errors'] + b['non2xx']}", flush=True)
             print(f"{name}: chorus {median(r[unit_key] for r in cr):,.0f} {unit}, "
                   f"anchor {median(r[unit_key] for r in ar):,.0f} {unit}", flush=True)
             rows.append((name, unit, cr, ar))
         recovery = None
-        if args.state_mib > 0 and args.only in "catch-up":
+        if args.state_mib > 0 and args.only.lower() in "catch-up":
             recovery = (chorus_catch_up(c, token, mp3, args.state_mib), etcd_catch_up(e, args.state_mib))
             print(f"catch-up of {args.state_mib} MiB: chorus {recovery[0]['secs']:.1f} s, "
                   f"etcd {recovery[1]['secs']:.1f} s", flush=True)
-        write_results(rows, recovery, args, started)
-        print(f"wrote {args.out}")
+        if args.no_write:
+            print("--no-write: results not written")
+        else:
+            write_results(rows, recovery, args, started)
+            print(f"wrote {args.out}")
     finally:
         for system in (ng, e, c):
             if system is not None:
