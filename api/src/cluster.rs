@@ -179,7 +179,11 @@ fn check_addr(field: &str, addr: &str) -> Result<(), ApiError> {
         })
 }
 
-/// Add a node: it joins as a learner, catches up, then becomes a voter. Admin token required.
+/// Add a node (already running, with the cluster's secret): it joins as a learner and becomes a
+/// voter once it has applied everything the leader had when it was added, audio included. A
+/// node that does not answer, or stops catching up for 15 s, is taken out again and the answer
+/// is 400 with why. Adding a node that is already a voter at the same addresses is a no-op.
+/// Admin token required.
 #[utoipa::path(post, path = "/cluster/members", tag = "cluster", request_body = NewMember, security(("admin_token" = [])),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn add_member(
@@ -188,6 +192,11 @@ pub async fn add_member(
     JsonBody(m): JsonBody<NewMember>,
 ) -> Result<axum::Json<Message>, ApiError> {
     require_admin(&app, &headers)?;
+    if m.id == 0 {
+        return Err(ApiError::bad_request(
+            "node ids start at 1; 0 is not a valid id",
+        ));
+    }
     check_addr("http_addr", &m.http_addr)?;
     check_addr("raft_addr", &m.raft_addr)?;
     let node = ChorusNode {

@@ -78,6 +78,7 @@ impl From<ReplicaError> for ApiError {
             ReplicaError::Unknown(_) => "outcome_unknown",
             ReplicaError::Lagging => "lagging",
             ReplicaError::ShuttingDown => "shutting_down",
+            ReplicaError::NotMember(_) => "not_a_member",
             ReplicaError::Rejected(_) => return Self::bad_request(e.to_string()),
             ReplicaError::Storage(_) => return crate::internal(e.to_string()),
         };

@@ -111,6 +111,9 @@ pub struct PeerStatus {
     pub node_id: u64,
     /// Never voted, never held a log entry: a brand-new node.
     pub pristine: bool,
+    /// The last log index this node has applied (audio included: a snapshot is applied only
+    /// once every chunk it names is here).
+    pub applied_index: Option<u64>,
 }
 
 /// Why the leader did not carry out a forwarded request.

@@ -3,8 +3,10 @@
 //! - [`queue`]: the seed's `client.py` commands (add, play, history, queue, metadata, vote,
 //!   remove), anonymous as in the seed.
 //! - [`music`]: accounts, uploads with progress, the library, downloads and the playlist.
+//! - [`member`]: the cluster's membership (list, add, remove), with the admin token.
 //! - [`session`]: the login kept between commands (in the user's config directory).
 
+mod member;
 mod music;
 mod queue;
 mod session;
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use reqwest::StatusCode;
+use serde_json::Value;
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -28,6 +32,14 @@ pub struct ClientArgs {
         global = true
     )]
     config: PathBuf,
+    /// The cluster's admin token, for `member` (default: `admin_token` of the configuration).
+    #[arg(
+        long,
+        env = "CHORUS_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
     #[command(subcommand)]
     command: ClientCmd,
 }
@@ -38,6 +50,9 @@ enum ClientCmd {
     Queue(queue::QueueCmd),
     #[command(flatten)]
     Music(music::MusicCmd),
+    /// The cluster's members: list them, add a node, remove one (admin token).
+    #[command(subcommand)]
+    Member(member::MemberCmd),
 }
 
 /// `--node` as a base URL (`http://` added when it has no scheme).
@@ -89,5 +104,48 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             let base = base_url(&args, !cmd.is_login())?;
             music::run(&base, cmd).await
         }
+        ClientCmd::Member(cmd) => {
+            let base = base_url(&args, false)?;
+            let token = admin_token(args.admin_token.as_deref(), &args.config)?;
+            member::run(&base, &token, &args.config, cmd).await
+        }
     }
+}
+
+/// The admin token: given (`--admin-token`, `CHORUS_ADMIN_TOKEN`), else the configuration's.
+pub fn admin_token(given: Option<&str>, config: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(token) = given {
+        return Ok(token.to_string());
+    }
+    let config = crate::config::ClusterConfig::load(config).context(
+        "pass --admin-token (or set CHORUS_ADMIN_TOKEN), or --config with the cluster's file",
+    )?;
+    Ok(config.admin_token)
+}
+
+/// The node's error as one line: status and its message, and what to do about a 401.
+pub(super) async fn failure(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let message = body["message"].as_str().unwrap_or("no details");
+    let hint = if status == StatusCode::UNAUTHORIZED && !message.contains("admin token") {
+        " (run `chorus client login`)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("{status}: {message}{hint}")
+}
+
+/// Sends `request` and returns its JSON answer, or the node's error as one line.
+pub(super) async fn expect_ok(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.map_err(unreachable)?;
+    if !response.status().is_success() {
+        return Err(failure(response).await);
+    }
+    Ok(response.json().await.unwrap_or(Value::Null))
+}
+
+pub(super) fn unreachable(e: reqwest::Error) -> anyhow::Error {
+    let url = e.url().map(|u| u.as_str().to_string()).unwrap_or_default();
+    anyhow::anyhow!("cannot reach the node ({url}): {e}")
 }

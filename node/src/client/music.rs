@@ -10,10 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::session::{Session, token_user_id};
+use super::{expect_ok, failure, unreachable};
 
 #[derive(Subcommand)]
 pub enum MusicCmd {
@@ -268,33 +268,6 @@ fn password_or_prompt(given: &Option<String>) -> anyhow::Result<String> {
         bail!("give the password in CHORUS_PASSWORD (there is no terminal to ask on)");
     }
     rpassword::prompt_password("password: ").context("cannot read the password")
-}
-
-/// The node's error as one line: status and its message, and what to do about a 401.
-async fn failure(response: reqwest::Response) -> anyhow::Error {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let message = body["message"].as_str().unwrap_or("no details");
-    let hint = if status == StatusCode::UNAUTHORIZED {
-        " (run `chorus client login`)"
-    } else {
-        ""
-    };
-    anyhow::anyhow!("{status}: {message}{hint}")
-}
-
-/// Sends `request` and returns its JSON answer, or the node's error as one line.
-async fn expect_ok(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request.send().await.map_err(unreachable)?;
-    if !response.status().is_success() {
-        return Err(failure(response).await);
-    }
-    Ok(response.json().await.unwrap_or(Value::Null))
-}
-
-fn unreachable(e: reqwest::Error) -> anyhow::Error {
-    let url = e.url().map(|u| u.as_str().to_string()).unwrap_or_default();
-    anyhow::anyhow!("cannot reach the node ({url}): {e}")
 }
 
 fn bar(len: u64, label: &str) -> ProgressBar {

@@ -7,6 +7,7 @@
 // Each integration-test binary uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod music;
 pub mod sse;
 pub mod webdriver;
 
@@ -439,14 +440,7 @@ request_timeout_ms = 5000
 "#
         );
         for node in &nodes {
-            config.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ngrpc_addr = \"{}\"\ndata_dir = \"{}\"\n",
-                node.id,
-                node.http_addr,
-                node.raft_addr,
-                node.grpc_addr,
-                node.data_dir.display()
-            ));
+            config.push_str(&node_section(node));
         }
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config).expect("write cluster.toml");
@@ -515,6 +509,43 @@ request_timeout_ms = 5000
             .spawn()
             .expect("spawn chorus");
         node.child = Some(child);
+    }
+
+    /// Adds a node with the next id to `cluster.toml` (fresh ports, an empty data directory)
+    /// and starts it. It is not a member: it waits until it is added through the API.
+    pub fn spawn_new_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local addr"))
+            .collect();
+        drop(listeners);
+        let node = NodeProc {
+            id,
+            http_addr: addrs[0],
+            raft_addr: addrs[1],
+            grpc_addr: addrs[2],
+            data_dir: self.dir.path().join(format!("n{id}")),
+            log_path: self.dir.path().join(format!("node{id}.log")),
+            child: None,
+        };
+        let mut config = File::options()
+            .append(true)
+            .open(&self.config_path)
+            .expect("open cluster.toml");
+        write!(config, "{}", node_section(&node)).expect("append to cluster.toml");
+        self.nodes.push(node);
+        self.spawn(id);
+        id
+    }
+
+    /// Node `id`'s HTTP and Raft addresses.
+    pub fn addrs(&self, id: u64) -> (SocketAddr, SocketAddr) {
+        let node = self.node(id);
+        (node.http_addr, node.raft_addr)
     }
 
     /// Node `id`'s data directory (its sled database is in `db/`).
@@ -795,6 +826,18 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// The `[[nodes]]` section of `cluster.toml` for `node`.
+fn node_section(node: &NodeProc) -> String {
+    format!(
+        "\n[[nodes]]\nid = {}\nhttp_addr = \"{}\"\nraft_addr = \"{}\"\ngrpc_addr = \"{}\"\ndata_dir = \"{}\"\n",
+        node.id,
+        node.http_addr,
+        node.raft_addr,
+        node.grpc_addr,
+        node.data_dir.display()
+    )
 }
 
 /// Sends `signal` to node `id`'s process `child`.

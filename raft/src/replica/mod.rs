@@ -46,8 +46,9 @@ use crate::transport::{Transport, TransportError};
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long a status query waits for openraft's core (it answers in microseconds when healthy).
 const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Adding a member waits for it to catch up as a learner first.
-const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Adding a member waits for it to catch up as a learner first (given up on sooner if it makes
+/// no progress: `peer::CATCH_UP_STALL`).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplicaError {
@@ -65,6 +66,10 @@ pub enum ReplicaError {
     Rejected(String),
     #[error("this node is shutting down")]
     ShuttingDown,
+    /// This node is not in the cluster's membership (it was removed): it serves nothing that
+    /// needs the cluster.
+    #[error("{0}")]
+    NotMember(String),
     /// This node's own disk failed it (not the request's fault).
     #[error("this node's storage failed: {0}")]
     Storage(String),
@@ -98,7 +103,9 @@ impl ClusterStatus {
     /// Ready: a leader is known, the Raft core answers, and everything known to be committed is
     /// applied here.
     pub fn ready(&self) -> bool {
-        self.leader_id.is_some()
+        let member = self.members.is_empty() || self.members.iter().any(|m| m.id == self.node_id);
+        member
+            && self.leader_id.is_some()
             && self.raft_core_answering
             && self.applied_index >= self.commit_index
     }
@@ -356,6 +363,7 @@ impl Replica {
         timeout: Duration,
         extract: fn(PeerResponse) -> Option<Result<T, ForwardError>>,
     ) -> Result<T, ReplicaError> {
+        self.check_member()?;
         let deadline = Instant::now() + timeout;
         // The server metrics change only with the vote, role, leader or membership (the full
         // metrics are sent on every pass of openraft's core loop, which would wake every
@@ -374,7 +382,13 @@ impl Replica {
                             .await
                             .map_err(|_| TransportError::Timeout(leader, remaining))
                     } else {
-                        let wait = remaining.min(ATTEMPT_TIMEOUT);
+                        // A membership change waits for a learner to catch up: one attempt.
+                        let wait = match req {
+                            PeerRequest::AddMember { .. } | PeerRequest::RemoveMember { .. } => {
+                                remaining
+                            }
+                            _ => remaining.min(ATTEMPT_TIMEOUT),
+                        };
                         match batchable_write(&req) {
                             // Joins the next batch to this leader.
                             Some((write, read_back)) => self
@@ -429,6 +443,26 @@ impl Replica {
                 .min(Duration::from_millis(100));
             let _ = tokio::time::timeout(pause, metrics.changed()).await;
         }
+    }
+
+    /// Refuses to serve for a node the membership no longer names, saying which nodes to use.
+    /// (A node that has not learned any membership yet, being new, waits for a leader instead.)
+    fn check_member(&self) -> Result<(), ReplicaError> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        if membership.nodes().next().is_none() || membership.get_node(&self.inner.id).is_some() {
+            return Ok(());
+        }
+        let members: Vec<String> = membership
+            .nodes()
+            .map(|(id, n)| format!("node {id} at {}", n.http_addr))
+            .collect();
+        Err(ReplicaError::NotMember(format!(
+            "node {} was removed from the cluster and serves nothing that needs it; use {}",
+            self.inner.id,
+            members.join(", ")
+        )))
     }
 
     /// True when this node has never been part of a cluster.

@@ -2,6 +2,7 @@
 //! one over the transport.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -9,6 +10,18 @@ use storage::ChorusNode;
 
 use super::{Replica, forward_error};
 use crate::protocol::{ChunkBytes, ForwardError, PeerRequest, PeerResponse, PeerStatus};
+
+/// A learner that makes no progress this long is given up on (not answering at all, or stuck).
+const CATCH_UP_STALL: Duration = Duration::from_secs(15);
+/// How often a joining learner's progress is checked.
+const CATCH_UP_POLL: Duration = Duration::from_millis(250);
+
+/// Where a node named in an add request stands.
+enum Joining {
+    New,
+    AlreadyLearner,
+    AlreadyVoter,
+}
 
 impl Replica {
     /// Serves a request from a peer (or from this node's own `route` when it is the leader).
@@ -62,6 +75,13 @@ impl Replica {
             PeerRequest::Status => PeerResponse::Status(PeerStatus {
                 node_id: self.inner.id,
                 pristine: self.is_pristine(),
+                applied_index: self
+                    .inner
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map(|l| l.index),
             }),
             PeerRequest::AddMember { id, node } => {
                 PeerResponse::Membership(self.add_member_here(id, node).await)
@@ -72,15 +92,136 @@ impl Replica {
         }
     }
 
+    /// Adds `id` as a learner, waits until it has really caught up, then makes it a voter. A
+    /// node that never answers, or stops making progress, is taken out again: adding a voter
+    /// that cannot vote would shrink the margin of failures the cluster survives (four voters
+    /// with one dead need three of the other three), and a few such adds would lose the quorum.
     async fn add_member_here(&self, id: u64, node: ChorusNode) -> Result<(), ForwardError> {
         let raft = &self.inner.raft;
-        raft.add_learner(id, node, true)
-            .await
-            .map_err(forward_error)?;
+        match self.check_new_member(id, &node)? {
+            Joining::AlreadyVoter => return Ok(()),
+            Joining::AlreadyLearner => {}
+            Joining::New => {
+                raft.add_learner(id, node.clone(), false)
+                    .await
+                    .map_err(forward_error)?;
+            }
+        }
+        if let Err(why) = self.wait_caught_up(id, &node).await {
+            // Leave the membership as it was; a learner that failed costs nothing, but a stale one
+            // would be retried by the leader for ever.
+            let undo = raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+            if let Err(e) = undo {
+                tracing::warn!(node = id, error = %e, "could not take the failed learner out again");
+            }
+            return Err(ForwardError::Rejected(format!(
+                "node {id} ({}) was not added: {why}",
+                node.raft_addr
+            )));
+        }
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(forward_error)?;
+        tracing::info!(node = id, raft_addr = %node.raft_addr, "a new voting member");
         Ok(())
+    }
+
+    /// Refuses id 0, an id already a member at other addresses, and addresses another member
+    /// uses; says whether `id` is already on its way in (a retried add).
+    fn check_new_member(&self, id: u64, node: &ChorusNode) -> Result<Joining, ForwardError> {
+        let reject = |m: String| Err(ForwardError::Rejected(m));
+        if id == 0 {
+            return reject("node ids start at 1; 0 is not a valid id".into());
+        }
+        if node.http_addr == node.raft_addr {
+            return reject("http_addr and raft_addr must differ".into());
+        }
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        for (other, n) in membership.nodes() {
+            if *other == id {
+                if n != node {
+                    return reject(format!(
+                        "node {id} is already a member at {} (raft) and {} (http); remove it first or pick another id",
+                        n.raft_addr, n.http_addr
+                    ));
+                }
+                return Ok(if membership.voter_ids().any(|v| v == id) {
+                    Joining::AlreadyVoter
+                } else {
+                    Joining::AlreadyLearner
+                });
+            }
+            for addr in [&node.http_addr, &node.raft_addr] {
+                if *addr == n.http_addr || *addr == n.raft_addr {
+                    return reject(format!("address {addr} is already used by node {other}"));
+                }
+            }
+        }
+        Ok(Joining::New)
+    }
+
+    /// Waits until learner `id` has applied everything the leader had when it was added (so it
+    /// holds every entry and audio chunk a voter needs). Fails when it makes no progress for
+    /// [`CATCH_UP_STALL`], with what it was waiting for.
+    async fn wait_caught_up(&self, id: u64, node: &ChorusNode) -> Result<(), String> {
+        let target = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        let mut progress: (Option<u64>, Option<u64>) = (None, None);
+        let mut last_progress = Instant::now();
+        loop {
+            let matched = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index);
+            let answer = self
+                .inner
+                .transport
+                .call(id, &PeerRequest::Status, CATCH_UP_POLL)
+                .await;
+            let applied = match answer {
+                Ok(PeerResponse::Status(s)) if s.node_id != id => {
+                    return Err(format!(
+                        "the process at {} says it is node {}",
+                        node.raft_addr, s.node_id
+                    ));
+                }
+                Ok(PeerResponse::Status(s)) => s.applied_index,
+                _ => None,
+            };
+            if applied.is_some_and(|a| a >= target) && matched.is_some_and(|m| m >= target) {
+                return Ok(());
+            }
+            if (matched, applied) != progress {
+                progress = (matched, applied);
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() >= CATCH_UP_STALL {
+                let secs = CATCH_UP_STALL.as_secs();
+                return Err(match applied {
+                    None => format!(
+                        "it did not answer at {} for {secs} s (start it first with `chorus start --node {id}` and the cluster's secret)",
+                        node.raft_addr
+                    ),
+                    Some(a) => {
+                        format!("it stopped catching up for {secs} s at index {a} of {target}")
+                    }
+                });
+            }
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
     }
 
     async fn remove_member_here(&self, id: u64) -> Result<(), ForwardError> {
