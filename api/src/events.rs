@@ -390,21 +390,23 @@ pub async fn events(
         _ => None,
     };
     let receiver = ask(&app.queue, |reply| QueueMsg::Subscribe { last_seen, reply }).await?;
+    // Counted open for as long as the stream (which owns it) lives.
+    let open = crate::metrics::OpenEventStream::open();
     let body = Body::from_stream(futures_util::stream::unfold(
-        (receiver, true),
-        |(mut receiver, first)| async move {
+        (receiver, true, open),
+        |(mut receiver, first, open)| async move {
             if first {
                 // Browsers wait this long before reconnecting (their default is 3 s).
                 let retry = Bytes::from_static(b"retry: 1000\n\n");
-                return Some((Ok::<_, Infallible>(retry), (receiver, false)));
+                return Some((Ok::<_, Infallible>(retry), (receiver, false, open)));
             }
             match tokio::time::timeout(KEEP_ALIVE, receiver.recv()).await {
-                Ok(Some(bytes)) => Some((Ok(bytes), (receiver, false))),
+                Ok(Some(bytes)) => Some((Ok(bytes), (receiver, false, open))),
                 // Dropped for falling behind, or the node is shutting down: the client resumes.
                 Ok(None) => None,
                 Err(_) => Some((
                     Ok(Bytes::from_static(b": keep-alive\n\n")),
-                    (receiver, false),
+                    (receiver, false, open),
                 )),
             }
         },

@@ -56,6 +56,7 @@ impl From<ApiError> for Status {
             (StatusCode::SERVICE_UNAVAILABLE, _) => Code::Unavailable,
             _ => Code::Internal,
         };
+        crate::metrics::grpc_error(code);
         let mut status = Status::new(code, e.message);
         // The REST error code, for clients that want the finer reason.
         if let Ok(value) = e.code.parse() {
@@ -84,7 +85,12 @@ fn text<'a>(metadata: &'a MetadataMap, name: &str) -> Result<Option<&'a str>, Ap
 }
 
 impl CallOptions {
-    async fn read(app: &AppState, metadata: &MetadataMap) -> Result<Self, ApiError> {
+    /// Reads the call's options from `request`'s metadata (and counts the call).
+    async fn read<T>(app: &AppState, request: &Request<T>) -> Result<Self, ApiError> {
+        if let Some(method) = request.extensions().get::<tonic::GrpcMethod>() {
+            crate::metrics::grpc_call(method.method());
+        }
+        let metadata = request.metadata();
         let user = match text(metadata, "authorization")? {
             None => None,
             Some(value) => {
@@ -190,7 +196,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::Track>,
     ) -> Result<Response<pb::QueueResponse>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let track = request.into_inner();
         let id = parse_id(&track.id)?;
         // proto3 cannot tell an empty string from a missing one: empty means "not given", and an
@@ -233,7 +239,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::TrackId>,
     ) -> Result<Response<pb::QueueResponse>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let id = parse_id(&request.get_ref().id)?;
         let (_, queue) = self
             .write(QueueCommand::Remove { id }, &options, !options.minimal)
@@ -249,7 +255,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::QueueResponse>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let vote = request.get_ref();
         let id = parse_id(&vote.id)?;
         if options.user.is_none() && !self.app.settings.anonymous_votes {
@@ -274,7 +280,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::Empty>,
     ) -> Result<Response<pb::QueueList>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let (queue, _) = ask(&self.app.queue, |reply| {
             QueueMsg::Queue(options.consistency, (0, usize::MAX), reply)
         })
@@ -288,7 +294,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::TrackId>,
     ) -> Result<Response<pb::Track>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let id = parse_id(&request.get_ref().id)?;
         let track = ask(&self.app.queue, |reply| {
             QueueMsg::Metadata(id, options.consistency, reply)
@@ -298,7 +304,7 @@ impl QueueService for QueueGrpc {
     }
 
     async fn play_next(&self, request: Request<pb::Empty>) -> Result<Response<pb::Track>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let played = ask(&self.app.queue, |reply| {
             QueueMsg::PlayNext(options.key.clone(), reply)
         })
@@ -310,7 +316,7 @@ impl QueueService for QueueGrpc {
         &self,
         request: Request<pb::Empty>,
     ) -> Result<Response<pb::QueueList>, Status> {
-        let options = CallOptions::read(&self.app, request.metadata()).await?;
+        let options = CallOptions::read(&self.app, &request).await?;
         let history = ask(&self.app.queue, |reply| {
             QueueMsg::History(options.consistency, reply)
         })

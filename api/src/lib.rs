@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod grpc;
+pub mod metrics;
 pub mod playback;
 pub mod playlists;
 pub mod queue;
@@ -158,6 +159,7 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
         .merge(playlists::routes())
         .merge(queue::routes())
         .merge(cluster::routes())
+        .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /docs for the API") })
         .method_not_allowed_fallback(|| async {
@@ -168,6 +170,7 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
             )
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(axum::middleware::map_request({
             let window = settings_window;
             move |request: axum::extract::Request| async move { slow_body::limit(request, window) }

@@ -165,6 +165,7 @@ fn body(reader: AudioReader, start: u64, end: u64) -> Body {
                     "stored audio is shorter than recorded",
                 ));
             }
+            crate::metrics::streamed(last + 1 - first);
             // The response shares the buffer the chunk was read (and checked) into.
             Ok::<_, std::io::Error>(chunk.slice(first..=last))
         }

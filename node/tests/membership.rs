@@ -241,7 +241,10 @@ async fn the_leader_can_be_removed_and_then_says_it_is_no_member() {
         "the removed node to refuse writes",
         CONVERGE_TIMEOUT,
         async || {
-            let r = old.send(Method::POST, "/add_track", queued(4), None).await.ok()?;
+            let r = old
+                .send(Method::POST, "/add_track", queued(4), None)
+                .await
+                .ok()?;
             (r.status == 503 && r.body["error"] == "not_a_member").then_some(r)
         },
     )

@@ -20,6 +20,7 @@ pub mod bootstrap;
 mod chunk_fetch;
 mod compaction;
 mod forward;
+pub mod metrics;
 pub mod network;
 mod propose;
 pub mod protocol;
@@ -158,6 +159,7 @@ pub async fn start(
         stopped.state().close_waiters();
     });
     replica.watch_membership(args.initial_members.clone());
+    metrics::watch_leader_changes(replica.raft());
     tokio::spawn(bootstrap::bootstrap(replica.clone(), args.initial_members));
     Ok(replica)
 }

@@ -114,6 +114,7 @@ async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {
     if batch.len() == 1
         && let Some(Proposal { request, mut reply }) = batch.pop()
     {
+        crate::metrics::proposed(1);
         // A caller that gave up (its deadline) frees the slot too.
         tokio::select! {
             written = client_write(&raft, request) => { let _ = reply.send(written); }
@@ -124,6 +125,7 @@ async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {
     let (requests, mut replies): (Vec<Request>, Vec<_>) =
         batch.into_iter().map(|p| (p.request, p.reply)).unzip();
     let count = requests.len();
+    crate::metrics::proposed(count);
     let entry = Request {
         dedupe_key: None,
         at_ms: now_ms(),

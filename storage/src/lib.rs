@@ -26,6 +26,7 @@ pub mod codec;
 pub mod command;
 mod durable;
 pub mod log_store;
+pub mod metrics;
 mod page_cache;
 mod segments;
 mod sm_writer;

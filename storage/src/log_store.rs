@@ -125,7 +125,9 @@ impl Flusher {
                             let outcome = match synced.iter().find(|(k, _)| *k == key) {
                                 Some((_, r)) => r.clone(),
                                 None => {
+                                    let started = std::time::Instant::now();
                                     let r = file.sync_data().map_err(|e| e.to_string());
+                                    crate::metrics::log_fsynced(started.elapsed());
                                     synced.push((key, r.clone()));
                                     r
                                 }

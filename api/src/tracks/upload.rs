@@ -78,6 +78,7 @@ pub(super) async fn receive_file(
         let done = piece.is_none();
         if let Some(piece) = piece {
             size += piece.len() as u64;
+            crate::metrics::uploaded(piece.len());
             if size > limit {
                 return Err(too_large(limit));
             }

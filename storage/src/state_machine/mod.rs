@@ -284,15 +284,25 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let _serial = self.inner.snapshot_lock.lock().await;
+        let started = std::time::Instant::now();
         let meta = self
             .blocking(|inner| inner.build_blocking())
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
         let sig = meta.signature();
-        self.open_current(meta)
+        let snapshot = self
+            .open_current(meta)
             .await
-            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e).into())
+            .map_err(|e| StorageIOError::read_snapshot(Some(sig), &e))?;
+        let m = &crate::metrics::METRICS;
+        m.snapshot_builds.inc();
+        m.snapshot_build_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(file) = snapshot.snapshot.metadata().await {
+            m.snapshot_built_bytes.inc_by(file.len());
+        }
+        Ok(snapshot)
     }
 }
 
@@ -458,7 +468,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         };
         let expected = meta.clone();
-        self.blocking(move |inner| {
+        let bytes = self.blocking(move |inner| {
             // Refused before anything of this node's is replaced.
             let lacking = inner
                 .chunks
@@ -477,10 +487,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             inner.chunks.sync_pending()?;
             fs::rename(&incoming, inner.current_path())?;
             sync_dir(&inner.dir)?;
-            inner.install_blocking(Some(&expected))
+            let bytes = fs::metadata(inner.current_path())?.len();
+            inner.install_blocking(Some(&expected))?;
+            Ok(bytes)
         })
         .await
         .map_err(err)?;
+        let m = &crate::metrics::METRICS;
+        m.snapshot_installs.inc();
+        m.snapshot_install_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.snapshot_installed_bytes.inc_by(bytes);
         Ok(())
     }
 
