@@ -37,9 +37,10 @@ enum Cmd {
     },
     /// Run one node of the configuration.
     Start {
-        /// The node's id in the configuration.
-        #[arg(long)]
-        node: u64,
+        /// The node's id in the configuration (default: the number the host name ends in,
+        /// `chorus-2` being node 2).
+        #[arg(long, env = "CHORUS_NODE")]
+        node: Option<u64>,
         #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
         config: PathBuf,
     },
@@ -60,6 +61,14 @@ enum Cmd {
         #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
         config: PathBuf,
     },
+}
+
+/// This machine's host name (the kernel's, else `$HOSTNAME`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default()
 }
 
 fn init_logging() {
@@ -128,6 +137,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(up::run(&config))
         }
         Cmd::Start { node, config } => {
+            let node = match node {
+                Some(node) => node,
+                None => config::node_id_from_host_name(&host_name())?,
+            };
             init_logging();
             start_malloc_trimmer();
             runtime.block_on(serve::run(&config, node))
