@@ -177,6 +177,11 @@ pub struct NodeConfig {
     #[serde(default)]
     pub grpc_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// PEM certificate chain and private key: with both, the HTTP port speaks only HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -208,8 +213,17 @@ impl ClusterConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for node in &mut config.nodes {
-            if node.data_dir.is_relative() {
-                node.data_dir = base.join(&node.data_dir);
+            for path in [
+                Some(&mut node.data_dir),
+                node.tls_cert.as_mut(),
+                node.tls_key.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
             }
         }
         config.secret = from_file_or_given("secret", &config.secret, &config.secret_file, base)?;
@@ -248,6 +262,9 @@ impl ClusterConfig {
                     "node {}: public_url `{url}` must start with http:// or https://",
                     n.id
                 );
+            }
+            if n.tls_cert.is_some() != n.tls_key.is_some() {
+                bail!("node {}: give both tls_cert and tls_key, or neither", n.id);
             }
             for addr in [Some(n.http_addr), Some(n.raft_addr), n.grpc_addr]
                 .into_iter()

@@ -20,6 +20,10 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         )
     })?;
 
+    let tls = match (&me.tls_cert, &me.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http_server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     // Bind HTTP first: a port conflict should fail before we join the cluster.
     let listener = TcpListener::bind(me.http_addr)
         .await
@@ -51,7 +55,12 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         anonymous_votes: config.queue.anonymous_votes,
         max_tracks_per_user: config.queue.max_tracks_per_user,
         skip_votes: config.queue.skip_votes,
-        public_url: me.public_url.clone(),
+        // Links point at HTTPS when this node serves it.
+        public_url: me.public_url.clone().or_else(|| {
+            me.tls_cert
+                .as_ref()
+                .map(|_| format!("https://{}", me.http_addr))
+        }),
         slow_body_timeout: Duration::from_secs(config.http.slow_body_timeout_secs),
         max_upload_bytes: config.tracks.max_upload_mb * 1024 * 1024,
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
@@ -82,7 +91,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     };
     let api_stop = api.stop;
     let header_read_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
-    crate::http_server::serve(listener, api.http, header_read_timeout, async move {
+    crate::http_server::serve(listener, tls, api.http, header_read_timeout, async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             _ = raft_failed => {}

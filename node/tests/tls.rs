@@ -1,0 +1,150 @@
+//! HTTPS on a node's HTTP port (`[[nodes]] tls_cert`/`tls_key`), with certificates made in the
+//! test: a client that trusts the cluster's CA is served, one that does not is refused in the
+//! handshake, and a plain-HTTP request gets no answer.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, RootCertStore};
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A certificate authority: its certificate and what it signs with.
+fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA cert")
+}
+
+fn client(trusting: &CertifiedIssuer<'static, KeyPair>) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(trusting.der().clone())
+        .expect("add the CA to the roots");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// `GET path` over TLS; the whole answer as text, or the handshake's error.
+async fn https_get(tls: &TlsConnector, addr: SocketAddr, path: &str) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").expect("server name");
+    let mut stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_the_clusters_ca_and_nothing_without_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = authority("chorus test CA");
+    let stranger = authority("some other CA");
+    let key = KeyPair::generate().expect("node key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("node params");
+    let cert = params.signed_by(&key, &ca).expect("node cert");
+    std::fs::write(dir.path().join("node.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("node.key"), key.serialize_pem()).expect("write key");
+
+    let ports: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
+    drop(ports);
+    let (http, raft) = (addrs[0], addrs[1]);
+    let config = format!(
+        r#"cluster_name = "tls"
+secret = "test-secret"
+admin_token = "test-admin"
+
+[[nodes]]
+id = 1
+http_addr = "{http}"
+raft_addr = "{raft}"
+data_dir = "data"
+tls_cert = "node.pem"
+tls_key = "node.key"
+"#
+    );
+    std::fs::write(dir.path().join("cluster.toml"), config).expect("write config");
+    let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["start", "--node", "1", "--config"])
+            .arg(dir.path().join("cluster.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start chorus"),
+    );
+
+    let trusted = client(&ca);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        match https_get(&trusted, http, "/ready").await {
+            Ok(answer) if answer.starts_with("HTTP/1.1 200") => break answer,
+            last => {
+                let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+                assert!(
+                    Instant::now() < deadline,
+                    "no HTTPS /ready within 60 s; last: {last:?}\n{log}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+
+    let refused = https_get(&client(&stranger), http, "/health").await;
+    let why = refused.expect_err("a client without the cluster's CA must not get through");
+    assert!(
+        why.contains("certificate"),
+        "the handshake fails on the certificate: {why}"
+    );
+
+    // Plain HTTP on the HTTPS port: no HTTP answer.
+    let mut plain = TcpStream::connect(http).await.expect("connect");
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "plain HTTP is not served on a TLS port"
+    );
+}
