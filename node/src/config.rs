@@ -39,7 +39,21 @@ pub struct ClusterConfig {
     pub raft: RaftConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Encrypt and mutually authenticate the cluster transport.
+    #[serde(default)]
+    pub cluster_tls: Option<ClusterTlsConfig>,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// PEM files for the cluster transport's TLS (paths relative to the configuration). Every node
+/// trusts `ca_cert`; each presents `cert` (naming its `raft_addr`'s IP) with `key`. Per machine,
+/// `CHORUS_CLUSTER_TLS__CERT` and `__KEY` point at that node's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +235,13 @@ impl ClusterConfig {
             .into_iter()
             .flatten()
             {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        if let Some(tls) = &mut config.cluster_tls {
+            for path in [&mut tls.ca_cert, &mut tls.cert, &mut tls.key] {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }

@@ -7,47 +7,14 @@
 //! With `[[nodes]] tls_cert`/`tls_key` every connection is TLS (rustls); its handshake must end
 //! within the header-read timeout too.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-
-use anyhow::Context;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
-
-/// A TLS acceptor for the PEM certificate chain at `cert` and the private key at `key`.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .with_context(|| {
-            format!(
-                "cannot read the certificates in tls_cert {}",
-                cert.display()
-            )
-        })?;
-    if certs.is_empty() {
-        anyhow::bail!("tls_cert {} holds no certificate", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read the private key in tls_key {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("tls_cert and tls_key do not make a usable certificate")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets the requests in flight finish.
 pub async fn serve(

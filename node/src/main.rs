@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod http_server;
 mod serve;
+mod tls;
 mod up;
 mod verify;
 

@@ -21,7 +21,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     })?;
 
     let tls = match (&me.tls_cert, &me.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::http_server::tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::tls::http_acceptor(cert, key)?),
         _ => None,
     };
     // Bind HTTP first: a port conflict should fail before we join the cluster.
@@ -44,6 +44,10 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         raft_listen: me.raft_addr,
         initial_members: config.members(),
         settings: config.raft.settings(),
+        tls: match &config.cluster_tls {
+            Some(t) => Some(crate::tls::cluster(&t.ca_cert, &t.cert, &t.key)?),
+            None => None,
+        },
     };
     let replica = raft::start(args, log.clone(), sm)
         .await

@@ -2,6 +2,8 @@
 //! test: a client that trusts the cluster's CA is served, one that does not is refused in the
 //! handshake, and a plain-HTTP request gets no answer.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -146,5 +148,79 @@ tls_key = "node.key"
     assert!(
         !String::from_utf8_lossy(&answer).contains("200 OK"),
         "plain HTTP is not served on a TLS port"
+    );
+}
+
+/// Writes `name.pem` and `name.key` in `dir`: a certificate for 127.0.0.1 signed by `ca`.
+fn node_certificate(
+    dir: &std::path::Path,
+    name: &str,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) -> (String, String) {
+    let key = KeyPair::generate().expect("node key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("node params");
+    let cert = params.signed_by(&key, ca).expect("node cert");
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_transport_over_mutual_tls_keeps_out_a_node_with_another_ca() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let ca = authority("chorus cluster CA");
+    let stranger = authority("some other CA");
+    let ca_path = certs.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    let (cert, key) = node_certificate(certs.path(), "node", &ca);
+    let (bad_cert, bad_key) = node_certificate(certs.path(), "stranger", &stranger);
+
+    let extra = format!(
+        "[cluster_tls]\nca_cert = \"{}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+        ca_path.display()
+    );
+    // Ready means a leader was elected and everything committed applied: over TLS.
+    let mut c = common::TestCluster::start_with(3, &extra).await;
+    let leader = c.leader_id().await;
+    let follower = c.followers(leader)[0];
+    let body = serde_json::json!({"id": 1, "title": "T", "artist": "A", "duration": 60});
+    c.api(follower)
+        .write_ok("/add_track", common::Body::Json(body))
+        .await;
+
+    // A node whose certificate another CA signed (it trusts ours, so only our side refuses).
+    let outsider = c.spawn_new_node_with_env(&[
+        ("CHORUS_CLUSTER_TLS__CERT", bad_cert.as_str()),
+        ("CHORUS_CLUSTER_TLS__KEY", bad_key.as_str()),
+    ]);
+    let (http, raft) = c.addrs(outsider);
+    // The add waits up to 15 s for the node to make progress: longer than the harness's
+    // request timeout.
+    let add = reqwest::Client::new()
+        .post(format!("{}/cluster/members", c.url(leader)))
+        .header("X-Admin-Token", "test-admin")
+        .json(&serde_json::json!({
+            "id": outsider, "http_addr": http.to_string(), "raft_addr": raft.to_string()
+        }))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("POST /cluster/members");
+    assert_eq!(add.status(), 400);
+    let answer: serde_json::Value = add.json().await.expect("a JSON error");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains("was not added"), "{message}");
+    let view = c.cluster_view(leader).await;
+    assert_eq!(
+        view["members"].as_array().map(Vec::len),
+        Some(3),
+        "the outsider is not a member: {view}"
     );
 }

@@ -85,6 +85,23 @@ pub struct StartArgs {
     /// before the replicated membership is known.
     pub initial_members: BTreeMap<u64, ChorusNode>,
     pub settings: RaftSettings,
+    /// Encrypt and mutually authenticate the cluster transport (`[cluster_tls]`).
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS for node-to-node connections: the acceptor asks every connecting node for a certificate
+/// of the cluster's CA, and the connector presents this node's and checks the peer's against
+/// its `raft_addr`'s IP.
+#[derive(Clone)]
+pub struct ClusterTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterTls")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

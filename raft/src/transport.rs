@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
-use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage};
 use storage::codec;
 
 use crate::protocol::{self, PeerRequest, PeerResponse, WireError};
@@ -117,6 +117,7 @@ struct Inner {
     /// Raft addresses of the members this node should be connected to.
     peers: RwLock<BTreeMap<u64, String>>,
     links: Mutex<HashMap<u64, Link>>,
+    tls: Option<crate::ClusterTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +134,9 @@ impl Transport {
             args.secret.clone(),
             node_name(args.node_id),
             addr.ip().to_string(),
-            None,
+            args.tls
+                .as_ref()
+                .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone())),
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
         .with_listen_addr(addr.ip())
@@ -152,6 +155,7 @@ impl Transport {
                 server,
                 peers: RwLock::new(peers),
                 links: Mutex::new(HashMap::new()),
+                tls: args.tls.clone(),
             }),
         })
     }
@@ -260,6 +264,25 @@ impl Transport {
         })
     }
 
+    /// Opens a session with the node at `addr`, over TLS when the cluster uses it (the peer's
+    /// certificate must name `addr`'s IP).
+    async fn connect(&self, addr: &str) -> Result<(), String> {
+        let server = &self.inner.server;
+        let Some(tls) = &self.inner.tls else {
+            return ractor_cluster::client_connect(server, addr)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let ip = addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("`{addr}` is not ip:port: {e}"))?
+            .ip();
+        let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(ip.into());
+        ractor_cluster::client_connect_enc(server, addr, tls.connector.clone(), name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One supervisor tick: connect to peers without a session, ping those with one.
     fn maintain(&self) {
         for (peer, addr) in self.peers() {
@@ -272,11 +295,7 @@ impl Transport {
                 }
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let attempt = tokio::time::timeout(
-                        CONNECT_TIMEOUT,
-                        ractor_cluster::client_connect(&this.inner.server, addr.clone()),
-                    )
-                    .await;
+                    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, this.connect(&addr)).await;
                     match attempt {
                         Ok(Ok(())) => tracing::debug!(peer, %addr, "connected"),
                         Ok(Err(e)) => tracing::debug!(peer, %addr, error = %e, "connect failed"),
@@ -610,6 +629,7 @@ mod tests {
             raft_listen: addr,
             initial_members: BTreeMap::new(),
             settings: RaftSettings::default(),
+            tls: None,
         };
         Transport::start(&args).await.expect("start transport")
     }

@@ -364,6 +364,8 @@ struct NodeProc {
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Extra environment variables for this node's process.
+    env: Vec<(String, String)>,
 }
 
 /// A running cluster of `chorus start` processes. Node ids are `1..=n`.
@@ -414,6 +416,7 @@ impl TestCluster {
                     data_dir: dir.path().join(format!("n{id}")),
                     log_path: dir.path().join(format!("node{id}.log")),
                     child: None,
+                    env: Vec::new(),
                 }
             })
             .collect();
@@ -503,6 +506,7 @@ request_timeout_ms = 5000
             .arg(id.to_string())
             .arg("--config")
             .arg(&config_path)
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))
@@ -514,6 +518,12 @@ request_timeout_ms = 5000
     /// Adds a node with the next id to `cluster.toml` (fresh ports, an empty data directory)
     /// and starts it. It is not a member: it waits until it is added through the API.
     pub fn spawn_new_node(&mut self) -> u64 {
+        self.spawn_new_node_with_env(&[])
+    }
+
+    /// [`Self::spawn_new_node`] with extra environment variables for that node's process
+    /// (`CHORUS_…` overrides of its configuration).
+    pub fn spawn_new_node_with_env(&mut self, env: &[(&str, &str)]) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let listeners: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
@@ -531,6 +541,10 @@ request_timeout_ms = 5000
             data_dir: self.dir.path().join(format!("n{id}")),
             log_path: self.dir.path().join(format!("node{id}.log")),
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let mut config = File::options()
             .append(true)
