@@ -337,10 +337,12 @@ impl GrpcServices {
         Self { app }
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves; over TLS when `tls` is given (its
+    /// configuration must offer ALPN `h2`).
     pub async fn serve(
         self,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), GrpcError> {
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -375,18 +377,112 @@ impl GrpcServices {
                 tokio::time::sleep(HEALTH_POLL).await;
             }
         });
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(QueueServiceServer::new(QueueGrpc { app: self.app }))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .add_service(QueueServiceServer::new(QueueGrpc { app: self.app }));
+        let served = match tls {
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            Some(tls) => {
+                let (incoming, accepting) = tls_incoming(listener, tls);
+                let served = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await;
+                accepting.abort();
+                served
+            }
+        };
         reporter.abort();
         served.map_err(|e| GrpcError(e.to_string()))
     }
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection to the gRPC server.
+struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` and hands over the connections whose TLS handshake completed; each
+/// handshake runs in its own task, so a slow client holds up no other. The task accepting is
+/// returned to be stopped with the server.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+) -> (
+    impl futures_util::Stream<Item = Result<TlsConnection, std::io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (ready, mut handed) = tokio::sync::mpsc::channel::<TlsConnection>(64);
+    let accepting = tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (tls, ready) = (tls.clone(), ready.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(TlsConnection(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming = futures_util::stream::poll_fn(move |cx| handed.poll_recv(cx).map(|c| c.map(Ok)));
+    (incoming, accepting)
 }
 
 #[derive(Debug, thiserror::Error)]

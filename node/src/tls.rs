@@ -1,4 +1,4 @@
-//! TLS settings from PEM files: HTTPS on a node's HTTP port (`[[nodes]] tls_cert`/`tls_key`)
+//! TLS settings from PEM files: HTTPS and gRPC over TLS (`[[nodes]] tls_cert`/`tls_key`)
 //! and the mutually authenticated cluster transport (`[cluster_tls]`). rustls with aws-lc-rs,
 //! the provider already in the tree through ractor_cluster.
 
@@ -31,8 +31,9 @@ fn private_key(what: &str, path: &Path) -> anyhow::Result<PrivateKeyDer<'static>
         .with_context(|| format!("cannot read the private key in {what} {}", path.display()))
 }
 
-/// HTTPS for the HTTP port: the certificate chain at `cert`, the private key at `key`.
-pub fn http_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+/// TLS for a client-facing port: the certificate chain at `cert`, the private key at `key`,
+/// offering the application protocol `alpn` (`http/1.1` for HTTP, `h2` for gRPC).
+pub fn acceptor(cert: &Path, key: &Path, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
@@ -42,7 +43,7 @@ pub fn http_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
             private_key("tls_key", key)?,
         )
         .context("tls_cert and tls_key do not make a usable certificate")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

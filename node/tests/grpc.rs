@@ -310,27 +310,6 @@ fn tokio_stream_once<T: Send + 'static>(
     futures_util::stream::iter([message])
 }
 
-/// Whether `python3` can run the seed's client (grpcio and grpcio-tools installed). Without them
-/// the Python test is skipped with a message, unless `CHORUS_PYTHON_GRPC=require` (CI) makes
-/// that a failure.
-fn python_grpc_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert_ne!(
-            std::env::var("CHORUS_PYTHON_GRPC").as_deref(),
-            Ok("require"),
-            "CHORUS_PYTHON_GRPC=require, but python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
-        );
-        eprintln!(
-            "skipped: python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
-        );
-    }
-    found
-}
-
 const PROTO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/proto");
 
 /// Runs a Python script from `api/proto` and returns its stdout, failing on a non-zero exit.
@@ -353,7 +332,7 @@ fn python(script: &str, args: &[&str], stubs: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seed_python_client_and_tests_against_followers() {
-    if !python_grpc_available() {
+    if !common::python_grpc_available() {
         return;
     }
     // The stubs, generated from the proto as the seed's README says.

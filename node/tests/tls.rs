@@ -16,6 +16,17 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, RootCertStore};
 
+/// Calls `queue.QueueService/GetQueue` (an empty request) over TLS at `argv[1]`, trusting the
+/// CA in the file `argv[2]`; exits non-zero if the call fails.
+const GRPC_OVER_TLS: &str = r#"
+import sys, grpc
+target, ca = sys.argv[1], open(sys.argv[2], "rb").read()
+channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
+get_queue = channel.unary_unary("/queue.QueueService/GetQueue",
+    request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+get_queue(None, timeout=10)
+"#;
+
 struct Node(Child);
 
 impl Drop for Node {
@@ -78,7 +89,7 @@ async fn https_with_the_clusters_ca_and_nothing_without_it() {
     std::fs::write(dir.path().join("node.pem"), cert.pem()).expect("write cert");
     std::fs::write(dir.path().join("node.key"), key.serialize_pem()).expect("write key");
 
-    let ports: Vec<TcpListener> = (0..2)
+    let ports: Vec<TcpListener> = (0..3)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
     let addrs: Vec<SocketAddr> = ports
@@ -86,7 +97,7 @@ async fn https_with_the_clusters_ca_and_nothing_without_it() {
         .map(|l| l.local_addr().expect("addr"))
         .collect();
     drop(ports);
-    let (http, raft) = (addrs[0], addrs[1]);
+    let (http, raft, grpc) = (addrs[0], addrs[1], addrs[2]);
     let config = format!(
         r#"cluster_name = "tls"
 secret = "test-secret"
@@ -96,6 +107,7 @@ admin_token = "test-admin"
 id = 1
 http_addr = "{http}"
 raft_addr = "{raft}"
+grpc_addr = "{grpc}"
 data_dir = "data"
 tls_cert = "node.pem"
 tls_key = "node.key"
@@ -136,6 +148,30 @@ tls_key = "node.key"
         why.contains("certificate"),
         "the handshake fails on the certificate: {why}"
     );
+
+    // gRPC over TLS with the same certificate, from the Python grpcio client the seed uses.
+    if common::python_grpc_available() {
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
+        std::fs::write(dir.path().join("stranger.pem"), stranger.pem()).expect("write CA");
+        let call = |ca: &str| {
+            Command::new("python3")
+                .args(["-c", GRPC_OVER_TLS, &grpc.to_string()])
+                .arg(dir.path().join(ca))
+                .output()
+                .expect("run python3")
+        };
+        let trusted = call("ca.pem");
+        assert!(
+            trusted.status.success(),
+            "GetQueue over TLS failed: {}",
+            String::from_utf8_lossy(&trusted.stderr)
+        );
+        let refused = call("stranger.pem");
+        assert!(
+            !refused.status.success(),
+            "a client without the CA must fail"
+        );
+    }
 
     // Plain HTTP on the HTTPS port: no HTTP answer.
     let mut plain = TcpStream::connect(http).await.expect("connect");

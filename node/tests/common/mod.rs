@@ -71,6 +71,27 @@ pub async fn eventually<T>(
     }
 }
 
+/// Whether `python3` can run the seed's client (grpcio and grpcio-tools installed). Without them
+/// the Python test is skipped with a message, unless `CHORUS_PYTHON_GRPC=require` (CI) makes
+/// that a failure.
+pub fn python_grpc_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert_ne!(
+            std::env::var("CHORUS_PYTHON_GRPC").as_deref(),
+            Ok("require"),
+            "CHORUS_PYTHON_GRPC=require, but python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
+        );
+        eprintln!(
+            "skipped: python3 cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
+        );
+    }
+    found
+}
+
 /// A fresh `Idempotency-Key`, unique in this test process.
 pub fn fresh_key(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
