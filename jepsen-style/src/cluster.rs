@@ -13,6 +13,14 @@ use tokio::time::Instant;
 
 pub const HTTP_PORT: u16 = 8000;
 const RAFT_PORT: u16 = 9000;
+/// The cluster under test's admin token (membership changes).
+pub const ADMIN_TOKEN: &str = "jepsen-style-admin";
+
+/// Node `i`'s `http_addr` and `raft_addr`.
+pub fn addrs(i: usize) -> (String, String) {
+    let ip = net::node_ip(i);
+    (format!("{ip}:{HTTP_PORT}"), format!("{ip}:{RAFT_PORT}"))
+}
 
 pub fn http_base(i: usize) -> String {
     format!("http://{}:{HTTP_PORT}", net::node_ip(i))
@@ -36,7 +44,7 @@ pub fn write_config(run_dir: &Path, nodes: usize, tuning: &RaftTuning) -> Result
         r#"# Written by jepsen-style for one run.
 cluster_name = "jepsen"
 secret = "jepsen-style-secret"
-admin_token = "jepsen-style-admin"
+admin_token = "{ADMIN_TOKEN}"
 
 [queue]
 allow_anonymous_clear = true
@@ -152,6 +160,17 @@ impl Cluster {
 
     pub fn resume(&self, i: usize) -> Result<()> {
         self.signal(i, libc::SIGCONT)
+    }
+
+    /// Deletes a stopped node's data directory: its disk is gone.
+    pub fn wipe(&self, i: usize) -> Result<()> {
+        let dir = self.run_dir.join(format!("n{}/data", i + 1));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("wiping {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Leaves nothing running: every node (paused ones too) and every namespace.

@@ -31,6 +31,8 @@ struct Active {
     paused: Vec<usize>,
     delayers: Vec<Child>,
     rules: bool,
+    /// Nodes removed from the membership and wiped, with the node to add them back through.
+    replaced: Vec<(usize, usize)>,
 }
 
 pub struct Nemesis {
@@ -160,6 +162,24 @@ impl Nemesis {
                     format!("{} % packet loss between all nodes", fault.param),
                 )
             }
+            Kind::Membership => {
+                let (target, via) = (order[0], order[1]);
+                drop(c);
+                let path = format!("/cluster/members/{}", node_id(target));
+                self.membership(via, reqwest::Method::DELETE, &path, None)
+                    .await?;
+                c = self.cluster.lock().await;
+                c.kill(target);
+                c.wipe(target)?;
+                self.active.replaced.push((target, via));
+                (
+                    ids(&[target]),
+                    format!(
+                        "remove node {} from the membership, kill -9 it and wipe its disk",
+                        node_id(target)
+                    ),
+                )
+            }
             Kind::Delay => {
                 let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
                 for i in 0..n {
@@ -203,6 +223,63 @@ impl Nemesis {
         for i in self.active.killed.drain(..) {
             c.start(i)?;
         }
+        let replaced: Vec<(usize, usize)> = self.active.replaced.drain(..).collect();
+        for &(target, _) in &replaced {
+            c.start(target)?;
+        }
+        drop(c);
+        // The replacement starts empty and is added back as a new member: it catches up as a
+        // learner first, so the add answers once it holds everything.
+        for (target, via) in replaced {
+            let (http_addr, raft_addr) = cluster::addrs(target);
+            let body = serde_json::json!({
+                "id": node_id(target), "http_addr": http_addr, "raft_addr": raft_addr
+            });
+            self.membership(via, reqwest::Method::POST, "/cluster/members", Some(body))
+                .await?;
+        }
         Ok(())
     }
+
+    /// A membership change through node `via`, retried (it is idempotent) while the cluster
+    /// answers 503 or not at all, for up to [`MEMBERSHIP_DEADLINE`].
+    async fn membership(
+        &self,
+        via: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + MEMBERSHIP_DEADLINE;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", cluster::http_base(via)))
+                .header("X-Admin-Token", cluster::ADMIN_TOKEN)
+                .timeout(MEMBERSHIP_DEADLINE);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let last = match request.send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                // Removing a node that is already gone: done (a retry after a lost answer).
+                Ok(r) if method == reqwest::Method::DELETE && r.status() == 400 => {
+                    let text = r.text().await.unwrap_or_default();
+                    if text.contains("is not a member") {
+                        return Ok(());
+                    }
+                    format!("400 {text}")
+                }
+                Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("{method} {path} through node {}: {last}", node_id(via));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
 }
+
+/// How long a membership change may take (an add waits for the node to catch up).
+const MEMBERSHIP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);

@@ -30,9 +30,12 @@ pub enum Nemesis {
     Loss,
     /// Every node delays its packets to the other nodes by `param` ms.
     Delay,
+    /// Remove a random node from the membership, kill it and wipe its disk; when the fault
+    /// ends, start it again empty and add it back (a dead machine replaced).
+    Membership,
 }
 
-pub const ALL: [Nemesis; 9] = [
+pub const ALL: [Nemesis; 10] = [
     Nemesis::Partition,
     Nemesis::IsolateLeader,
     Nemesis::Bridge,
@@ -42,6 +45,7 @@ pub const ALL: [Nemesis; 9] = [
     Nemesis::Pause,
     Nemesis::Loss,
     Nemesis::Delay,
+    Nemesis::Membership,
 ];
 
 impl Nemesis {
@@ -56,6 +60,7 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::Loss => "loss",
             Nemesis::Delay => "delay",
+            Nemesis::Membership => "membership",
         }
     }
 
