@@ -192,7 +192,7 @@ mod tests {
             parse_list("partition, kill-leader").ok(),
             Some(vec![Nemesis::Partition, Nemesis::KillLeader])
         );
-        assert_eq!(parse_list("all").map(|v| v.len()).ok(), Some(9));
+        assert_eq!(parse_list("all").map(|v| v.len()).ok(), Some(ALL.len()));
         assert!(parse_list("meteor").is_err());
     }
 }
