@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 
-use common::music::{call, fixture, upload};
+use common::music::{download, fixture, upload};
 use common::{Body, CONVERGE_TIMEOUT, Resp, TestCluster, eventually, register, track_ids};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -85,14 +84,8 @@ fn refusal(r: &Resp, status: u16) -> String {
 
 /// Two loopback addresses nothing listens on.
 fn dead_addrs() -> (String, String) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addrs = (
-        a.local_addr().expect("addr").to_string(),
-        b.local_addr().expect("addr").to_string(),
-    );
-    drop((a, b));
-    addrs
+    let addrs = common::free_addrs(2);
+    (addrs[0].to_string(), addrs[1].to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,14 +182,7 @@ async fn a_dead_node_is_replaced_by_one_that_catches_up_with_the_audio_and_votes
     assert_eq!(list.matches("voter").count(), 3, "{list}");
 
     // It holds the audio written before it joined.
-    let file = call(
-        &c.api(new),
-        Method::GET,
-        &format!("/tracks/{track}/file"),
-        Body::None,
-        Some(&user),
-    )
-    .await;
+    let file = download(&c.api(new), &track, &user).await;
     assert_eq!(file.status, 200, "{}", file.describe());
     assert!(
         file.bytes == mp3,

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::music::{call, fixture, upload};
+use common::music::{download, fixture, upload};
 use common::{Body, TestCluster, register};
 use prometheus_parse::{Sample, Scrape, Value};
-use reqwest::Method;
 use serde_json::json;
 
 /// Scrapes node `id` and parses the answer.
@@ -118,14 +117,7 @@ async fn metrics_parse_and_move_with_traffic() {
     let user = register(&c.api(follower), "listener").await;
     let mp3 = fixture("tagged-3s.mp3");
     let track = upload(&c.api(follower), &user, Some("Counted"), &mp3).await;
-    let file = call(
-        &c.api(follower),
-        Method::GET,
-        &format!("/tracks/{track}/file"),
-        Body::None,
-        Some(&user),
-    )
-    .await;
+    let file = download(&c.api(follower), &track, &user).await;
     assert_eq!(file.status, 200, "{}", file.describe());
     let audio = scrape(&c, follower).await;
     assert!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,14 +89,7 @@ async fn https_with_the_clusters_ca_and_nothing_without_it() {
     std::fs::write(dir.path().join("node.pem"), cert.pem()).expect("write cert");
     std::fs::write(dir.path().join("node.key"), key.serialize_pem()).expect("write key");
 
-    let ports: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addrs: Vec<SocketAddr> = ports
-        .iter()
-        .map(|l| l.local_addr().expect("addr"))
-        .collect();
-    drop(ports);
+    let addrs = common::free_addrs(3);
     let (http, raft, grpc) = (addrs[0], addrs[1], addrs[2]);
     let config = format!(
         r#"cluster_name = "tls"

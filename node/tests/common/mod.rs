@@ -92,6 +92,17 @@ pub fn python_grpc_available() -> bool {
     found
 }
 
+/// `n` distinct free loopback addresses (every listener is held until all are picked).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr"))
+        .collect()
+}
+
 /// A fresh `Idempotency-Key`, unique in this test process.
 pub fn fresh_key(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -416,15 +427,7 @@ impl TestCluster {
             .prefix("chorus-test-")
             .tempdir()
             .expect("create the test's temp dir");
-        // Hold every listener until all ports are picked, so no two are the same.
-        let listeners: Vec<TcpListener> = (0..3 * n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-            .collect();
-        let addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("local addr"))
-            .collect();
-        drop(listeners);
+        let addrs = free_addrs(3 * n as usize);
 
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| {
@@ -546,14 +549,7 @@ request_timeout_ms = 5000
     /// (`CHORUS_…` overrides of its configuration).
     pub fn spawn_new_node_with_env(&mut self, env: &[(&str, &str)]) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        let listeners: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-            .collect();
-        let addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("local addr"))
-            .collect();
-        drop(listeners);
+        let addrs = free_addrs(3);
         let node = NodeProc {
             id,
             http_addr: addrs[0],

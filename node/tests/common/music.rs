@@ -122,3 +122,9 @@ pub async fn upload(api: &NodeApi, user: &User, title: Option<&str>, mp3: &[u8])
         .unwrap_or_else(|| panic!("track_id is not a string: {}", resp.describe()))
         .to_string()
 }
+
+/// `GET /tracks/{track}/file` as `user`: the whole MP3.
+pub async fn download(api: &NodeApi, track: &str, user: &User) -> Resp {
+    let path = format!("/tracks/{track}/file");
+    call(api, Method::GET, &path, Body::None, Some(user)).await
+}
