@@ -21,10 +21,10 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     })?;
 
     let (tls, grpc_tls) = match (&me.tls_cert, &me.tls_key) {
-        (Some(cert), Some(key)) => (
-            Some(crate::tls::acceptor(cert, key, b"http/1.1")?),
-            Some(crate::tls::acceptor(cert, key, b"h2")?),
-        ),
+        (Some(cert), Some(key)) => {
+            let (http, grpc) = crate::tls::client_acceptors(cert, key)?;
+            (Some(http), Some(grpc))
+        }
         _ => (None, None),
     };
     // Bind HTTP first: a port conflict should fail before we join the cluster.
@@ -80,7 +80,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let grpc = grpc_listener.map(|listener| {
         let mut stopping = stopping.clone();
-        tokio::spawn(api.grpc.serve(listener, grpc_tls.clone(), async move {
+        tokio::spawn(api.grpc.serve(listener, grpc_tls, async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         }))
     });

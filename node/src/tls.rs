@@ -31,20 +31,23 @@ fn private_key(what: &str, path: &Path) -> anyhow::Result<PrivateKeyDer<'static>
         .with_context(|| format!("cannot read the private key in {what} {}", path.display()))
 }
 
-/// TLS for a client-facing port: the certificate chain at `cert`, the private key at `key`,
-/// offering the application protocol `alpn` (`http/1.1` for HTTP, `h2` for gRPC).
-pub fn acceptor(cert: &Path, key: &Path, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(
-            certificates("tls_cert", cert)?,
-            private_key("tls_key", key)?,
-        )
-        .context("tls_cert and tls_key do not make a usable certificate")?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+/// TLS for the client-facing ports from the certificate chain at `cert` and the private key
+/// at `key` (read once): one acceptor for HTTP, offering ALPN `http/1.1` only (the server speaks
+/// HTTP/1), and one for gRPC, offering `h2`.
+pub fn client_acceptors(cert: &Path, key: &Path) -> anyhow::Result<(TlsAcceptor, TlsAcceptor)> {
+    let chain = certificates("tls_cert", cert)?;
+    let key = private_key("tls_key", key)?;
+    let acceptor = |alpn: &[u8]| -> anyhow::Result<TlsAcceptor> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .context("tls_cert and tls_key do not make a usable certificate")?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    };
+    Ok((acceptor(b"http/1.1")?, acceptor(b"h2")?))
 }
 
 /// The cluster transport's TLS: peers must present a certificate of the CA at `ca_cert`, and
