@@ -10,6 +10,7 @@
 //! - [`state_machine`]: the sled-backed state machine ([`StateMachineStore`]) and snapshots.
 //! - [`change_feed`]: what each applied entry visibly changed, for live event streams.
 //! - [`chunks`]: the audio, as content-addressed files ([`ChunkStore`]).
+//! - [`backup`]: the backup archive: prepared on a running node, checked, restored offline.
 //! - [`codec`]: the one binary encoding used for everything stored (bincode 2).
 //! - `durable`: sled's writes made to survive a power loss where chorus relies on them.
 //!
@@ -20,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 mod applied_waiters;
+pub mod backup;
 pub mod change_feed;
 pub mod chunks;
 pub mod codec;

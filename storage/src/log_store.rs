@@ -297,6 +297,12 @@ impl LogStore {
         self.read_meta(LAST_PURGED)
     }
 
+    /// Writes the vote of a node seeded by a restore, before it first starts. Blocking.
+    pub(crate) fn seed_vote(&self, vote: &Vote) -> std::io::Result<()> {
+        self.write_meta(VOTE, vote).map_err(std::io::Error::other)?;
+        self.db.sync_small_values()
+    }
+
     /// True when this node has never taken part in a cluster: no vote, no log, nothing purged.
     pub fn is_pristine(&self) -> Result<bool, StorageError> {
         let vote: Option<Vote> = self.read_meta(VOTE)?;

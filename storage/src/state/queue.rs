@@ -101,6 +101,11 @@ impl QueueState {
         self.tracks.is_empty()
     }
 
+    /// Tracks in the history.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
     /// The history, oldest first.
     pub fn history(&self) -> Vec<PlayedTrack> {
         self.history.values().cloned().collect()

@@ -41,6 +41,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::io::AsyncWriteExt;
 
 use crate::OpenError;
+mod backups;
 mod chunk_gc;
 mod reader;
 mod snapshots;
@@ -70,7 +71,7 @@ const M_APPLIED: &[u8] = b"m/applied";
 const M_MEMBERSHIP: &[u8] = b"m/membership";
 /// In the `sm_control` tree: a snapshot install is under way (see `install_blocking`).
 const INSTALLING: &[u8] = b"installing";
-const CURRENT: &str = "current.snap";
+pub(crate) const CURRENT: &str = "current.snap";
 
 /// The state as of `last_applied`.
 #[derive(Debug, Default)]
@@ -149,10 +150,12 @@ impl StateMachineStore {
             message,
         };
         fs::create_dir_all(dir).map_err(io_err)?;
-        // Leftovers of builds or transfers that a crash interrupted.
+        // Leftovers of builds, transfers or backups that a crash interrupted.
         for entry in fs::read_dir(dir).map_err(io_err)? {
             let path = entry.map_err(io_err)?.path();
-            if path.file_name().is_some_and(|n| n != CURRENT) {
+            if path.is_dir() {
+                fs::remove_dir_all(&path).map_err(io_err)?;
+            } else if path.file_name().is_some_and(|n| n != CURRENT) {
                 fs::remove_file(&path).map_err(io_err)?;
             }
         }
@@ -254,6 +257,11 @@ impl StateMachineStore {
                 "the log is purged up to {purged:?} but the state machine has only applied {applied:?} and no snapshot covers the gap (a crash during a snapshot install); stop this node, delete its data directory and start it again: it will catch up from the leader"
             ))),
         }
+    }
+
+    /// Installs the `current.snap` a restore wrote into this (new) store. Blocking.
+    pub(crate) fn install_restored(&self) -> io::Result<SnapshotMeta> {
+        self.inner.install_blocking(None)
     }
 
     pub fn reader(&self) -> StateReader {

@@ -38,7 +38,24 @@ impl Inner {
     /// before its index. Blocking.
     pub(super) fn build_blocking(&self) -> io::Result<SnapshotMeta> {
         let tmp = self.next_file("building");
-        let (meta, tree_held) = {
+        let (meta, ()) = self.write_tree(&tmp, |_| ())?;
+        // Every chunk the file names was synced before the batch that named it was written;
+        // this covers a caller that never let the writer run.
+        self.chunks.sync_pending()?;
+        fs::rename(&tmp, self.current_path())?;
+        sync_dir(&self.dir)?;
+        self.remove_released(meta.last_log_id.map_or(0, |l| l.index))?;
+        Ok(meta)
+    }
+
+    /// Streams the tree as of `last_applied` into a new snapshot file at `path` (synced), and
+    /// returns its metadata with what `view` saw of the state at that same position. Blocking.
+    pub(super) fn write_tree<V>(
+        &self,
+        path: &Path,
+        view: impl FnOnce(&State) -> V,
+    ) -> io::Result<(SnapshotMeta, V)> {
+        let (meta, seen, tree_held) = {
             let guard = self.applied.read().unwrap_or_else(PoisonError::into_inner);
             // The tree as of `last_applied` (no batch is in flight while the lock is held), kept
             // there until the file is written: applies go on meanwhile, their batches wait. The
@@ -55,9 +72,9 @@ impl Inner {
                     self.file_seq.fetch_add(1, Ordering::Relaxed)
                 ),
             };
-            (meta, tree_held)
+            (meta, view(&guard.state), tree_held)
         };
-        let mut writer = SnapshotWriter::new(File::create(&tmp)?, &meta)?;
+        let mut writer = SnapshotWriter::new(File::create(path)?, &meta)?;
         for item in self.sm.iter() {
             let (key, value) = item.map_err(sled_io)?;
             if !key.starts_with(M_PREFIX) {
@@ -66,13 +83,7 @@ impl Inner {
         }
         drop(tree_held);
         writer.finish()?.sync_all()?;
-        // Every chunk the file names was synced before the batch that named it was written;
-        // this covers a caller that never let the writer run.
-        self.chunks.sync_pending()?;
-        fs::rename(&tmp, self.current_path())?;
-        sync_dir(&self.dir)?;
-        self.remove_released(meta.last_log_id.map_or(0, |l| l.index))?;
-        Ok(meta)
+        Ok((meta, seen))
     }
 
     /// Replaces the whole state with the snapshot in `current.snap`. Blocking.

@@ -464,3 +464,159 @@ async fn applied_changes_are_published_in_log_order_with_their_index() {
         FeedItem::Replaced { index: 6 }
     ));
 }
+
+/// A prepared backup streams the state as it was when it was prepared, whatever is deleted and
+/// collected meanwhile; restored into a new store, it has the same tracks, audio and queue, the
+/// new cluster's membership, and a vote at the backup's term.
+#[tokio::test]
+async fn a_backup_restores_into_a_new_store_as_it_was_when_prepared() {
+    use crate::backup;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_log, mut sm) = crate::open(dir.path()).expect("open");
+    two_tracks_of_the_same_audio(&mut sm).await;
+    sm.apply([add(9, 900), add(10, 901)]).await.expect("apply");
+    let prepared = sm.reader().prepare_backup().await.expect("prepare");
+    let header = prepared.header().clone();
+    assert_eq!(
+        (
+            header.tracks,
+            header.queued,
+            header.chunks,
+            header.last_log_id.index
+        ),
+        (2, 2, 2, 10)
+    );
+    // Every track deleted and its chunks collected before the archive is written.
+    let delete = |index, track_id| {
+        entry(
+            index,
+            Command::Tracks(TrackCommand::Delete { track_id, by: 1 }),
+        )
+    };
+    sm.apply([delete(11, 1), delete(12, 2)])
+        .await
+        .expect("apply");
+    sm.build_snapshot().await.expect("build");
+    assert!(on_disk(&sm).is_empty());
+    let mut archive = Vec::new();
+    prepared
+        .write(|piece| {
+            archive.extend_from_slice(&piece);
+            Ok(())
+        })
+        .expect("write");
+    assert_eq!(archive.len() as u64, prepared.archive_len());
+    drop(prepared);
+    let leftovers = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("list")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+        .count();
+    assert_eq!(leftovers, 0, "a dropped backup removes its files");
+
+    let members = std::collections::BTreeMap::from([(7, crate::ChorusNode::default())]);
+    let target = tempfile::tempdir().expect("temp dir");
+    let data = target.path().join("node7");
+    let mut seen = 0;
+    let staged =
+        backup::restore(&archive[..], &data, 7, &members, &mut |n| seen = n).expect("restore");
+    assert_eq!(seen, archive.len() as u64);
+    assert_eq!(staged.header(), &header);
+    staged.commit().expect("commit");
+
+    let (mut log, mut copy) = crate::open(&data).expect("open the restored store");
+    let (applied, membership) = copy.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(header.last_log_id));
+    assert_eq!(
+        membership.membership().voter_ids().collect::<Vec<_>>(),
+        vec![7]
+    );
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.expect("vote").expect("a vote");
+    assert_eq!(vote.leader_id().term, 1);
+    assert_eq!(
+        copy.reader().read(|s| (s.tracks.len(), s.queue.len())),
+        (2, 2)
+    );
+    let [full, tail] = chunks_of(5);
+    assert_eq!(
+        copy.reader().chunk(&full).expect("read"),
+        vec![5u8; CHUNK_SIZE]
+    );
+    assert_eq!(copy.reader().chunk(&tail).expect("read"), vec![6u8; 10]);
+    let current = copy
+        .get_current_snapshot()
+        .await
+        .expect("get")
+        .expect("one");
+    assert_eq!(current.meta.last_membership, membership);
+}
+
+/// An archive cut short anywhere, or with any byte changed, is refused with a clear error and
+/// leaves nothing behind; so is a restore over a directory that holds data, unless asked.
+#[tokio::test]
+async fn a_truncated_or_altered_backup_restores_nothing() {
+    use crate::backup::{self, RestoreError};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_log, mut sm) = crate::open(dir.path()).expect("open");
+    two_tracks_of_the_same_audio(&mut sm).await;
+    let prepared = sm.reader().prepare_backup().await.expect("prepare");
+    let mut archive = Vec::new();
+    prepared
+        .write(|piece| {
+            archive.extend_from_slice(&piece);
+            Ok(())
+        })
+        .expect("write");
+    let members = std::collections::BTreeMap::from([(1, crate::ChorusNode::default())]);
+    let target = tempfile::tempdir().expect("temp dir");
+    let data = target.path().join("node1");
+    let len = archive.len();
+    // Cuts and flips in the header, the state, a chunk's frame and bytes, and the digest.
+    let places = [5, 12, 60, len / 3, len / 2, len - 40, len - 33, len - 1];
+    for &at in &places {
+        let cut = backup::restore(&archive[..at], &data, 1, &members, &mut |_| {})
+            .expect_err("a truncated archive");
+        assert!(
+            matches!(cut, RestoreError::Damaged(_) | RestoreError::NotABackup(_)),
+            "cut at {at}: {cut}"
+        );
+        let mut altered = archive.clone();
+        altered[at] ^= 0x40;
+        let err = backup::restore(&altered[..], &data, 1, &members, &mut |_| {})
+            .expect_err("an altered archive");
+        assert!(
+            matches!(err, RestoreError::Damaged(_) | RestoreError::NotABackup(_)),
+            "flip at {at}: {err}"
+        );
+        assert!(backup::verify(&altered[..], &mut |_| {}).is_err());
+    }
+    let extra = [&archive[..], b"x"].concat();
+    assert!(backup::restore(&extra[..], &data, 1, &members, &mut |_| {}).is_err());
+    let left: Vec<_> = std::fs::read_dir(target.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing half-restored: {left:?}");
+
+    assert_eq!(
+        backup::verify(&archive[..], &mut |_| {})
+            .expect("whole")
+            .tracks,
+        2
+    );
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("something"), b"x").expect("write");
+    let err = backup::check_target(&data, false).expect_err("not empty");
+    assert!(err.to_string().contains("--force"), "{err}");
+    backup::check_target(&data, true).expect("replacing is allowed when asked");
+    backup::restore(&archive[..], &data, 1, &members, &mut |_| {})
+        .expect("restore")
+        .commit()
+        .expect("commit");
+    assert!(
+        !data.join("something").exists(),
+        "the old data was replaced"
+    );
+    let (_log, copy) = crate::reopen(&data);
+    assert_eq!(copy.reader().read(|s| s.tracks.len()), 2);
+}
