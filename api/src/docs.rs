@@ -5,7 +5,7 @@ use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{cluster, error, events, playback, playlists, queue, tracks, users};
+use crate::{backup, cluster, error, events, playback, playlists, queue, tracks, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use crate::{cluster, error, events, playback, playlists, queue, tracks, users};
         queue::queue, queue::metadata,
         queue::history, queue::play_next, queue::clear, events::events,
         cluster::health, cluster::ready, cluster::cluster, cluster::add_member, cluster::remove_member,
-        cluster::verify_chunks,
+        cluster::verify_chunks, backup::backup,
     ),
     components(schemas(error::ErrorBody, crate::extract::Consistency)),
     modifiers(&SecuritySchemes),
@@ -29,7 +29,7 @@ use crate::{cluster, error, events, playback, playlists, queue, tracks, users};
          (name = "playback", description = "Streaming audio with HTTP range support"),
          (name = "playlists", description = "One playlist per user"),
          (name = "queue", description = "The collaborative voting queue"),
-         (name = "cluster", description = "Health, discovery and membership")),
+         (name = "cluster", description = "Health, discovery, membership and backups")),
 )]
 pub struct ApiDoc;
 

@@ -8,7 +8,7 @@
 //!   live event streams ([`events`]: `GET /events`). [`grpc`] serves the same actor as the
 //!   seed's gRPC `queue.QueueService`.
 //! - [`web`]: the web app at `/` (embedded files).
-//! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership.
+//! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership; [`backup`]: `GET /backup`.
 //! - [`docs`]: OpenAPI and Swagger UI at `/docs`.
 //! - [`error`]: [`ApiError`], the one error shape; [`extract`]: extractors that reject with it.
 //!
@@ -17,6 +17,7 @@
 
 pub mod audio;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod docs;
 pub mod error;
@@ -159,6 +160,7 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
         .merge(playlists::routes())
         .merge(queue::routes())
         .merge(cluster::routes())
+        .merge(backup::routes())
         .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", docs::ApiDoc::openapi()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /docs for the API") })

@@ -3,8 +3,10 @@
 //! - `chorus up`: starts every node of `cluster.toml` as its own process on this machine.
 //! - `chorus start --node <id>`: runs one node (one per machine in production).
 //! - `chorus client …`: the seed's `client.py` commands and the music commands, over HTTP.
+//! - `chorus backup` / `chorus restore`: save a cluster's state to a file; seed a new one from it.
 //! - `chorus completions <shell>`: shell completions.
 
+mod backup;
 mod client;
 mod config;
 mod http_server;
@@ -52,6 +54,37 @@ enum Cmd {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Save a backup of the whole cluster (users, tracks with their audio, playlists, queue,
+    /// history) from one running node, as of one moment; writes go on meanwhile.
+    Backup {
+        /// The node to ask, e.g. http://127.0.0.1:8081 (default: the configuration's first).
+        #[arg(long)]
+        node: Option<String>,
+        /// Where to save it.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The cluster's admin token (default: `admin_token` of the configuration).
+        #[arg(long, env = "CHORUS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Seed a new cluster from a backup: writes the data directory of every node of the
+    /// configuration (or of `--node` only), which must not be running; then start them as usual.
+    Restore {
+        /// The backup file (`chorus backup -o FILE`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration of the new cluster: its nodes become the members.
+        #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Restore only this node's data directory (one node per machine).
+        #[arg(long)]
+        node: Option<u64>,
+        /// Replace data directories that already hold data.
+        #[arg(long)]
+        force: bool,
     },
     /// Check every audio chunk file of one running node against its hash; fetch damaged or
     /// missing ones again from its peers.
@@ -160,5 +193,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Verify { node, config } => runtime.block_on(verify::run(&config, node)),
+        Cmd::Backup {
+            node,
+            output,
+            admin_token,
+            config,
+        } => runtime.block_on(backup::save(
+            node.as_deref(),
+            &output,
+            admin_token.as_deref(),
+            &config,
+        )),
+        Cmd::Restore {
+            from,
+            config,
+            node,
+            force,
+        } => runtime.block_on(backup::restore(&config, &from, node, force)),
     }
 }

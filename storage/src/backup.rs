@@ -211,6 +211,8 @@ pub enum RestoreError {
         "{0} is not empty; restoring replaces everything a node holds, so pass --force to do that"
     )]
     NotEmpty(PathBuf),
+    #[error("{0} belongs to a running node (its database is locked); stop that node first")]
+    InUse(PathBuf),
     #[error("this is not a chorus backup: {0}")]
     NotABackup(String),
     #[error("the backup is damaged: {0}")]
@@ -463,6 +465,18 @@ impl StagedRestore {
     }
 }
 
+/// Whether a running node holds the data directory's database: sled keeps an exclusive
+/// `flock` on `db/db` while it is open.
+fn locked_by_a_node(data_dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = File::open(data_dir.join("db").join("db")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; the lock goes when `file` is closed.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    taken != 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
         .file_name()
@@ -470,8 +484,11 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{suffix}"))
 }
 
-/// Refuses a target that holds anything unless `replace` is set.
+/// Refuses a target that holds anything unless `replace` is set, and one a running node uses.
 pub fn check_target(data_dir: &Path, replace: bool) -> Result<(), RestoreError> {
+    if locked_by_a_node(data_dir) {
+        return Err(RestoreError::InUse(data_dir.to_path_buf()));
+    }
     let occupied = match fs::read_dir(data_dir) {
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,

@@ -7,7 +7,7 @@
 //! - [`session`]: the login kept between commands (in the user's config directory).
 
 mod member;
-mod music;
+pub(crate) mod music;
 mod queue;
 mod session;
 
@@ -56,7 +56,7 @@ enum ClientCmd {
 }
 
 /// `--node` as a base URL (`http://` added when it has no scheme).
-fn normalise(node: &str) -> String {
+pub(crate) fn normalise(node: &str) -> String {
     let node = node.trim_end_matches('/');
     if node.contains("://") {
         node.to_string()
@@ -79,7 +79,7 @@ fn base_url(args: &ClientArgs, use_session: bool) -> anyhow::Result<String> {
     Ok(format!("http://{}", config.nodes[0].http_addr))
 }
 
-fn http_client(timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http_client(timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
@@ -124,7 +124,7 @@ pub fn admin_token(given: Option<&str>, config: &std::path::Path) -> anyhow::Res
 }
 
 /// The node's error as one line: status and its message, and what to do about a 401.
-pub(super) async fn failure(response: reqwest::Response) -> anyhow::Error {
+pub(crate) async fn failure(response: reqwest::Response) -> anyhow::Error {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let message = body["message"].as_str().unwrap_or("no details");
@@ -145,7 +145,7 @@ pub(super) async fn expect_ok(request: reqwest::RequestBuilder) -> anyhow::Resul
     Ok(response.json().await.unwrap_or(Value::Null))
 }
 
-pub(super) fn unreachable(e: reqwest::Error) -> anyhow::Error {
+pub(crate) fn unreachable(e: reqwest::Error) -> anyhow::Error {
     let url = e.url().map(|u| u.as_str().to_string()).unwrap_or_default();
     anyhow::anyhow!("cannot reach the node ({url}): {e}")
 }

@@ -270,7 +270,7 @@ fn password_or_prompt(given: &Option<String>) -> anyhow::Result<String> {
     rpassword::prompt_password("password: ").context("cannot read the password")
 }
 
-fn bar(len: u64, label: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, label: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     // Bars go to stderr and only to a terminal (indicatif hides them otherwise): the ids on
     // stdout stay easy to read from a script.

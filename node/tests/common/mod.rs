@@ -423,6 +423,14 @@ impl TestCluster {
     /// Like [`TestCluster::start_with`], with `compaction` (`[raft]` lines) in place of
     /// [`DEFAULT_COMPACTION`].
     pub async fn start_compacting(n: u64, compaction: &str, extra: &str) -> Self {
+        let mut cluster = Self::configure(n, compaction, extra);
+        cluster.launch().await;
+        cluster
+    }
+
+    /// Writes the configuration of `n` nodes (fresh ports, empty data directories) without
+    /// starting them: [`TestCluster::launch`] does.
+    pub fn configure(n: u64, compaction: &str, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chorus-test-")
             .tempdir()
@@ -479,24 +487,29 @@ request_timeout_ms = 5000
             .build()
             .expect("build the HTTP client");
 
-        let mut cluster = Self {
+        Self {
             dir,
             config_path,
             nodes,
             client,
-        };
-        eprintln!(
-            "=== starting a {n}-node cluster in {}",
-            cluster.dir.path().display()
-        );
-        for id in 1..=n {
-            cluster.spawn(id);
         }
-        for id in 1..=n {
-            cluster.wait_ready(id).await;
+    }
+
+    /// Starts every configured node and waits until each is ready.
+    pub async fn launch(&mut self) {
+        let ids = self.ids();
+        eprintln!(
+            "=== starting a {}-node cluster in {}",
+            ids.len(),
+            self.dir.path().display()
+        );
+        for &id in &ids {
+            self.spawn(id);
+        }
+        for &id in &ids {
+            self.wait_ready(id).await;
         }
         eprintln!("=== cluster ready");
-        cluster
     }
 
     fn node(&self, id: u64) -> &NodeProc {
@@ -579,12 +592,12 @@ request_timeout_ms = 5000
         (node.http_addr, node.raft_addr)
     }
 
-    /// Node `id`'s data directory (its sled database is in `db/`).
     /// The cluster's `cluster.toml`.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
     }
 
+    /// Node `id`'s data directory (its sled database is in `db/`).
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.node(id).data_dir.clone()
     }
