@@ -70,7 +70,7 @@ pub(super) fn scan(
         }
         Header::Blank => {
             return Err(corrupt(format!(
-                "log segment {} has no header; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
+                "log segment {} has no header; it is not the last segment, so this is not an interrupted write: delete the data directory and start the node again to let it catch up from the cluster (or, if every node lost its data, seed a new cluster with `chorus restore`)",
                 path.display()
             )));
         }
@@ -78,7 +78,7 @@ pub(super) fn scan(
     if damaged {
         if !is_last {
             return Err(corrupt(format!(
-                "log segment {} is damaged at byte {at}; it is not the last segment, so this is not an interrupted write: restore the node from a backup, or delete its data directory to let it catch up from the cluster",
+                "log segment {} is damaged at byte {at}; it is not the last segment, so this is not an interrupted write: delete the data directory and start the node again to let it catch up from the cluster (or, if every node lost its data, seed a new cluster with `chorus restore`)",
                 path.display()
             )));
         }
