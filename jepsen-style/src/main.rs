@@ -65,6 +65,14 @@ struct Args {
     /// Length of each fault, in seconds: `min..max`.
     #[arg(long, default_value = "4..12")]
     fault: String,
+    /// Count a fault window with no successful operation for longer than the fault should
+    /// cost as a failure of the run (it is always reported).
+    #[arg(long)]
+    fail_on_stall: bool,
+    /// One-way delay of every `delay` fault, in ms (default: drawn from 25–125 per fault; the
+    /// round trip is twice it).
+    #[arg(long)]
+    delay_ms: Option<u32>,
     /// Clients per node for the set, counter and exactly-once workloads.
     #[arg(long, default_value_t = 2)]
     clients_per_node: u32,
@@ -222,7 +230,13 @@ fn run(args: Args) -> Result<bool> {
             snapshot_every: args.snapshot_every,
         },
     )?;
-    let faults = schedule::generate(seed, args.nodes, args.time * 1000, &nemeses, gap, fault);
+    let mut faults = schedule::generate(seed, args.nodes, args.time * 1000, &nemeses, gap, fault);
+    if let Some(ms) = args.delay_ms {
+        faults
+            .iter_mut()
+            .filter(|f| f.kind == schedule::Nemesis::Delay)
+            .for_each(|f| f.param = ms);
+    }
     std::fs::write(
         run_dir.join("schedule.json"),
         serde_json::to_string_pretty(&json!({
@@ -290,6 +304,8 @@ struct Results {
     operations: BTreeMap<String, BTreeMap<String, usize>>,
     checkers: BTreeMap<String, serde_json::Value>,
     unavailability: Vec<report::Unavailability>,
+    /// Every fault window and quiet stretch with its ok operations per second.
+    windows: Vec<report::Window>,
     longest_unavailability_s: f64,
     longest_write_unavailability_s: f64,
     recovery_after_heal_s: f64,
@@ -634,6 +650,10 @@ fn check(
     }
 
     let unavailability = report::unavailability(ops, applied, end_us);
+    let windows = report::windows(ops, applied, end_us);
+    if args.fail_on_stall {
+        valid &= !windows.iter().any(|w| w.stalled);
+    }
     let longest = unavailability
         .iter()
         .map(|u| u.longest_gap_s)
@@ -651,10 +671,37 @@ fn check(
         operations,
         checkers,
         unavailability,
+        windows,
         longest_unavailability_s: longest,
         longest_write_unavailability_s: longest_write,
         recovery_after_heal_s: recovery_s,
         faults: applied.to_vec(),
+    }
+}
+
+/// Ok operations per second in each kind of window (min–max over its windows, the longest
+/// gap), and every window that went silent for longer than its fault should cost.
+fn print_windows(windows: &[report::Window]) {
+    let mut kinds: Vec<&str> = windows.iter().map(|w| w.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    println!("  ok operations per second (min–max over windows; longest gap):");
+    for kind in kinds {
+        let of_kind: Vec<&report::Window> = windows.iter().filter(|w| w.kind == kind).collect();
+        let rate = |f: fn(f64, f64) -> f64, init| of_kind.iter().map(|w| w.ok_per_s).fold(init, f);
+        let gap = of_kind.iter().map(|w| w.longest_gap_s).fold(0.0, f64::max);
+        println!(
+            "    {kind:<16} {:>2} windows  {:>7.1}–{:<7.1} {gap:.1} s",
+            of_kind.len(),
+            rate(f64::min, f64::INFINITY),
+            rate(f64::max, 0.0),
+        );
+    }
+    for w in windows.iter().filter(|w| w.stalled) {
+        println!(
+            "  STALLED: {} (nodes {:?}, param {}) at {:.1}–{:.1} s: no successful operation for {:.1} s ({} ok in the window)",
+            w.kind, w.targets, w.param, w.start_s, w.end_s, w.longest_gap_s, w.ok
+        );
     }
 }
 
@@ -681,6 +728,7 @@ fn print_summary(r: &Results, run_dir: &Path) {
             r.longest_unavailability_s, r.longest_write_unavailability_s
         );
     }
+    print_windows(&r.windows);
     println!(
         "  recovery after the final heal: {:.1} s",
         r.recovery_after_heal_s

@@ -1,7 +1,9 @@
-//! Run outputs that are derived from the history: the latency/availability SVG and the
-//! unavailability windows after faults.
+//! Run outputs that are derived from the history: the latency/availability SVG, the
+//! unavailability after leader-disrupting faults, and the availability of every fault window
+//! against the quiet stretches between them.
 
 use crate::checks::Outcome;
+use crate::schedule::Nemesis;
 use crate::{AppliedFault, Op};
 use serde::Serialize;
 use std::fmt::Write;
@@ -59,6 +61,84 @@ pub fn unavailability(ops: &[Op], faults: &[AppliedFault], end_us: u64) -> Vec<U
             longest_write_gap_s: write_gap as f64 / 1e6,
             write_gap_from_s: write_from as f64 / 1e6,
         });
+    }
+    out
+}
+
+/// Availability in one stretch of the run: a fault from when it was applied until it was healed,
+/// or a quiet stretch between faults.
+#[derive(Debug, Serialize)]
+pub struct Window {
+    /// The fault's name, or `quiet`.
+    pub kind: String,
+    pub targets: Vec<u64>,
+    /// Loss percentage or delay milliseconds, as the fault had them.
+    pub param: u32,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Operations that need a quorum and completed ok in the window, and their rate.
+    pub ok: usize,
+    pub ok_per_s: f64,
+    pub longest_gap_s: f64,
+    /// Longer without an ok operation than the fault should cost ([`expected_cost_s`]).
+    pub stalled: bool,
+}
+
+/// Seconds without a quorum operation that a fault of `kind` may cost: an election and a
+/// retried request for a fault that may take the leader away, next to nothing for loss and
+/// delay (nothing needs electing: the cluster only gets slower).
+pub fn expected_cost_s(kind: Option<Nemesis>) -> f64 {
+    match kind {
+        None | Some(Nemesis::Loss | Nemesis::Delay) => 3.0,
+        Some(_) => 6.0,
+    }
+}
+
+/// Every fault window and every quiet stretch between them, in order.
+pub fn windows(ops: &[Op], faults: &[AppliedFault], end_us: u64) -> Vec<Window> {
+    let mut ok: Vec<u64> = ops
+        .iter()
+        .filter(|o| counts_for_availability(o))
+        .map(|o| o.complete_us)
+        .collect();
+    ok.sort_unstable();
+    let window = |kind: Option<Nemesis>, targets: Vec<u64>, param, start: u64, end: u64| {
+        let end = end.max(start);
+        let count = ok.iter().filter(|&&t| t > start && t <= end).count();
+        let secs = (end - start) as f64 / 1e6;
+        let (gap, _) = longest_gap(&ok, start, end);
+        let gap_s = gap as f64 / 1e6;
+        Window {
+            kind: kind.map_or("quiet", Nemesis::name).to_string(),
+            targets,
+            param,
+            start_s: start as f64 / 1e6,
+            end_s: end as f64 / 1e6,
+            ok: count,
+            ok_per_s: if secs > 0.0 { count as f64 / secs } else { 0.0 },
+            longest_gap_s: gap_s,
+            stalled: gap_s > expected_cost_s(kind),
+        }
+    };
+    let mut out = Vec::new();
+    let mut quiet_from = 0;
+    for (k, f) in faults.iter().enumerate() {
+        let next = faults.get(k + 1).map_or(end_us, |n| n.applied_us);
+        let healed = f.healed_us.unwrap_or(next).min(next);
+        if f.applied_us > quiet_from {
+            out.push(window(None, Vec::new(), 0, quiet_from, f.applied_us));
+        }
+        out.push(window(
+            Some(f.kind),
+            f.targets.clone(),
+            f.param,
+            f.applied_us,
+            healed,
+        ));
+        quiet_from = healed;
+    }
+    if end_us > quiet_from {
+        out.push(window(None, Vec::new(), 0, quiet_from, end_us));
     }
     out
 }
@@ -237,7 +317,60 @@ pub fn svg(ops: &[Op], faults: &[AppliedFault], end_us: u64, title: &str) -> Str
 
 #[cfg(test)]
 mod tests {
-    use super::longest_gap;
+    use super::*;
+    use crate::workload::Workload;
+
+    fn ok_at(ms: u64) -> Op {
+        Op {
+            workload: Workload::Set,
+            process: 0,
+            node: 1,
+            f: "add",
+            key: None,
+            value: None,
+            outcome: Outcome::Ok,
+            invoke_us: ms * 1000,
+            complete_us: ms * 1000,
+            stale: false,
+            error: None,
+        }
+    }
+
+    fn fault(kind: Nemesis, from_ms: u64, to_ms: u64) -> AppliedFault {
+        AppliedFault {
+            kind,
+            targets: vec![1],
+            param: 100,
+            applied_us: from_ms * 1000,
+            healed_us: Some(to_ms * 1000),
+            description: String::new(),
+        }
+    }
+
+    /// A delay window in which nothing completes for 5 s is flagged, though it took no leader
+    /// away; the quiet stretches around it are measured too, and a kill whose gap is an
+    /// election's length is not flagged.
+    #[test]
+    fn every_window_is_measured_and_a_silent_one_is_called_stalled() {
+        let mut ops: Vec<Op> = (0..2_000).step_by(100).map(ok_at).collect();
+        ops.extend((7_000..9_000).step_by(100).map(ok_at));
+        ops.extend((13_000..20_000).step_by(100).map(ok_at));
+        let faults = [
+            fault(Nemesis::Delay, 2_000, 7_000),
+            fault(Nemesis::KillLeader, 9_000, 14_000),
+        ];
+        let w = windows(&ops, &faults, 20_000_000);
+        let kinds: Vec<&str> = w.iter().map(|w| w.kind.as_str()).collect();
+        assert_eq!(kinds, ["quiet", "delay", "quiet", "kill-leader", "quiet"]);
+        assert!(w[1].stalled && w[1].ok == 1, "{:?}", w[1]);
+        assert!((w[1].longest_gap_s - 5.0).abs() < 1e-9);
+        assert!(
+            !w[3].stalled,
+            "4 s without a leader is an election: {:?}",
+            w[3]
+        );
+        assert!(!w[0].stalled && w[0].ok_per_s > 9.0, "{:?}", w[0]);
+    }
 
     #[test]
     fn the_longest_gap_counts_from_the_fault_and_to_the_horizon() {

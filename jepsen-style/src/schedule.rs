@@ -28,7 +28,8 @@ pub enum Nemesis {
     Pause,
     /// Every node drops `param` % of the packets from the other nodes.
     Loss,
-    /// Every node delays its packets to the other nodes by `param` ms.
+    /// Every node delays its packets to the other nodes by `param` ms (25–125: round trips up
+    /// to 250 ms, inside what the default timeouts are tuned for; `--delay-ms` sets it).
     Delay,
     /// Remove a random node from the membership, kill it and wipe its disk; when the fault
     /// ends, start it again empty and add it back (a dead machine replaced).
@@ -135,7 +136,7 @@ pub fn generate(
         order.shuffle(&mut rng);
         let param = match kind {
             Nemesis::Loss => rng.random_range(20..=50),
-            Nemesis::Delay => rng.random_range(50..=300),
+            Nemesis::Delay => rng.random_range(25..=125),
             _ => 0,
         };
         out.push(Fault {

@@ -305,7 +305,9 @@ where
 
         let my_id = self.id.clone();
         let my_vote = self.engine.state.vote_ref().clone();
-        let ttl = Duration::from_millis(self.config.heartbeat_interval);
+        // chorus: the leadership check is a round trip to a quorum; on a slow link that is longer
+        // than `heartbeat_interval` (see `ReplicationCore::send_log_entries`).
+        let ttl = Duration::from_millis(self.config.election_timeout_min);
         let eff_mem = self.engine.state.membership_state.effective().clone();
         let core_tx = self.tx_notify.clone();
 

@@ -452,7 +452,11 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // chorus: an AppendEntries may take a round trip plus the follower's fsync, which on a
+        // slow link (100 ms one way) is longer than `heartbeat_interval`: with that as the
+        // timeout nothing was ever replicated. A follower waits `election_timeout_min` before it
+        // gives up on the leader, so an answer within that is still worth waiting for.
+        let the_timeout = Duration::from_millis(self.config.election_timeout_min);
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
