@@ -151,14 +151,96 @@ fn id3v2_len(head: &[u8]) -> u64 {
     }
 }
 
-/// Quick check of an upload's first bytes. A head that starts with an ID3v2 tag is let through
-/// (the tag may be larger than the head); [`analyse`] decides on the whole file.
+/// Audio after a leading tag, within the head, that is worth decoding in the quick check: a
+/// few frames. Less is left to [`analyse`].
+const AUDIO_TO_CHECK: usize = 16 * 1024;
+
+/// Quick check of an upload's first bytes (its first chunk), before the rest is replicated. A
+/// head that starts with an ID3v2 tag must have a well-formed tag header and well-formed frame
+/// headers as far as the head reaches (a tag of album art can be larger than the head), and
+/// decodable audio after the tag if the tag ends early enough; [`analyse`] decides on the
+/// whole file. Otherwise "ID3" and 50 MiB of anything would be replicated in full before it
+/// was refused.
 pub fn check_head(head: &[u8]) -> Result<(), NotMp3> {
-    if id3v2_len(head) > 0 {
+    let tag = id3v2_len(head);
+    let audio = if tag > 0 {
+        check_id3v2(head).map_err(|why| {
+            NotMp3(format!(
+                "the file starts like an MP3 with ID3 tags, but {why}"
+            ))
+        })?;
+        match usize::try_from(tag) {
+            Ok(tag) if tag + AUDIO_TO_CHECK <= head.len() => &head[tag..],
+            _ => return Ok(()),
+        }
+    } else {
+        head
+    };
+    let source = io::Cursor::new(audio.to_vec());
+    frames(Box::new(source), None).map(|_| ())
+}
+
+/// Checks the header of the ID3v2 tag `head` starts with, and the headers of the frames in it
+/// as far as `head` reaches: what garbage behind "ID3" fails at once.
+fn check_id3v2(head: &[u8]) -> Result<(), String> {
+    let [_, _, _, major, revision, flags, size @ ..] = head.get(..10).unwrap_or_default() else {
+        return Err("its tag header is cut short".into());
+    };
+    if !(2..=4).contains(major) || *revision == 0xFF {
+        return Err(format!(
+            "its tag version 2.{major}.{revision} does not exist"
+        ));
+    }
+    if size.iter().any(|b| b & 0x80 != 0) {
+        return Err("its tag size is malformed".into());
+    }
+    if flags & 0x40 != 0 {
+        // An extended header comes first; rare, and its layout differs by version.
         return Ok(());
     }
-    let source = io::Cursor::new(head.to_vec());
-    frames(Box::new(source), None).map(|_| ())
+    let tag_end = usize::try_from(id3v2_len(head)).unwrap_or(usize::MAX);
+    let end = tag_end.min(head.len());
+    let (id_len, header_len) = if *major == 2 { (3, 6) } else { (4, 10) };
+    let mut at = 10;
+    while at + header_len <= end {
+        let header = &head[at..at + header_len];
+        if header[0] == 0 {
+            // Padding: no more frames, and nothing but zeros to the tag's end.
+            return match head[at..end].iter().all(|b| *b == 0) {
+                true => Ok(()),
+                false => Err("its tag padding holds data".into()),
+            };
+        }
+        let id = &header[..id_len];
+        if !id
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return Err(format!(
+                "its tag holds a frame with the invalid id {:?}",
+                String::from_utf8_lossy(id)
+            ));
+        }
+        let size = match major {
+            2 => header[3..6]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+            3 => header[4..8]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+            _ => header[4..8]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f)),
+        };
+        if size == 0 || at + header_len + size > tag_end {
+            return Err(format!(
+                "its tag frame {} claims {size} bytes, beyond the tag",
+                String::from_utf8_lossy(id)
+            ));
+        }
+        at += header_len + size;
+    }
+    Ok(())
 }
 
 /// Measures, checks and reads the tags of a complete MP3 of `size` bytes.
@@ -278,6 +360,37 @@ mod tests {
             .collect();
         assert!(check_head(&garbage).is_err());
         assert!(check_head(&[]).is_err());
+    }
+
+    /// "ID3" with a huge size and garbage behind it is refused from the first chunk; a real
+    /// tagged file, and a tag of album art larger than the head, are let through.
+    #[test]
+    fn a_fake_id3_head_is_refused_and_real_tags_pass() {
+        let mut fake = b"ID3\x04\x00\x00\x18\x7f\x7f\x7f".to_vec();
+        fake.extend((0..1_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+        let err = check_head(&fake).expect_err("garbage behind an ID3 header");
+        assert!(err.0.contains("ID3"), "{err}");
+        assert!(check_head(b"ID3\x09\x00\x00\x00\x00\x00\x10").is_err());
+
+        let tagged = include_bytes!("../../node/tests/fixtures/tagged-3s.mp3");
+        check_head(tagged).expect("a tagged MP3");
+        // A 3 MiB picture frame: the tag outlasts a 1 MiB head.
+        let art = 3 * 1024 * 1024;
+        let syncsafe = |n: usize| {
+            [
+                (n >> 21) as u8 & 0x7f,
+                (n >> 14) as u8 & 0x7f,
+                (n >> 7) as u8 & 0x7f,
+                n as u8 & 0x7f,
+            ]
+        };
+        let mut big = b"ID3\x04\x00\x00".to_vec();
+        big.extend(syncsafe(10 + art));
+        big.extend(b"APIC");
+        big.extend(syncsafe(art));
+        big.extend([0, 0]);
+        big.resize(1024 * 1024, 0x55);
+        check_head(&big).expect("a tag of album art larger than the head");
     }
 
     #[test]
