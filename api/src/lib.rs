@@ -10,11 +10,13 @@
 //! - [`web`]: the web app at `/` (embedded files).
 //! - [`cluster`]: `/health`, `/ready`, `/cluster`, membership; [`backup`]: `GET /backup`.
 //! - [`docs`]: OpenAPI and Swagger UI at `/docs`.
+//! - [`admission`]: at most `max_in_flight` requests at once, 503 `overloaded` past it.
 //! - [`error`]: [`ApiError`], the one error shape; [`extract`]: extractors that reject with it.
 //!
 //! Only this crate knows JSON, HTTP and gRPC; domain rules live in `storage::state`, replication in
 //! `raft`.
 
+pub mod admission;
 pub mod audio;
 pub mod auth;
 pub mod backup;
@@ -73,6 +75,8 @@ pub struct ApiSettings {
     pub token_ttl: Duration,
     /// A pending upload with no new chunk for this long is dropped with its chunks.
     pub upload_idle_timeout: Duration,
+    /// Requests handled at once; past it, 503 `overloaded` (see [`admission`]).
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -151,6 +155,7 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
     };
     let grpc = grpc::GrpcServices::new(state.clone());
     let settings_window = state.settings.slow_body_timeout;
+    let settings_max_in_flight = state.settings.max_in_flight.max(1);
     let http = Router::new()
         .merge(web::routes())
         .merge(events::routes())
@@ -172,6 +177,10 @@ pub async fn start(replica: Replica, settings: ApiSettings) -> Result<Api, Start
             )
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn({
+            let admission = admission::Admission::new(settings_max_in_flight);
+            move |request, next| admission::admit(admission.clone(), request, next)
+        }))
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(axum::middleware::map_request({
             let window = settings_window;

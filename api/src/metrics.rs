@@ -47,6 +47,12 @@ struct GrpcErrorLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    /// `in_flight` (a request over `max_in_flight`) or `connections` (over `max_connections`).
+    limit: String,
+}
+
 struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
@@ -55,6 +61,7 @@ struct ApiMetrics {
     event_streams: Gauge,
     grpc_calls: Family<GrpcLabels, Counter>,
     grpc_errors: Family<GrpcErrorLabels, Counter>,
+    shed: Family<ShedLabels, Counter>,
 }
 
 static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
@@ -66,6 +73,7 @@ static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
     event_streams: Gauge::default(),
     grpc_calls: Family::default(),
     grpc_errors: Family::default(),
+    shed: Family::default(),
 });
 
 /// The Raft state and the process, set from their sources at each scrape.
@@ -127,6 +135,11 @@ static EXPORTER: LazyLock<Exporter> = LazyLock::new(|| {
         "chorus_grpc_errors",
         "gRPC queue-service calls that failed, by status code",
         m.grpc_errors.clone(),
+    );
+    registry.register(
+        "chorus_http_shed",
+        "Requests answered 503 overloaded, and connections refused, by the limit they hit",
+        m.shed.clone(),
     );
     storage::metrics::register(&mut registry);
     raft::metrics::register(&mut registry);
@@ -217,6 +230,16 @@ pub async fn count_requests(request: Request, next: Next) -> Response {
         })
         .inc();
     response
+}
+
+/// A request or connection turned away by the limit `limit` (`in_flight`, `connections`).
+pub fn shed(limit: &str) {
+    METRICS
+        .shed
+        .get_or_create(&ShedLabels {
+            limit: limit.to_string(),
+        })
+        .inc();
 }
 
 pub fn uploaded(bytes: usize) {

@@ -64,6 +64,10 @@ pub struct HttpConfig {
     pub header_read_timeout_secs: u64,
     /// A request body must deliver at least 1 KiB in every window this long, or it is cut off.
     pub slow_body_timeout_secs: u64,
+    /// Requests handled at once; past it a request is answered 503 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// Open HTTP connections; past it a new connection is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -71,6 +75,8 @@ impl Default for HttpConfig {
         Self {
             header_read_timeout_secs: 30,
             slow_body_timeout_secs: 30,
+            max_in_flight: 512,
+            max_connections: 8192,
         }
     }
 }
@@ -316,6 +322,9 @@ impl ClusterConfig {
         }
         if self.http.header_read_timeout_secs == 0 || self.http.slow_body_timeout_secs == 0 {
             bail!("[http] header_read_timeout_secs and slow_body_timeout_secs must be positive");
+        }
+        if self.http.max_in_flight == 0 || self.http.max_connections == 0 {
+            bail!("[http] max_in_flight and max_connections must be positive");
         }
         if self.users.token_ttl_secs == 0 {
             bail!("[users] token_ttl_secs must be positive");

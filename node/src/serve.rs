@@ -72,6 +72,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         max_upload_bytes: config.tracks.max_upload_mb * 1024 * 1024,
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
         upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),
+        max_in_flight: config.http.max_in_flight,
     };
     let api = api::start(replica.clone(), settings).await?;
     tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, grpc = ?me.grpc_addr, data = %me.data_dir.display(), "node serving");
@@ -98,7 +99,11 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     };
     let api_stop = api.stop;
     let header_read_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
-    crate::http_server::serve(listener, tls, api.http, header_read_timeout, async move {
+    let limits = crate::http_server::Limits {
+        header_read_timeout,
+        max_connections: crate::http_server::connection_cap(config.http.max_connections),
+    };
+    crate::http_server::serve(listener, tls, api.http, limits, async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             _ = raft_failed => {}
