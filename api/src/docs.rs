@@ -23,7 +23,7 @@ use crate::{backup, cluster, error, events, playback, playlists, queue, tracks, 
         cluster::verify_chunks, backup::backup,
     ),
     components(schemas(error::ErrorBody, crate::extract::Consistency)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &CommonErrors),
     tags((name = "users", description = "Accounts and login (JWT bearer tokens)"),
          (name = "tracks", description = "Uploading, listing, editing and deleting MP3 tracks"),
          (name = "playback", description = "Streaming audio with HTTP range support"),
@@ -53,6 +53,79 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+    }
+}
+
+/// The error answers every operation can give besides its own, documented on each so that
+/// the document lists every status a client can see: 401 where a token is taken, 400 (a
+/// malformed parameter or header), for
+/// a JSON body 413/415/422 (too large, not JSON, the wrong shape), and 503 (no leader, a
+/// lagging node, `overloaded`) everywhere but the liveness probe. Each is an [`ErrorBody`].
+///
+/// [`ErrorBody`]: crate::error::ErrorBody
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                let takes_input = json_body
+                    || op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add(
+                        "401",
+                        "The token is missing, expired or wrong (or the admin token is)",
+                    );
+                }
+                if takes_input {
+                    add(
+                        "400",
+                        "A parameter, header or body is malformed; the message says which",
+                    );
+                }
+                if json_body {
+                    add("413", "The body is larger than 1 MiB");
+                    add("415", "The body is not `application/json`");
+                    add("422", "The JSON does not have the documented shape");
+                }
+                if path != "/health" {
+                    add(
+                        "503",
+                        "The cluster cannot answer now (no leader, a lagging node, or `overloaded`); retry after `Retry-After`",
+                    );
+                }
+            }
+        }
     }
 }
 
