@@ -291,6 +291,19 @@ pub async fn file(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any `Range` header gives the whole file, a range inside it, or "unsatisfiable".
+        #[test]
+        fn any_range_header_gives_a_span_inside_the_file(value in ".{0,40}", size in 0u64..10_000) {
+            for header in [value.clone(), format!("bytes={value}")] {
+                match parse_range(Some(&header), size) {
+                    Span::Part(first, last) => proptest::prop_assert!(first <= last && last < size),
+                    Span::Whole | Span::Unsatisfiable => {}
+                }
+            }
+        }
+    }
+
     #[test]
     fn ranges() {
         let r = |v: &str| parse_range(Some(v), 1000);

@@ -133,6 +133,17 @@ pub enum ForwardError {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A frame of arbitrary bytes from a peer decodes or is refused, never a panic.
+        #[test]
+        fn arbitrary_frames_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let mut frame = vec![WIRE_VERSION];
+            frame.extend(body);
+            let _ = decode::<PeerRequest>(&frame);
+            let _ = decode::<PeerResponse>(&frame);
+        }
+    }
+
     #[test]
     fn a_frame_starts_with_the_wire_version_and_reads_back() {
         let frame = encode(&PeerRequest::ReadIndex).expect("encode");

@@ -605,3 +605,21 @@ pub fn restore(
         header,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Arbitrary bytes after the magic and version are refused with an error, never a
+        /// panic, a hang or an allocation beyond a chunk.
+        #[test]
+        fn arbitrary_archives_are_refused_cleanly(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let mut bytes = MAGIC.to_vec();
+            bytes.push(FORMAT_VERSION);
+            bytes.extend(tail);
+            let refused = verify(&bytes[..], &mut |_| {}).is_err();
+            proptest::prop_assert!(refused);
+        }
+    }
+}

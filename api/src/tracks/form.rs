@@ -157,3 +157,33 @@ pub(super) async fn read_form(
     }
     Ok((fields, file))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any `metadata` part is taken or refused with a 400, never a panic; what is taken
+        /// keeps to the length limit.
+        #[test]
+        fn any_metadata_part_is_taken_or_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut fields = Fields::default();
+            if let Err(e) = fields.merge_json(&bytes) {
+                proptest::prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            }
+            for value in [&fields.title, &fields.artist, &fields.album, &fields.genre].into_iter().flatten() {
+                proptest::prop_assert!(value.chars().count() <= MAX_TEXT);
+            }
+        }
+
+        /// The same for JSON objects with arbitrary field values.
+        #[test]
+        fn any_metadata_object_is_taken_or_refused(title in ".{0,300}", track_id in proptest::prelude::any::<i64>()) {
+            let json = serde_json::json!({"title": title, "track_id": track_id}).to_string();
+            let mut fields = Fields::default();
+            if let Err(e) = fields.merge_json(json.as_bytes()) {
+                proptest::prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+}
