@@ -11,11 +11,11 @@ written and checked, all three from the same file), and `chorus restore --node 1
 first restored cluster is started and its library counted. Figures: MiB of archive per second,
 min–max over the rounds.
 """
-import argparse, os, shutil, subprocess, tempfile, threading, time
+import argparse, os, shutil, subprocess, tempfile, time
 
 from compare import chorus_token, chorus_upload
 from library import MIB, distinct_mp3
-from measure import BIN, Cluster, free_port, http
+from measure import BIN, Cluster, free_port, http, peak_rss_during
 
 
 def chorus(*args):
@@ -24,29 +24,6 @@ def chorus(*args):
     if out.returncode != 0:
         raise SystemExit(f"chorus {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
     return time.time() - started, out.stdout.strip()
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-
-
-def peak_rss_during(pid, action):
-    """Runs `action`, sampling the process's RSS every 20 ms: (result, before, peak) in MiB."""
-    before, peak, done = rss_mib(pid), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib(pid))
-            time.sleep(0.02)
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
-        result = action()
-    finally:
-        done.set()
-        t.join()
-    return result, before, peak[0]
 
 
 def new_config(dir_):

@@ -9,7 +9,7 @@
 
 Figures are printed; nothing here asserts a target. Needs `wrk` (apt-get install wrk).
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("CHORUS_BIN") or os.path.join(ROOT, "target", "release", "chorus")
@@ -31,6 +31,29 @@ def http(method, url, body=None, timeout=5):
         return e.code, None
     except Exception:
         return None, None
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+
+def peak_rss_during(pid, action, every=0.02):
+    """Runs `action`, sampling the process's RSS every `every` s: (result, before, peak) in MiB."""
+    before, peak, done = rss_mib(pid), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(pid))
+            time.sleep(every)
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        t.join()
+    return result, before, peak[0]
 
 
 class Cluster:

@@ -11,9 +11,9 @@ second and their p50/p99 latency, 503s per second and how long after the start t
 other failures, the leader's peak RSS (sampled every 50 ms), and a single vote's latency one
 second after the load stops. The load generator shares the 2 CPUs with the nodes.
 """
-import argparse, asyncio, os, statistics, threading, time
+import argparse, asyncio, time
 
-from measure import Cluster, http
+from measure import Cluster, http, peak_rss_during
 
 VOTE = (b"POST /vote?id=1&up=true HTTP/1.1\r\nHost: bench\r\nPrefer: return=minimal\r\n"
         b"Content-Length: 0\r\n\r\n")
@@ -57,31 +57,15 @@ async def client(port, until, results, started):
         writer.close()
 
 
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-
-
 def one_round(c, leader, clients, seconds):
     port = c.nodes[leader][0]
-    pid = c.procs[leader].pid
-    peak, done = [rss_mib(pid)], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib(pid))
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     results = []
     started = time.monotonic()
 
     async def run():
         until = started + seconds
         await asyncio.gather(*(client(port, until, results, started) for _ in range(clients)))
-    asyncio.run(run())
-    done.set()
-    sampler.join()
+    _, _, peak = peak_rss_during(c.procs[leader].pid, lambda: asyncio.run(run()), every=0.05)
     time.sleep(1)
     t = time.monotonic()
     after = http("POST", c.url(leader) + "/vote?id=1&up=true")[0]
@@ -91,7 +75,7 @@ def one_round(c, leader, clients, seconds):
     other = sum(1 for _, _, s in results if s not in (200, 503))
     q = lambda p: ok[min(len(ok) - 1, int(p * len(ok)))] * 1e3 if ok else float("nan")
     return {"ok/s": len(ok) / seconds, "p50 ms": q(0.5), "p99 ms": q(0.99), "503/s": len(shed) / seconds,
-            "first 503 s": min(shed) if shed else float("nan"), "errors": other, "peak RSS MiB": peak[0],
+            "first 503 s": min(shed) if shed else float("nan"), "errors": other, "peak RSS MiB": peak,
             "after": f"{after} in {after_ms:.1f} ms"}
 
 

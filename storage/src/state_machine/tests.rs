@@ -465,6 +465,18 @@ async fn applied_changes_are_published_in_log_order_with_their_index() {
     ));
 }
 
+/// The whole archive `prepared` writes.
+fn archive_of(prepared: &crate::backup::Backup) -> Vec<u8> {
+    let mut archive = Vec::new();
+    prepared
+        .write(|piece| {
+            archive.extend_from_slice(&piece);
+            Ok(())
+        })
+        .expect("write");
+    archive
+}
+
 /// A prepared backup streams the state as it was when it was prepared, whatever is deleted and
 /// collected meanwhile; restored into a new store, it has the same tracks, audio and queue, the
 /// new cluster's membership, and a vote at the backup's term.
@@ -498,13 +510,7 @@ async fn a_backup_restores_into_a_new_store_as_it_was_when_prepared() {
         .expect("apply");
     sm.build_snapshot().await.expect("build");
     assert!(on_disk(&sm).is_empty());
-    let mut archive = Vec::new();
-    prepared
-        .write(|piece| {
-            archive.extend_from_slice(&piece);
-            Ok(())
-        })
-        .expect("write");
+    let archive = archive_of(&prepared);
     assert_eq!(archive.len() as u64, prepared.archive_len());
     drop(prepared);
     let leftovers = std::fs::read_dir(dir.path().join("snapshots"))
@@ -560,13 +566,7 @@ async fn a_truncated_or_altered_backup_restores_nothing() {
     let (_log, mut sm) = crate::open(dir.path()).expect("open");
     two_tracks_of_the_same_audio(&mut sm).await;
     let prepared = sm.reader().prepare_backup().await.expect("prepare");
-    let mut archive = Vec::new();
-    prepared
-        .write(|piece| {
-            archive.extend_from_slice(&piece);
-            Ok(())
-        })
-        .expect("write");
+    let archive = archive_of(&prepared);
     let members = std::collections::BTreeMap::from([(1, crate::ChorusNode::default())]);
     let target = tempfile::tempdir().expect("temp dir");
     let data = target.path().join("node1");
