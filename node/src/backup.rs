@@ -28,7 +28,7 @@ pub async fn save(
         None => {
             let config = ClusterConfig::load(config)
                 .context("pass --node http://host:port, or --config with the cluster's file")?;
-            format!("http://{}", config.nodes[0].http_addr)
+            crate::client::node_url(&config.nodes[0])
         }
     };
     let started = Instant::now();

@@ -67,6 +67,9 @@ enum Cmd {
         /// The cluster's admin token (default: `admin_token` of the configuration).
         #[arg(long, env = "CHORUS_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// A CA certificate (PEM) to trust when the node serves HTTPS.
+        #[arg(long, env = "CHORUS_CA_CERT")]
+        ca_cert: Option<PathBuf>,
         #[arg(long, env = "CHORUS_CONFIG", default_value = "cluster.toml")]
         config: PathBuf,
     },
@@ -180,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(&config, node))
         }
         Cmd::Client(args) => {
+            client::trust(args.ca_cert.clone());
             // One line, whatever RUST_BACKTRACE says: the client's errors are for people.
             if let Err(e) = runtime.block_on(client::run(args)) {
                 eprintln!("error: {e:#}");
@@ -197,13 +201,17 @@ fn main() -> anyhow::Result<()> {
             node,
             output,
             admin_token,
+            ca_cert,
             config,
-        } => runtime.block_on(backup::save(
-            node.as_deref(),
-            &output,
-            admin_token.as_deref(),
-            &config,
-        )),
+        } => {
+            client::trust(ca_cert);
+            runtime.block_on(backup::save(
+                node.as_deref(),
+                &output,
+                admin_token.as_deref(),
+                &config,
+            ))
+        }
         Cmd::Restore {
             from,
             config,

@@ -82,3 +82,21 @@ pub fn cluster(ca_cert: &Path, cert: &Path, key: &Path) -> anyhow::Result<raft::
         connector: TlsConnector::from(Arc::new(client)),
     })
 }
+
+/// A client configuration that trusts the CA certificates at `ca_cert`: for the CLI talking to
+/// nodes that serve HTTPS with certificates of that CA.
+pub fn trusting(ca_cert: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates("--ca-cert", ca_cert)? {
+        roots
+            .add(ca)
+            .context("--ca-cert is not a usable CA certificate")?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -142,10 +142,37 @@ tls_key = "node.key"
         "the handshake fails on the certificate: {why}"
     );
 
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
+    std::fs::write(dir.path().join("stranger.pem"), stranger.pem()).expect("write CA");
+
+    // The CLI over HTTPS: `chorus backup` trusting the cluster's CA (https:// from the
+    // configuration, since the node has a tls_cert), and refused with another CA.
+    let backup = |ca: &str| {
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["backup", "--admin-token", "test-admin", "-o"])
+            .arg(dir.path().join("cluster.backup"))
+            .arg("--ca-cert")
+            .arg(dir.path().join(ca))
+            .arg("--config")
+            .arg(dir.path().join("cluster.toml"))
+            .env_remove("CHORUS_ADMIN_TOKEN")
+            .output()
+            .expect("run chorus backup")
+    };
+    let saved = backup("ca.pem");
+    assert!(
+        saved.status.success() && String::from_utf8_lossy(&saved.stdout).contains("checked"),
+        "chorus backup over HTTPS failed: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let refused = backup("stranger.pem");
+    assert!(
+        !refused.status.success(),
+        "a CLI without the cluster's CA must fail"
+    );
+
     // gRPC over TLS with the same certificate, from the Python grpcio client the seed uses.
     if common::python_grpc_available() {
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
-        std::fs::write(dir.path().join("stranger.pem"), stranger.pem()).expect("write CA");
         let call = |ca: &str| {
             Command::new("python3")
                 .args(["-c", GRPC_OVER_TLS, &grpc.to_string()])

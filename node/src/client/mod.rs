@@ -40,6 +40,10 @@ pub struct ClientArgs {
         global = true
     )]
     admin_token: Option<String>,
+    /// A CA certificate (PEM) to trust for nodes that serve HTTPS (`https://` is then the
+    /// default scheme of `--node`).
+    #[arg(long, env = "CHORUS_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: ClientCmd,
 }
@@ -55,13 +59,36 @@ enum ClientCmd {
     Member(member::MemberCmd),
 }
 
-/// `--node` as a base URL (`http://` added when it has no scheme).
+/// The CA the CLI trusts for HTTPS (`--ca-cert`), set once at start.
+static CA_CERT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Trust the CA certificates at `ca_cert` for every HTTPS request this process makes.
+pub(crate) fn trust(ca_cert: Option<PathBuf>) {
+    if let Some(ca) = ca_cert {
+        let _ = CA_CERT.set(ca);
+    }
+}
+
+/// `--node` as a base URL (`https://` added when it has no scheme and a CA is given, else
+/// `http://`).
 pub(crate) fn normalise(node: &str) -> String {
     let node = node.trim_end_matches('/');
     if node.contains("://") {
         node.to_string()
+    } else if CA_CERT.get().is_some() {
+        format!("https://{node}")
     } else {
         format!("http://{node}")
+    }
+}
+
+/// Where the configuration says node `n` is reached: its `public_url`, else HTTPS when it
+/// serves TLS, else HTTP.
+pub(crate) fn node_url(n: &crate::config::NodeConfig) -> String {
+    match (&n.public_url, &n.tls_cert) {
+        (Some(url), _) => url.trim_end_matches('/').to_string(),
+        (None, Some(_)) => format!("https://{}", n.http_addr),
+        (None, None) => format!("http://{}", n.http_addr),
     }
 }
 
@@ -76,13 +103,16 @@ fn base_url(args: &ClientArgs, use_session: bool) -> anyhow::Result<String> {
     }
     let config = crate::config::ClusterConfig::load(&args.config)
         .context("pass --node http://host:port, or run from a directory with cluster.toml")?;
-    Ok(format!("http://{}", config.nodes[0].http_addr))
+    Ok(node_url(&config.nodes[0]))
 }
 
 pub(crate) fn http_client(timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
+    }
+    if let Some(ca) = CA_CERT.get() {
+        builder = builder.use_preconfigured_tls(crate::tls::trusting(ca)?);
     }
     Ok(builder.build()?)
 }
