@@ -164,6 +164,7 @@ fn start_malloc_trimmer() {
 
 fn main() -> anyhow::Result<()> {
     tune_malloc();
+    tls::install_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

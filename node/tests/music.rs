@@ -441,7 +441,8 @@ async fn chunk_files_are_shared_verified_repaired_and_collected() {
     flipped[1000] ^= 0x40;
     std::fs::write(damaged, &flipped).expect("damage the chunk file");
     let url = format!("{}/play/{first}", c.url(follower));
-    let served = async { reqwest::get(&url).await?.bytes().await }.await;
+    let http = common::http_client_builder().build().expect("HTTP client");
+    let served = async { http.get(&url).send().await?.bytes().await }.await;
     assert!(
         served
             .as_ref()

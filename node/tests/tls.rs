@@ -259,7 +259,9 @@ async fn the_cluster_transport_over_mutual_tls_keeps_out_a_node_with_another_ca(
     let (http, raft) = c.addrs(outsider);
     // The add waits up to 15 s for the node to make progress: longer than the harness's
     // request timeout.
-    let add = reqwest::Client::new()
+    let add = common::http_client_builder()
+        .build()
+        .expect("HTTP client")
         .post(format!("{}/cluster/members", c.url(leader)))
         .header("X-Admin-Token", "test-admin")
         .json(&serde_json::json!({

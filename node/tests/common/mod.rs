@@ -52,6 +52,13 @@ const LOG_TAIL_LINES: usize = 80;
 /// Set this environment variable to keep a failed test's directory (config, data, logs).
 pub const KEEP_DIR_ENV: &str = "CHORUS_TEST_KEEP_DIR";
 
+/// An HTTP client builder. The `chorus` package's reqwest has HTTPS through rustls, which needs
+/// a process-wide crypto provider before any client is built: aws-lc-rs, as the binary installs.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T>(
     what: &str,
@@ -480,7 +487,7 @@ request_timeout_ms = 5000
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config).expect("write cluster.toml");
 
-        let client = reqwest::Client::builder()
+        let client = http_client_builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .no_proxy()

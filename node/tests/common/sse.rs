@@ -25,7 +25,7 @@ impl EventStream {
     /// Opens `base/events`, resuming after `last_id` (sent as `Last-Event-ID`) when given.
     pub async fn open(base: &str, last_id: Option<u64>) -> anyhow::Result<Self> {
         // No overall timeout: the stream stays open; each read has its own.
-        let client = reqwest::Client::builder()
+        let client = super::http_client_builder()
             .connect_timeout(Duration::from_secs(2))
             .no_proxy()
             .build()?;

@@ -64,7 +64,7 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("start {}", driver.display()))?;
-        let client = reqwest::Client::builder()
+        let client = super::http_client_builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
             .build()?;
