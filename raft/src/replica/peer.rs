@@ -60,18 +60,7 @@ impl Replica {
                     .map(|(r, read_back)| self.propose_write(r, read_back));
                 PeerResponse::ClientWrites(futures_util::future::join_all(proposals).await)
             }
-            PeerRequest::ReadIndex => PeerResponse::ReadIndex(
-                raft.get_read_log_id()
-                    .await
-                    .map(|(read, _)| read.map_or(0, |l| l.index))
-                    .map_err(|e| match e {
-                        // Not a bad request: the leader cannot reach a majority right now.
-                        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-                            ForwardError::Failed(q.to_string())
-                        }
-                        e => forward_error(e),
-                    }),
-            ),
+            PeerRequest::ReadIndex => PeerResponse::ReadIndex(self.read_index().await),
             PeerRequest::Status => PeerResponse::Status(PeerStatus {
                 node_id: self.inner.id,
                 pristine: self.is_pristine(),
@@ -90,6 +79,27 @@ impl Replica {
                 PeerResponse::Membership(self.remove_member_here(id).await)
             }
         }
+    }
+
+    /// The index a linearizable read must wait for: this node's whole log, once a quorum has
+    /// confirmed it still leads. Not openraft's read log id alone: that is the commit index
+    /// this node knows, and a leader that restarts in its own term (openraft 0.9 resumes
+    /// leading when its saved vote is its own, committed) knows only what it had applied,
+    /// since the commit index is not saved (vendor/README.md). Reads served at that index
+    /// returned values older than acknowledged writes (jepsen-style, 32 leader kills). Every
+    /// committed entry is in the leader's log, so waiting for all of it to apply is safe; it
+    /// costs a read the writes still in flight when it arrives.
+    async fn read_index(&self) -> Result<u64, ForwardError> {
+        let raft = &self.inner.raft;
+        let (read, _) = raft.get_read_log_id().await.map_err(|e| match e {
+            // Not a bad request: the leader cannot reach a majority right now.
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+                ForwardError::Failed(q.to_string())
+            }
+            e => forward_error(e),
+        })?;
+        let last_log = raft.metrics().borrow().last_log_index;
+        Ok(read.map_or(0, |l| l.index).max(last_log.unwrap_or(0)))
     }
 
     /// Adds `id` as a learner, waits until it has really caught up, then makes it a voter. A
