@@ -10,8 +10,7 @@ before the next round. Figures are printed, min–max over the rounds.
 """
 import argparse, json, os, tempfile, time, urllib.request
 
-from compare import chorus_token, chorus_upload
-from library import MIB, distinct_mp3
+from library import MIB, upload_library
 from measure import Cluster, free_port, http
 
 
@@ -34,13 +33,7 @@ def main():
     try:
         c.wait_ready()
         leader = c.leader()
-        token = chorus_token(c.url(leader))
-        files = int(args.gib * 1024 // 10)
-        library = 0
-        for n in range(files):
-            path = os.path.join(tmp, "song.mp3")
-            library += distinct_mp3(path, 10, n)
-            chorus_upload(c.url(leader), token, path, f"track {n}")
+        files, library = upload_library(c.url(leader), tmp, args.gib)
         print(f"library: {library / MIB:,.0f} MiB in {files} tracks")
         took = []
         for round_ in range(args.rounds):

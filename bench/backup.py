@@ -13,8 +13,7 @@ min–max over the rounds.
 """
 import argparse, os, shutil, subprocess, tempfile, time
 
-from compare import chorus_token, chorus_upload
-from library import MIB, distinct_mp3
+from library import MIB, upload_library
 from measure import BIN, Cluster, free_port, http, peak_rss_during
 
 
@@ -48,12 +47,7 @@ def main():
     try:
         c.wait_ready()
         leader = c.leader()
-        token = chorus_token(c.url(leader))
-        files = int(args.gib * 1024 // 10)
-        for n in range(files):
-            path = os.path.join(tmp, "song.mp3")
-            distinct_mp3(path, 10, n)
-            chorus_upload(c.url(leader), token, path, f"track {n}")
+        upload_library(c.url(leader), tmp, args.gib)
         follower = next(i for i in c.nodes if i != leader)
         archive = os.path.join(tmp, "cluster.chorusbackup")
         rates = {"backup": [], "restore 3 nodes": [], "restore 1 node": []}

@@ -37,6 +37,17 @@ def distinct_mp3(path, mib, n):
     return len(data)
 
 
+def upload_library(base, tmp, gib):
+    """Uploads `gib` GiB of distinct 10 MiB MP3s through `base` as a new user: (tracks, bytes)."""
+    token = chorus_token(base)
+    files, size = int(gib * 1024 // 10), 0
+    for n in range(files):
+        path = os.path.join(tmp, "song.mp3")
+        size += distinct_mp3(path, 10, n)
+        chorus_upload(base, token, path, f"track {n}")
+    return files, size
+
+
 def disk_mib(path):
     total = 0
     for root, _, files in os.walk(path):

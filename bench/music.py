@@ -14,7 +14,7 @@ Peak memory is the kernel's high-water mark (VmHWM), reset before each phase thr
 import argparse, json, os, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import BIN, ROOT, Cluster  # noqa: E402
+from measure import BIN, ROOT, Cluster, rss_mib  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "node", "tests", "fixtures", "untagged-2s.mp3")
 
@@ -36,13 +36,6 @@ def reset_peak(pid):
 def peak_mib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

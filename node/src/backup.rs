@@ -2,15 +2,13 @@
 //! new cluster's data directories from it (the archive format is `storage::backup`'s).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use storage::backup::{self, BackupHeader, StagedRestore};
-use tokio::io::AsyncWriteExt;
 
-use crate::client::music::bar;
+use crate::client::music::{bar, part_file, receive};
 use crate::client::{admin_token, failure, http_client, normalise, unreachable};
 use crate::config::ClusterConfig;
 
@@ -42,29 +40,14 @@ pub async fn save(
         return Err(failure(response).await);
     }
     let partial = part_file(output)?;
-    let progress = bar(response.content_length().unwrap_or(0), "backup");
-    let downloaded = async {
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        let mut body = response.bytes_stream();
-        while let Some(piece) = body.next().await {
-            let piece = piece.context("the node broke off the backup; nothing was saved")?;
-            file.write_all(&piece)
-                .await
-                .with_context(|| format!("cannot write {}", partial.display()))?;
-            progress.inc(piece.len() as u64);
-        }
-        file.sync_all().await?;
-        anyhow::Ok(())
-    }
-    .await;
-    progress.finish_and_clear();
-    let checked = match downloaded {
-        Ok(()) => check(&partial).await,
-        Err(e) => Err(e),
-    };
-    let header = match checked {
+    receive(
+        response,
+        &partial,
+        "backup",
+        "the node broke off the backup; nothing was saved",
+    )
+    .await?;
+    let header = match check(&partial).await {
         Ok(header) => header,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
@@ -83,15 +66,6 @@ pub async fn save(
         bytes as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64().max(1e-3)
     );
     Ok(())
-}
-
-/// `.<name>.part` beside `output`.
-fn part_file(output: &Path) -> anyhow::Result<PathBuf> {
-    let name = output
-        .file_name()
-        .context("the output path names no file")?
-        .to_string_lossy();
-    Ok(output.with_file_name(format!(".{name}.part")))
 }
 
 /// Reads the whole archive back and checks it (digest, every chunk's hash, the state).

@@ -365,7 +365,6 @@ async fn download(
     id: u64,
     output: &Path,
 ) -> anyhow::Result<u64> {
-    use tokio::io::AsyncWriteExt;
     let response = http
         .get(format!("{base}/tracks/{id}/file"))
         .send()
@@ -374,25 +373,52 @@ async fn download(
     if !response.status().is_success() {
         return Err(failure(response).await);
     }
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = output
+    let partial = part_file(output)?;
+    let label = output.file_name().map(|n| n.to_string_lossy().into_owned());
+    let written = receive(
+        response,
+        &partial,
+        label.as_deref().unwrap_or("download"),
+        "the download broke off",
+    )
+    .await?;
+    let renamed = tokio::fs::rename(&partial, output)
+        .await
+        .with_context(|| format!("cannot write {}", output.display()));
+    if renamed.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    renamed.map(|()| written)
+}
+
+/// `.<name>.part` beside `output`: where a download goes until it is whole.
+pub(crate) fn part_file(output: &Path) -> anyhow::Result<PathBuf> {
+    let name = output
         .file_name()
         .context("the output path names no file")?
-        .to_string_lossy()
-        .into_owned();
-    let partial = dir.join(format!(".{file_name}.part"));
-    let progress = bar(response.content_length().unwrap_or(0), &file_name);
+        .to_string_lossy();
+    Ok(output.with_file_name(format!(".{name}.part")))
+}
+
+/// Writes `response`'s body to `partial` with a progress bar labelled `label`, and syncs it;
+/// on any error the file is removed and `broke_off` says what was interrupted. The bytes
+/// written.
+pub(crate) async fn receive(
+    response: reqwest::Response,
+    partial: &Path,
+    label: &str,
+    broke_off: &'static str,
+) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let progress = bar(response.content_length().unwrap_or(0), label);
     let result = async {
-        let mut file = tokio::fs::File::create(&partial)
+        let mut file = tokio::fs::File::create(partial)
             .await
             .with_context(|| format!("cannot write {}", partial.display()))?;
         let mut written = 0u64;
         let mut body = response.bytes_stream();
         while let Some(piece) = body.next().await {
-            let piece = piece.context("the download broke off")?;
+            let piece = piece.context(broke_off)?;
             file.write_all(&piece)
                 .await
                 .with_context(|| format!("cannot write {}", partial.display()))?;
@@ -400,15 +426,12 @@ async fn download(
             progress.inc(piece.len() as u64);
         }
         file.sync_all().await?;
-        tokio::fs::rename(&partial, output)
-            .await
-            .with_context(|| format!("cannot write {}", output.display()))?;
         anyhow::Ok(written)
     }
     .await;
     progress.finish_and_clear();
     if result.is_err() {
-        let _ = tokio::fs::remove_file(&partial).await;
+        let _ = tokio::fs::remove_file(partial).await;
     }
     result
 }
