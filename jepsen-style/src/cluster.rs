@@ -2,6 +2,7 @@
 //! each inside its own network namespace, and what the harness asks them about (the leader,
 //! readiness). chorus is a black box here: only its binary, its config file and its HTTP API.
 
+use crate::lazyfs::NodeDisk;
 use crate::net::{self, Net};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -77,6 +78,8 @@ pub struct Cluster {
     config: PathBuf,
     run_dir: PathBuf,
     children: Vec<Option<Child>>,
+    /// Each node's data directory as a power-loss file system, when a run cuts the power.
+    disks: Vec<NodeDisk>,
 }
 
 impl Cluster {
@@ -88,7 +91,46 @@ impl Cluster {
             config,
             run_dir,
             children,
+            disks: Vec::new(),
         }
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.run_dir.join(format!("n{}/data", i + 1))
+    }
+
+    /// Puts every node's data directory on a power-loss file system (before the nodes start).
+    pub fn mount_disks(&mut self) -> Result<()> {
+        for i in 0..self.nodes() {
+            let disk = NodeDisk::mount(&self.data_dir(i))?;
+            self.disks.push(disk);
+        }
+        Ok(())
+    }
+
+    /// The control: from now on the nodes' disks acknowledge fsync and keep nothing.
+    pub fn ignore_fsync(&self) {
+        self.disks.iter().for_each(NodeDisk::ignore_fsync);
+    }
+
+    /// The power goes out under `targets` at once: every one dies, then every disk forgets what
+    /// was not fsynced. Returns the MiB each disk lost.
+    pub fn power_loss(&mut self, targets: &[usize]) -> Result<Vec<f64>> {
+        if self.disks.is_empty() {
+            bail!("power loss needs the power-loss file system (mount_disks)");
+        }
+        for &i in targets {
+            self.kill(i);
+        }
+        targets
+            .iter()
+            .map(|&i| {
+                let (_kept, lost) = self.disks[i]
+                    .power_loss()
+                    .with_context(|| format!("power loss of node {}", node_id(i)))?;
+                Ok(lost as f64 / (1 << 20) as f64)
+            })
+            .collect()
     }
 
     pub fn nodes(&self) -> usize {
@@ -163,8 +205,11 @@ impl Cluster {
     }
 
     /// Deletes a stopped node's data directory: its disk is gone.
-    pub fn wipe(&self, i: usize) -> Result<()> {
-        let dir = self.run_dir.join(format!("n{}/data", i + 1));
+    pub fn wipe(&mut self, i: usize) -> Result<()> {
+        if let Some(disk) = self.disks.get_mut(i) {
+            return disk.wipe();
+        }
+        let dir = self.data_dir(i);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("wiping {}", dir.display()))
@@ -179,6 +224,8 @@ impl Cluster {
             let _ = self.resume(i);
             self.kill(i);
         }
+        // Unmounted once no node uses them.
+        self.disks.clear();
         self.net.delete();
     }
 }

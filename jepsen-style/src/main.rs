@@ -5,6 +5,7 @@
 
 mod checks;
 mod cluster;
+mod lazyfs;
 mod lin;
 mod nemesis;
 mod net;
@@ -47,7 +48,9 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// Faults to schedule, comma-separated: all, none, partition, isolate-leader, bridge,
-    /// one-way, kill, kill-leader, pause, loss, delay.
+    /// one-way, kill, kill-leader, pause, loss, delay, membership, power-loss,
+    /// power-loss-leader, power-loss-all (the power-loss ones put every node's data directory
+    /// on a FUSE file system that forgets what was not fsynced).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Workloads, comma-separated: all, register, set, counter, exactly-once, upload.
@@ -59,6 +62,10 @@ struct Args {
     /// Read the register with `?consistency=stale`: the checker must then find anomalies.
     #[arg(long)]
     stale_reads: bool,
+    /// The power-loss nemeses' control: once the workloads are set up, the nodes' disks answer
+    /// fsync and keep nothing, so a power loss must show up as lost writes.
+    #[arg(long)]
+    unsafe_ignore_fsync: bool,
     /// Quiet time between faults, in seconds: `min..max`.
     #[arg(long, default_value = "2..6")]
     gap: String,
@@ -113,7 +120,9 @@ impl Drop for NetGuard {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // fuser (the power-loss file system) logs every mount at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fuser=warn".into()),
         )
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -189,7 +198,11 @@ fn run(args: Args) -> Result<bool> {
     }
     let gap = parse_range(&args.gap, "gap")?;
     let fault = parse_range(&args.fault, "fault")?;
-    let missing = net::missing_prereqs(nemeses.contains(&schedule::Nemesis::Delay));
+    let cuts_power = nemeses.iter().any(|n| n.loses_power());
+    if args.unsafe_ignore_fsync && !cuts_power {
+        bail!("--unsafe-ignore-fsync is the power-loss control: add power-loss-all to --nemesis");
+    }
+    let missing = net::missing_prereqs(nemeses.contains(&schedule::Nemesis::Delay), cuts_power);
     if !missing.is_empty() {
         bail!("missing prerequisites:\n  {}", missing.join("\n  "));
     }
@@ -263,12 +276,11 @@ fn run(args: Args) -> Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let cluster = Arc::new(Mutex::new(Cluster::new(
-        net,
-        binary,
-        config,
-        run_dir.clone(),
-    )));
+    let mut cluster = Cluster::new(net, binary, config, run_dir.clone());
+    if cuts_power {
+        cluster.mount_disks()?;
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
     let outcome = runtime.block_on(async {
         tokio::select! {
             r = drive(&args, seed, &workloads, faults, cluster.clone(), &run_dir, &delayer) => r,
@@ -340,6 +352,10 @@ async fn drive(
             .await
             .context("setting up the workloads on the healthy cluster")?,
     );
+    if args.unsafe_ignore_fsync {
+        tracing::warn!("control run: from now on the nodes' disks keep nothing they fsync");
+        cluster.lock().await.ignore_fsync();
+    }
     tracing::info!(
         register_keys = ?fixture.register_keys,
         counter_keys = ?fixture.counter_keys,

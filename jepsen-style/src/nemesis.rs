@@ -180,6 +180,29 @@ impl Nemesis {
                     ),
                 )
             }
+            Kind::PowerLoss | Kind::PowerLossLeader | Kind::PowerLossAll => {
+                let targets: Vec<usize> = match fault.kind {
+                    Kind::PowerLoss => order[..(n - 1) / 2].to_vec(),
+                    Kind::PowerLossLeader => {
+                        drop(c);
+                        let leader = self.leader_or(order[0]).await;
+                        c = self.cluster.lock().await;
+                        vec![leader]
+                    }
+                    _ => (0..n).collect(),
+                };
+                let lost = c.power_loss(&targets)?;
+                self.active.killed.extend(&targets);
+                let lost: Vec<String> = lost.iter().map(|mib| format!("{mib:.1}")).collect();
+                (
+                    ids(&targets),
+                    format!(
+                        "power loss of node(s) {:?} (MiB not fsynced, dropped: {})",
+                        ids(&targets),
+                        lost.join(", ")
+                    ),
+                )
+            }
             Kind::Delay => {
                 let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
                 for i in 0..n {

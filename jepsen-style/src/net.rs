@@ -268,8 +268,13 @@ pub fn enter(ns: &str) -> Result<()> {
 }
 
 /// Missing tools, each with the Debian package that provides it.
-pub fn missing_prereqs(need_delay: bool) -> Vec<String> {
+pub fn missing_prereqs(need_delay: bool, need_fuse: bool) -> Vec<String> {
     let mut missing = Vec::new();
+    if need_fuse && !std::path::Path::new("/dev/fuse").exists() {
+        missing.push(
+            "/dev/fuse (the power-loss nemeses mount a FUSE file system): modprobe fuse".into(),
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         missing.push(

@@ -86,9 +86,11 @@ pub struct Window {
 
 /// Seconds without a quorum operation that a fault of `kind` may cost: an election and a
 /// retried request for a fault that may take the leader away, next to nothing for loss and
-/// delay (nothing needs electing: the cluster only gets slower).
+/// delay (nothing needs electing: the cluster only gets slower); no node can answer while every
+/// node is without power.
 pub fn expected_cost_s(kind: Option<Nemesis>) -> f64 {
     match kind {
+        Some(Nemesis::PowerLossAll) => f64::INFINITY,
         None | Some(Nemesis::Loss | Nemesis::Delay) => 3.0,
         Some(_) => 6.0,
     }

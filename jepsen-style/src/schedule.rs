@@ -34,9 +34,16 @@ pub enum Nemesis {
     /// Remove a random node from the membership, kill it and wipe its disk; when the fault
     /// ends, start it again empty and add it back (a dead machine replaced).
     Membership,
+    /// Power loss of a random minority: the nodes die and their disks keep only what was
+    /// fsynced; restarted when the fault ends.
+    PowerLoss,
+    /// Power loss of the current leader.
+    PowerLossLeader,
+    /// Power loss of every node at once: everything acknowledged must still be there.
+    PowerLossAll,
 }
 
-pub const ALL: [Nemesis; 10] = [
+pub const ALL: [Nemesis; 13] = [
     Nemesis::Partition,
     Nemesis::IsolateLeader,
     Nemesis::Bridge,
@@ -47,6 +54,9 @@ pub const ALL: [Nemesis; 10] = [
     Nemesis::Loss,
     Nemesis::Delay,
     Nemesis::Membership,
+    Nemesis::PowerLoss,
+    Nemesis::PowerLossLeader,
+    Nemesis::PowerLossAll,
 ];
 
 impl Nemesis {
@@ -62,6 +72,9 @@ impl Nemesis {
             Nemesis::Loss => "loss",
             Nemesis::Delay => "delay",
             Nemesis::Membership => "membership",
+            Nemesis::PowerLoss => "power-loss",
+            Nemesis::PowerLossLeader => "power-loss-leader",
+            Nemesis::PowerLossAll => "power-loss-all",
         }
     }
 
@@ -69,7 +82,21 @@ impl Nemesis {
     pub fn disrupts_leader(self) -> bool {
         matches!(
             self,
-            Nemesis::IsolateLeader | Nemesis::KillLeader | Nemesis::Kill | Nemesis::Pause
+            Nemesis::IsolateLeader
+                | Nemesis::KillLeader
+                | Nemesis::Kill
+                | Nemesis::Pause
+                | Nemesis::PowerLoss
+                | Nemesis::PowerLossLeader
+        )
+    }
+
+    /// Faults that cut the power: the nodes' data directories must sit on the harness's
+    /// power-loss file system.
+    pub fn loses_power(self) -> bool {
+        matches!(
+            self,
+            Nemesis::PowerLoss | Nemesis::PowerLossLeader | Nemesis::PowerLossAll
         )
     }
 }

@@ -96,6 +96,25 @@ pub(crate) fn reopen(dir: &Path) -> (LogStore, StateMachineStore) {
     }
 }
 
+/// The store's directories, created if missing, and every name on the way to them durable.
+///
+/// A name is durable only once the directory holding it is synced: a log segment fsynced inside
+/// a `log/` whose own entry in the data directory was never synced is lost with it on power
+/// loss. Syncing the data directory and its
+/// parent once at start covers a store created now as well as one a crash left half-named.
+fn name_directories_durably(dir: &Path) -> std::io::Result<()> {
+    for sub in ["chunks", "log", "snapshots"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    // sled made `db/` and its files; it does not sync the directories that name them.
+    chunks::sync_dir(&dir.join("db"))?;
+    chunks::sync_dir(dir)?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => chunks::sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
 /// Opens (or creates) the store in `dir`: the Raft log, the state machine and the chunk store.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db_path = dir.join("db");
@@ -113,6 +132,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             source,
         })?;
     let db = durable::DurableSled::new(db, &db_path);
+    name_directories_durably(dir).map_err(|source| OpenError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let chunks_dir = dir.join("chunks");
     let chunks = ChunkStore::open(&chunks_dir).map_err(|source| OpenError::Io {
         path: chunks_dir.display().to_string(),
