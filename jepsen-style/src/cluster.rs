@@ -39,10 +39,47 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
 }
 
-/// Writes the `cluster.toml` of the cluster under test into the run directory.
-pub fn write_config(run_dir: &Path, nodes: usize, tuning: &RaftTuning) -> Result<PathBuf> {
-    let mut text = format!(
-        r#"# Written by jepsen-style for one run.
+pub struct Cluster {
+    pub net: Net,
+    binary: PathBuf,
+    run_dir: PathBuf,
+    tuning: RaftTuning,
+    /// The chorus node id in each slot (a namespace, its address, a data directory). A slot
+    /// whose node was removed from the membership gets a fresh node under a new id: ids are
+    /// never reused.
+    ids: Vec<u64>,
+    next_id: u64,
+    children: Vec<Option<Child>>,
+    /// Each node's data directory as a power-loss file system, when a run cuts the power.
+    disks: Vec<NodeDisk>,
+}
+
+impl Cluster {
+    /// The cluster of `net.nodes` nodes, ids 1..=n, its `cluster.toml` written into `run_dir`.
+    pub fn new(net: Net, binary: PathBuf, run_dir: PathBuf, tuning: RaftTuning) -> Result<Self> {
+        let n = net.nodes;
+        let cluster = Self {
+            children: (0..n).map(|_| None).collect(),
+            ids: (0..n).map(node_id).collect(),
+            next_id: n as u64,
+            net,
+            binary,
+            run_dir,
+            tuning,
+            disks: Vec::new(),
+        };
+        cluster.write_config()?;
+        Ok(cluster)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.run_dir.join("cluster.toml")
+    }
+
+    /// Writes the `cluster.toml` of the cluster under test: the node in each slot.
+    fn write_config(&self) -> Result<()> {
+        let mut text = format!(
+            r#"# Written by jepsen-style for one run.
 cluster_name = "jepsen"
 secret = "jepsen-style-secret"
 admin_token = "{ADMIN_TOKEN}"
@@ -56,43 +93,32 @@ anonymous_votes = true
 snapshot_every = {}
 keep_logs_after_snapshot = {}
 "#,
-        tuning.snapshot_every,
-        tuning.snapshot_every / 4
-    );
-    for i in 0..nodes {
-        let ip = net::node_ip(i);
-        text += &format!(
-            "\n[[nodes]]\nid = {}\nhttp_addr = \"{ip}:{HTTP_PORT}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\ndata_dir = \"n{}/data\"\n",
-            node_id(i),
-            i + 1
+            self.tuning.snapshot_every,
+            self.tuning.snapshot_every / 4
         );
-    }
-    let path = run_dir.join("cluster.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
-pub struct Cluster {
-    pub net: Net,
-    binary: PathBuf,
-    config: PathBuf,
-    run_dir: PathBuf,
-    children: Vec<Option<Child>>,
-    /// Each node's data directory as a power-loss file system, when a run cuts the power.
-    disks: Vec<NodeDisk>,
-}
-
-impl Cluster {
-    pub fn new(net: Net, binary: PathBuf, config: PathBuf, run_dir: PathBuf) -> Self {
-        let children = (0..net.nodes).map(|_| None).collect();
-        Self {
-            net,
-            binary,
-            config,
-            run_dir,
-            children,
-            disks: Vec::new(),
+        for (i, id) in self.ids.iter().enumerate() {
+            let ip = net::node_ip(i);
+            text += &format!(
+                "\n[[nodes]]\nid = {id}\nhttp_addr = \"{ip}:{HTTP_PORT}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\ndata_dir = \"n{}/data\"\n",
+                i + 1
+            );
         }
+        let path = self.config_path();
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The chorus node id in every slot.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// A new machine in slot `i` (whose node is gone): the next unused id, written into
+    /// `cluster.toml` so that the node can be started under it.
+    pub fn new_id(&mut self, i: usize) -> Result<u64> {
+        self.next_id += 1;
+        self.ids[i] = self.next_id;
+        self.write_config()?;
+        Ok(self.next_id)
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -127,7 +153,7 @@ impl Cluster {
             .map(|&i| {
                 let (_kept, lost) = self.disks[i]
                     .power_loss()
-                    .with_context(|| format!("power loss of node {}", node_id(i)))?;
+                    .with_context(|| format!("power loss of node {}", self.ids[i]))?;
                 Ok(lost as f64 / (1 << 20) as f64)
             })
             .collect()
@@ -150,8 +176,8 @@ impl Cluster {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.net.node_ns(i)])
             .arg(&self.binary)
-            .args(["start", "--node", &node_id(i).to_string(), "--config"])
-            .arg(&self.config)
+            .args(["start", "--node", &self.ids[i].to_string(), "--config"])
+            .arg(self.config_path())
             // The nodes log at info unless CHORUS_NODE_LOG says otherwise (a RUST_LOG filter,
             // for looking closer at a run).
             .env(
@@ -183,13 +209,13 @@ impl Cluster {
 
     fn signal(&self, i: usize, signal: i32) -> Result<()> {
         let Some(child) = &self.children[i] else {
-            bail!("node {} is not running", node_id(i));
+            bail!("node {} is not running", self.ids[i]);
         };
         // SAFETY: kill(2) on the pid of a child we have not reaped.
         if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
             bail!(
                 "signal {signal} to node {}: {}",
-                node_id(i),
+                self.ids[i],
                 std::io::Error::last_os_error()
             );
         }
@@ -242,10 +268,11 @@ pub async fn leader_seen_by(http: &reqwest::Client, i: usize) -> Option<(u64, u6
     Some((v["leader_id"].as_u64()?, v["term"].as_u64()?))
 }
 
-/// The leader as the nodes report it (the one of the highest term), as a node index.
-pub async fn find_leader(http: &reqwest::Client, nodes: usize) -> Option<usize> {
+/// The leader as the nodes report it (the one of the highest term), as a slot index; `ids` is
+/// the node id in each slot.
+pub async fn find_leader(http: &reqwest::Client, ids: &[u64]) -> Option<usize> {
     let mut best: Option<(u64, u64)> = None;
-    for i in 0..nodes {
+    for i in 0..ids.len() {
         if let Some((leader, term)) = leader_seen_by(http, i).await
             && best.is_none_or(|(_, t)| term > t)
         {
@@ -253,9 +280,37 @@ pub async fn find_leader(http: &reqwest::Client, nodes: usize) -> Option<usize> 
         }
     }
     let (leader, _) = best?;
-    (1..=nodes as u64)
-        .contains(&leader)
-        .then(|| leader as usize - 1)
+    ids.iter().position(|&id| id == leader)
+}
+
+/// The voters and the learners, as the first node that answers `GET /cluster` sees them.
+pub async fn membership(http: &reqwest::Client, nodes: usize) -> Option<(Vec<u64>, Vec<u64>)> {
+    for i in 0..nodes {
+        let Ok(resp) = http
+            .get(format!("{}/cluster", http_base(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = resp.json::<Value>().await else {
+            continue;
+        };
+        let (mut voters, mut learners) = (Vec::new(), Vec::new());
+        for m in v["members"].as_array().into_iter().flatten() {
+            let Some(id) = m["id"].as_u64() else { continue };
+            if m["voter"].as_bool() == Some(true) {
+                voters.push(id);
+            } else {
+                learners.push(id);
+            }
+        }
+        voters.sort_unstable();
+        learners.sort_unstable();
+        return Some((voters, learners));
+    }
+    None
 }
 
 /// What each node says about itself (`GET /cluster`) and the last lines of each node's log: attached
@@ -296,7 +351,7 @@ async fn diagnose(http: &reqwest::Client, nodes: usize, run_dir: &Path) -> Strin
             },
             Err(e) => format!("no answer to /cluster: {e}"),
         };
-        out += &format!("\n  node {}: {line}", node_id(i));
+        out += &format!("\n  n{}: {line}", i + 1);
     }
     for i in 0..nodes {
         let path = run_dir.join(format!("n{}.log", i + 1));
@@ -335,8 +390,8 @@ pub async fn wait_ready(
             }
             if Instant::now() > until {
                 bail!(
-                    "node {} is not ready after {} s (see its log n{}.log); what the nodes say:{}",
-                    node_id(i),
+                    "the node in slot n{} is not ready after {} s (see n{}.log); what the nodes say:{}",
+                    i + 1,
                     deadline.as_secs(),
                     i + 1,
                     diagnose(http, nodes, run_dir).await

@@ -236,13 +236,6 @@ fn run(args: Args) -> Result<bool> {
     println!("jepsen-style: outputs in {}", run_dir.display());
     let delayer = run_dir.join("nfq_delay.py");
     std::fs::write(&delayer, DELAYER)?;
-    let config = cluster::write_config(
-        &run_dir,
-        args.nodes,
-        &cluster::RaftTuning {
-            snapshot_every: args.snapshot_every,
-        },
-    )?;
     let mut faults = schedule::generate(seed, args.nodes, args.time * 1000, &nemeses, gap, fault);
     if let Some(ms) = args.delay_ms {
         faults
@@ -276,7 +269,10 @@ fn run(args: Args) -> Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut cluster = Cluster::new(net, binary, config, run_dir.clone());
+    let tuning = cluster::RaftTuning {
+        snapshot_every: args.snapshot_every,
+    };
+    let mut cluster = Cluster::new(net, binary, run_dir.clone(), tuning)?;
     if cuts_power {
         cluster.mount_disks()?;
     }
@@ -303,6 +299,13 @@ async fn interrupted() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The membership the run ends with: the node in every slot, and what the cluster reports
+/// (voters, learners; `None` if no node answered).
+struct Membership {
+    expected_voters: Vec<u64>,
+    seen: Option<(Vec<u64>, Vec<u64>)>,
 }
 
 /// Results of every checker, as written to `results.json`.
@@ -463,6 +466,12 @@ async fn drive(
         .await
         .context("the cluster did not recover after the faults were healed")?;
     let recovery_s = healed_at.elapsed().as_secs_f64();
+    let mut expected_voters = cluster.lock().await.ids().to_vec();
+    expected_voters.sort_unstable();
+    let membership = Membership {
+        expected_voters,
+        seen: cluster::membership(&http, nodes).await,
+    };
     tracing::info!("recovered in {recovery_s:.1} s; reading the final state");
     let mut final_state = workload::read_final(&http, nodes).await?;
     if workloads.contains(&Workload::Upload) {
@@ -479,6 +488,7 @@ async fn drive(
         &applied,
         end_us,
         recovery_s,
+        &membership,
     );
     std::fs::write(
         run_dir.join("results.json"),
@@ -535,6 +545,7 @@ fn check(
     applied: &[AppliedFault],
     end_us: u64,
     recovery_s: f64,
+    membership: &Membership,
 ) -> Results {
     let mut operations: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for op in ops {
@@ -664,6 +675,21 @@ fn check(
             serde_json::to_value(&r).unwrap_or_default(),
         );
     }
+
+    // Every replaced node's successor is a voter and nothing else is left over.
+    let (voters, learners) = membership.seen.clone().unwrap_or_default();
+    let members_ok =
+        membership.seen.is_some() && voters == membership.expected_voters && learners.is_empty();
+    valid &= members_ok;
+    checkers.insert(
+        "membership".into(),
+        json!({
+            "valid": members_ok,
+            "expected_voters": membership.expected_voters,
+            "voters": voters,
+            "learners": learners,
+        }),
+    );
 
     let unavailability = report::unavailability(ops, applied, end_us);
     let windows = report::windows(ops, applied, end_us);

@@ -2,7 +2,7 @@
 //! restarts, pauses and resumes, adds loss and delay. Every fault is healed when its window
 //! ends, and [`Nemesis::heal_all`] undoes whatever is still in force at the end of the run.
 
-use crate::cluster::{self, Cluster, node_id};
+use crate::cluster::{self, Cluster};
 use crate::schedule::{Fault, Nemesis as Kind};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -57,8 +57,8 @@ impl Nemesis {
     }
 
     async fn leader_or(&self, fallback: usize) -> usize {
-        let nodes = self.cluster.lock().await.nodes();
-        cluster::find_leader(&self.http, nodes)
+        let ids = self.cluster.lock().await.ids().to_vec();
+        cluster::find_leader(&self.http, &ids)
             .await
             .unwrap_or(fallback)
     }
@@ -68,6 +68,8 @@ impl Nemesis {
         let mut c = self.cluster.lock().await;
         let n = c.nodes();
         let order = &fault.order;
+        let slot_ids = c.ids().to_vec();
+        let node_id = |i: usize| slot_ids[i];
         let ids = |v: &[usize]| v.iter().map(|&i| node_id(i)).collect::<Vec<_>>();
         // Blocks every link between the two groups, both ways.
         let cut = |c: &Cluster, a: &[usize], b: &[usize]| -> Result<()> {
@@ -163,6 +165,9 @@ impl Nemesis {
                 )
             }
             Kind::Membership => {
+                // A dead machine: removed from the membership (through another node; the
+                // target may be the leader), killed, its disk gone. Its replacement joins under
+                // a new id when the fault ends.
                 let (target, via) = (order[0], order[1]);
                 drop(c);
                 let path = format!("/cluster/members/{}", node_id(target));
@@ -247,19 +252,23 @@ impl Nemesis {
             c.start(i)?;
         }
         let replaced: Vec<(usize, usize)> = self.active.replaced.drain(..).collect();
-        for &(target, _) in &replaced {
+        let mut joining = Vec::new();
+        for &(target, via) in &replaced {
+            let id = c.new_id(target)?;
             c.start(target)?;
+            joining.push((target, via, id));
         }
         drop(c);
-        // The replacement starts empty and is added back as a new member: it catches up as a
+        // The replacement starts empty and is added as a new member: it catches up as a
         // learner first, so the add answers once it holds everything.
-        for (target, via) in replaced {
+        for (target, via, id) in joining {
             let (http_addr, raft_addr) = cluster::addrs(target);
             let body = serde_json::json!({
-                "id": node_id(target), "http_addr": http_addr, "raft_addr": raft_addr
+                "id": id, "http_addr": http_addr, "raft_addr": raft_addr
             });
             self.membership(via, reqwest::Method::POST, "/cluster/members", Some(body))
                 .await?;
+            tracing::info!("node {id} joined in the place of the removed one");
         }
         Ok(())
     }
@@ -297,7 +306,7 @@ impl Nemesis {
                 Err(e) => e.to_string(),
             };
             if std::time::Instant::now() >= deadline {
-                anyhow::bail!("{method} {path} through node {}: {last}", node_id(via));
+                anyhow::bail!("{method} {path} through slot n{}: {last}", via + 1);
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }

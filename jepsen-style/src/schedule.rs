@@ -31,8 +31,9 @@ pub enum Nemesis {
     /// Every node delays its packets to the other nodes by `param` ms (25–125: round trips up
     /// to 250 ms, inside what the default timeouts are tuned for; `--delay-ms` sets it).
     Delay,
-    /// Remove a random node from the membership, kill it and wipe its disk; when the fault
-    /// ends, start it again empty and add it back (a dead machine replaced).
+    /// Remove a random node (a follower or the leader) from the membership, kill it and wipe
+    /// its disk; when the fault ends, a fresh node joins in its place under a new id (a dead
+    /// machine replaced).
     Membership,
     /// Power loss of a random minority: the nodes die and their disks keep only what was
     /// fsynced; restarted when the fault ends.
