@@ -53,7 +53,13 @@ impl<NID: NodeId> EngineConfig<NID> {
             timer_config: time_state::Config {
                 election_timeout,
                 smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),
-                leader_lease: Duration::from_millis(config.election_timeout_max),
+                // chorus patch: two heartbeats, not `election_timeout_max`. The lease is how
+                // long a follower refuses votes after hearing its leader, and a follower waits
+                // for it to run out before it campaigns, so a lost leader cost lease + election
+                // timeout (1.8–2.4 s with 600–1200 ms) before anyone stood. Two heartbeats still
+                // refuse a disruptive candidate while the leader is heard; reads here never rely
+                // on the lease (a ReadIndex round confirms every one).
+                leader_lease: Duration::from_millis(config.heartbeat_interval * 2),
             },
         }
     }

@@ -246,8 +246,13 @@ where C: RaftTypeConfig
         let (tx_server_metrics, rx_server_metrics) = watch::channel(RaftServerMetrics::default());
         let (tx_shutdown, rx_shutdown) = C::AsyncRuntime::oneshot();
 
+        // chorus patch: a tick every third of a heartbeat interval, not every 1.5. Every timer
+        // (heartbeats, election timeouts) is checked on a tick, so at 1.5 intervals heartbeats
+        // went out every 225 ms instead of 150, and election timeouts fell into three 225 ms
+        // slots of a 600–1200 ms range: two followers of a lost leader campaigned on the same
+        // tick, split their votes and tried again, often.
         let tick_handle = Tick::spawn(
-            Duration::from_millis(config.heartbeat_interval * 3 / 2),
+            Duration::from_millis((config.heartbeat_interval / 3).max(1)),
             tx_notify.clone(),
             config.enable_tick,
         );
