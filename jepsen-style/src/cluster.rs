@@ -222,6 +222,22 @@ keep_logs_after_snapshot = {}
         Ok(())
     }
 
+    /// SIGTERM: the node stops cleanly (a leader hands leadership over first).
+    pub fn terminate(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGTERM)
+    }
+
+    /// True once node `i`'s process has ended (it is then reaped).
+    pub fn exited(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => false,
+            _ => {
+                self.children[i] = None;
+                true
+            }
+        }
+    }
+
     pub fn pause(&self, i: usize) -> Result<()> {
         self.signal(i, libc::SIGSTOP)
     }

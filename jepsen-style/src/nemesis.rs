@@ -208,6 +208,19 @@ impl Nemesis {
                     ),
                 )
             }
+            Kind::RollingRestart => {
+                drop(c);
+                for &i in order {
+                    self.restart(i).await?;
+                }
+                (
+                    ids(order),
+                    format!(
+                        "rolling restart (SIGTERM, start, ready) of nodes {:?}",
+                        ids(order)
+                    ),
+                )
+            }
             Kind::Delay => {
                 let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
                 for i in 0..n {
@@ -273,6 +286,42 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Stops node `i` with SIGTERM (kill -9 after `STOP_DEADLINE`), starts it again and waits
+    /// until it is ready. The cluster lock is not held while waiting: clients run meanwhile.
+    async fn restart(&self, i: usize) -> Result<()> {
+        self.cluster.lock().await.terminate(i)?;
+        let deadline = std::time::Instant::now() + STOP_DEADLINE;
+        while !self.cluster.lock().await.exited(i) {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "slot n{} did not stop within {STOP_DEADLINE:?}; kill -9",
+                    i + 1
+                );
+                self.cluster.lock().await.kill(i);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.cluster.lock().await.start(i)?;
+        let deadline = std::time::Instant::now() + MEMBERSHIP_DEADLINE;
+        loop {
+            let ready = self
+                .http
+                .get(format!("{}/ready", cluster::http_base(i)))
+                .timeout(std::time::Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("slot n{} was not ready again after a restart", i + 1);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A membership change through node `via`, retried (it is idempotent) while the cluster
     /// answers 503 or not at all, for up to [`MEMBERSHIP_DEADLINE`].
     async fn membership(
@@ -312,6 +361,9 @@ impl Nemesis {
         }
     }
 }
+
+/// How long a node may take to stop after SIGTERM.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a membership change may take (an add waits for the node to catch up).
 const MEMBERSHIP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);

@@ -42,9 +42,12 @@ pub enum Nemesis {
     PowerLossLeader,
     /// Power loss of every node at once: everything acknowledged must still be there.
     PowerLossAll,
+    /// Every node in turn stopped with SIGTERM and started again once the previous one is
+    /// ready (an upgrade): the leader hands leadership over, so no gap should be long.
+    RollingRestart,
 }
 
-pub const ALL: [Nemesis; 13] = [
+pub const ALL: [Nemesis; 14] = [
     Nemesis::Partition,
     Nemesis::IsolateLeader,
     Nemesis::Bridge,
@@ -58,6 +61,7 @@ pub const ALL: [Nemesis; 13] = [
     Nemesis::PowerLoss,
     Nemesis::PowerLossLeader,
     Nemesis::PowerLossAll,
+    Nemesis::RollingRestart,
 ];
 
 impl Nemesis {
@@ -76,6 +80,7 @@ impl Nemesis {
             Nemesis::PowerLoss => "power-loss",
             Nemesis::PowerLossLeader => "power-loss-leader",
             Nemesis::PowerLossAll => "power-loss-all",
+            Nemesis::RollingRestart => "rolling-restart",
         }
     }
 

@@ -185,6 +185,52 @@ async fn leader_kill9_failover_and_catch_up() {
     assert_eq!(h_old, h_leader);
 }
 
+/// A leader stopped with SIGTERM hands leadership to a follower before it exits: by the time
+/// its process has ended, a follower already leads in the next term (without the handover the
+/// followers would still be waiting out the lease and an election timeout). Writes go on, and
+/// the old leader rejoins as a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_leader_hands_over_before_it_exits() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let term = c.cluster_view(leader).await["term"].as_u64().unwrap_or(0);
+    c.api(leader)
+        .write_ok(
+            "/add_track",
+            Body::Json(json!({"id": 1, "title": "Before", "artist": "A", "duration": 60})),
+        )
+        .await;
+
+    c.stop(leader).await;
+    let mut successor = None;
+    for id in c.followers(leader) {
+        let view = c.cluster_view(id).await;
+        if view["state"] == "Leader" {
+            assert!(
+                view["term"].as_u64().unwrap_or(0) > term,
+                "the successor leads in a later term: {view}"
+            );
+            successor = Some(id);
+        }
+    }
+    let successor = successor.unwrap_or_else(|| {
+        panic!("no follower led yet when node {leader} had exited: it did not hand over")
+    });
+    eprintln!("    node {leader} handed over to node {successor}");
+
+    c.api(successor)
+        .write_ok(
+            "/add_track",
+            Body::Json(json!({"id": 2, "title": "After", "artist": "A", "duration": 60})),
+        )
+        .await;
+    c.restart(leader);
+    c.wait_ready(leader).await;
+    assert_eq!(c.leader_id().await, successor, "the restarted node follows");
+    let queue = c.api(leader).read_ok("/queue").await;
+    assert_eq!(track_ids(&queue).len(), 2, "{queue}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn full_restart_keeps_acknowledged_writes() {
     let mut c = TestCluster::start(3).await;

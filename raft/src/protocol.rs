@@ -73,6 +73,9 @@ pub enum PeerRequest {
     },
     /// An audio chunk by its hash (`crate::chunk_fetch`: for a snapshot install or a repair).
     GetChunk(ChunkHash),
+    /// A stopping leader asks its most caught-up follower to stand for election now
+    /// (`Replica::hand_over_leadership`); answered with `Membership`.
+    CampaignNow,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -18,6 +18,7 @@
 //! shares ReadIndex rounds between reads, `chunks` checks and repairs this node's audio.
 
 mod chunks;
+mod handover;
 mod peer;
 mod read_rounds;
 
@@ -126,6 +127,8 @@ struct Inner {
     proposer: Proposer,
     /// The snapshot a leader is sending this node, if any.
     incoming: crate::snapshot_transfer::Incoming,
+    /// Set while a stopping leader hands over (`handover`): it refuses new work.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -174,6 +177,7 @@ impl Replica {
             inner: Arc::new(Inner {
                 proposer: Proposer::start(raft.clone()),
                 incoming: Default::default(),
+                handing_over: Default::default(),
                 id,
                 raft,
                 reader,

@@ -53,6 +53,18 @@ impl Replica {
                     crate::chunk_fetch::on_blocking_pool(move || store.read_unchecked(&hash)).await;
                 PeerResponse::Chunk(read.map(ChunkBytes))
             }
+            // A leader handing over refuses new work, so that nothing it sends refreshes the
+            // followers' leases; the sender retries with the next leader.
+            PeerRequest::ClientWrites(writes) if self.handing_over() => PeerResponse::ClientWrites(
+                writes
+                    .iter()
+                    .map(|_| Err(ForwardError::NotLeader))
+                    .collect(),
+            ),
+            PeerRequest::ReadIndex if self.handing_over() => {
+                PeerResponse::ReadIndex(Err(ForwardError::NotLeader))
+            }
+            PeerRequest::CampaignNow => PeerResponse::Membership(self.campaign_now().await),
             PeerRequest::ClientWrites(writes) => {
                 // Queued to the proposer together, so they normally share one log entry.
                 let proposals = writes
