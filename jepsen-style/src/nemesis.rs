@@ -6,7 +6,7 @@ use crate::cluster::{self, Cluster};
 use crate::schedule::{Fault, Nemesis as Kind};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -222,24 +222,35 @@ impl Nemesis {
                 )
             }
             Kind::Delay => {
-                let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
+                let everyone: Vec<usize> = (0..n).collect();
                 for i in 0..n {
-                    c.net.queue_outgoing(i)?;
-                    let child = Command::new("ip")
-                        .args(["netns", "exec", &c.net.node_ns(i), "python3"])
-                        .arg(&self.delayer_script)
-                        .args(["0", &fault.param.to_string(), &secs.to_string()])
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .context("starting the NFQUEUE delayer (python3)")?;
-                    self.active.delayers.push(child);
+                    let d = start_delayer(&c, &self.delayer_script, i, &everyone, fault)?;
+                    self.active.delayers.push(d);
                 }
                 self.active.rules = true;
                 (
                     ids(order),
                     format!("{} ms delay on every node's outgoing packets", fault.param),
+                )
+            }
+            Kind::SlowNode => {
+                // Both ways: the node's packets to the others, and theirs to it.
+                let target = order[0];
+                let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
+                let d = start_delayer(&c, &self.delayer_script, target, &rest, fault)?;
+                self.active.delayers.push(d);
+                for &j in &rest {
+                    let d = start_delayer(&c, &self.delayer_script, j, &[target], fault)?;
+                    self.active.delayers.push(d);
+                }
+                self.active.rules = true;
+                (
+                    ids(&[target]),
+                    format!(
+                        "{} ms delay each way on every link of node {}",
+                        fault.param,
+                        node_id(target)
+                    ),
                 )
             }
         };
@@ -367,3 +378,25 @@ const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a membership change may take (an add waits for the node to catch up).
 const MEMBERSHIP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Delays node `i`'s packets to nodes `to` by the fault's milliseconds until it is healed: the
+/// NFQUEUE rules and the delayer that holds the queued packets.
+fn start_delayer(
+    c: &Cluster,
+    script: &Path,
+    i: usize,
+    to: &[usize],
+    fault: &Fault,
+) -> Result<Child> {
+    let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
+    c.net.queue_outgoing(i, to)?;
+    Command::new("ip")
+        .args(["netns", "exec", &c.net.node_ns(i), "python3"])
+        .arg(script)
+        .args(["0", &fault.param.to_string(), &secs.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the NFQUEUE delayer (python3)")
+}

@@ -155,9 +155,9 @@ impl Net {
         Ok(())
     }
 
-    /// Queue node `i`'s packets to the other nodes through NFQUEUE 0 (the delayer binds it).
-    pub fn queue_outgoing(&self, i: usize) -> Result<()> {
-        for j in (0..self.nodes).filter(|&j| j != i) {
+    /// Queue node `i`'s packets to nodes `to` through NFQUEUE 0 (the delayer binds it).
+    pub fn queue_outgoing(&self, i: usize, to: &[usize]) -> Result<()> {
+        for &j in to.iter().filter(|&&j| j != i) {
             run(Command::new("ip").args([
                 "netns",
                 "exec",

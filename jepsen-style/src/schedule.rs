@@ -42,12 +42,15 @@ pub enum Nemesis {
     PowerLossLeader,
     /// Power loss of every node at once: everything acknowledged must still be there.
     PowerLossAll,
+    /// One node's links are slow both ways (`param` ms each way, 200 by default): a node in a
+    /// far region.
+    SlowNode,
     /// Every node in turn stopped with SIGTERM and started again once the previous one is
     /// ready (an upgrade): the leader hands leadership over, so no gap should be long.
     RollingRestart,
 }
 
-pub const ALL: [Nemesis; 14] = [
+pub const ALL: [Nemesis; 15] = [
     Nemesis::Partition,
     Nemesis::IsolateLeader,
     Nemesis::Bridge,
@@ -61,6 +64,7 @@ pub const ALL: [Nemesis; 14] = [
     Nemesis::PowerLoss,
     Nemesis::PowerLossLeader,
     Nemesis::PowerLossAll,
+    Nemesis::SlowNode,
     Nemesis::RollingRestart,
 ];
 
@@ -80,6 +84,7 @@ impl Nemesis {
             Nemesis::PowerLoss => "power-loss",
             Nemesis::PowerLossLeader => "power-loss-leader",
             Nemesis::PowerLossAll => "power-loss-all",
+            Nemesis::SlowNode => "slow-node",
             Nemesis::RollingRestart => "rolling-restart",
         }
     }
@@ -170,6 +175,7 @@ pub fn generate(
         let param = match kind {
             Nemesis::Loss => rng.random_range(20..=50),
             Nemesis::Delay => rng.random_range(25..=125),
+            Nemesis::SlowNode => 200,
             _ => 0,
         };
         out.push(Fault {

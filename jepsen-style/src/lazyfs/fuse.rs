@@ -24,6 +24,14 @@ impl LazyFs {
         // there is, so keep serving it.
         self.disk.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A file or directory opened: counted, so an unlinked one lives until it is released.
+    fn opened(&self, ino: INodeNo, reply: ReplyOpen) {
+        match self.disk().open(ino.0) {
+            Ok(()) => reply.opened(handle(ino.0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
 }
 
 fn errno(e: i32) -> Errno {
@@ -205,10 +213,7 @@ impl Filesystem for LazyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.disk().open(ino.0) {
-            Ok(()) => reply.opened(handle(ino.0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.opened(ino, reply);
     }
 
     fn create(
@@ -311,10 +316,7 @@ impl Filesystem for LazyFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.disk().open(ino.0) {
-            Ok(()) => reply.opened(handle(ino.0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.opened(ino, reply);
     }
 
     fn readdir(
