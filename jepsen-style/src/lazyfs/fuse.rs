@@ -68,6 +68,13 @@ fn entry(reply: ReplyEntry, result: Result<Attr, i32>) {
     }
 }
 
+fn attr(reply: ReplyAttr, result: Result<Attr, i32>) {
+    match result {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn empty(reply: ReplyEmpty, result: Result<(), i32>) {
     match result {
         Ok(()) => reply.ok(),
@@ -86,10 +93,7 @@ impl Filesystem for LazyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.disk().attr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, self.disk().attr(ino.0));
     }
 
     fn setattr(
@@ -131,10 +135,7 @@ impl Filesystem for LazyFs {
             }
             disk.attr(ino)
         })();
-        match result {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, result);
     }
 
     fn mknod(
