@@ -49,7 +49,13 @@ impl Replica {
     pub async fn hand_over_leadership(&self) -> Option<u64> {
         let raft = &self.inner.raft;
         let metrics = raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.inner.id) {
+        let others = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v != self.inner.id);
+        // A lone voter has no one to hand over to: it keeps serving until it stops.
+        if metrics.current_leader != Some(self.inner.id) || !others {
             return None;
         }
         self.inner.handing_over.store(true, Ordering::Relaxed);
