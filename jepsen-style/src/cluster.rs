@@ -272,15 +272,29 @@ keep_logs_after_snapshot = {}
     }
 }
 
-/// What one node says about the cluster, from `GET /cluster` (`None` when it does not answer).
-pub async fn leader_seen_by(http: &reqwest::Client, i: usize) -> Option<(u64, u64)> {
+/// Node `i`'s `GET /cluster` (`None` when it does not answer within `timeout`).
+async fn cluster_view(http: &reqwest::Client, i: usize, timeout: Duration) -> Option<Value> {
     let resp = http
         .get(format!("{}/cluster", http_base(i)))
-        .timeout(Duration::from_secs(1))
+        .timeout(timeout)
         .send()
         .await
         .ok()?;
-    let v: Value = resp.json().await.ok()?;
+    resp.json().await.ok()
+}
+
+/// Whether node `i` answers `GET /ready` with 200 within `timeout`.
+pub async fn is_ready(http: &reqwest::Client, i: usize, timeout: Duration) -> bool {
+    http.get(format!("{}/ready", http_base(i)))
+        .timeout(timeout)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// What one node says about the cluster, from `GET /cluster` (`None` when it does not answer).
+pub async fn leader_seen_by(http: &reqwest::Client, i: usize) -> Option<(u64, u64)> {
+    let v = cluster_view(http, i, Duration::from_secs(1)).await?;
     Some((v["leader_id"].as_u64()?, v["term"].as_u64()?))
 }
 
@@ -302,15 +316,7 @@ pub async fn find_leader(http: &reqwest::Client, ids: &[u64]) -> Option<usize> {
 /// The voters and the learners, as the first node that answers `GET /cluster` sees them.
 pub async fn membership(http: &reqwest::Client, nodes: usize) -> Option<(Vec<u64>, Vec<u64>)> {
     for i in 0..nodes {
-        let Ok(resp) = http
-            .get(format!("{}/cluster", http_base(i)))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(v) = resp.json::<Value>().await else {
+        let Some(v) = cluster_view(http, i, Duration::from_secs(2)).await else {
             continue;
         };
         let (mut voters, mut learners) = (Vec::new(), Vec::new());
@@ -395,13 +401,7 @@ pub async fn wait_ready(
     let until = Instant::now() + deadline;
     for i in 0..nodes {
         loop {
-            let ok = http
-                .get(format!("{}/ready", http_base(i)))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+            if is_ready(http, i, Duration::from_secs(2)).await {
                 break;
             }
             if Instant::now() > until {

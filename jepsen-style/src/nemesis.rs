@@ -316,14 +316,7 @@ impl Nemesis {
         self.cluster.lock().await.start(i)?;
         let deadline = std::time::Instant::now() + MEMBERSHIP_DEADLINE;
         loop {
-            let ready = self
-                .http
-                .get(format!("{}/ready", cluster::http_base(i)))
-                .timeout(std::time::Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
+            if cluster::is_ready(&self.http, i, std::time::Duration::from_secs(1)).await {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
