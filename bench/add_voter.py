@@ -10,8 +10,7 @@ before the next round. Figures are printed, min–max over the rounds.
 """
 import argparse, json, os, tempfile, time, urllib.request
 
-from library import MIB, upload_library
-from measure import Cluster, free_port, http
+from lib import MIB, Cluster, free_port, http, upload_library
 
 
 def add_member(c, i, timeout=600):

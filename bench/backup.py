@@ -13,8 +13,7 @@ min–max over the rounds.
 """
 import argparse, os, shutil, subprocess, tempfile, time
 
-from library import MIB, upload_library
-from measure import BIN, Cluster, free_port, http, peak_rss_during
+from lib import BIN, MIB, Cluster, free_port, http, peak_rss_during, upload_library
 
 
 def chorus(*args):

@@ -29,19 +29,15 @@ over the rounds of each system's throughput and p99, and every row the min–max
 throughput ratio. Every measured run starts with nothing dirty in the page cache (`sync`, not
 timed), after every node has applied the setup's upload: what one run or the setup wrote is not
 written back inside another's measurement. The catch-up state is distinct 10 MiB MP3s
-(`library.distinct_mp3`), so chorus's chunk store cannot share any of it. Everything it starts is stopped,
+(`lib.distinct_mp3`), so chorus's chunk store cannot share any of it. Everything it starts is stopped,
 also on failure or Ctrl-C.
 """
 import argparse, base64, json, os, platform, shutil, signal, subprocess, sys, tempfile, time
-import urllib.request
 from statistics import median
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import BIN, ROOT, Cluster, free_port, http  # noqa: E402
+from lib import (ROOT, Cluster, chorus_catch_up, chorus_token, chorus_upload, free_port, http, make_mp3, post,
+                 proc_stat, reset_peak, wrk)
 
-LUA = os.path.join(ROOT, "bench", "request.lua")
-FIXTURE = os.path.join(ROOT, "node", "tests", "fixtures", "untagged-2s.mp3")
-TICK = os.sysconf("SC_CLK_TCK")
 TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client", "nginx": "nginx-light", "wrk": "wrk",
          "curl": "curl", "protoc": "protobuf-compiler"}
 GRPC_LOAD_DIR = os.path.join(ROOT, "bench", "grpc-load")
@@ -63,33 +59,6 @@ def ensure_tools():
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(["apt-get", "install", "-y", "-q", *sorted(set(missing.values()))], check=True, env=env,
                    stdout=subprocess.DEVNULL)
-
-
-def proc_stat(pid):
-    """(cpu seconds, peak RSS MiB) of a process."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / TICK
-        hwm = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
-        return cpu, hwm / 1024
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0, 0.0
-
-
-def reset_peak(pids):
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-
-
-def post(url, body, timeout=30):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
 
 
 def b64(s):
@@ -215,21 +184,6 @@ http {{
 
 # ---- measuring ----
 
-def wrk(url, conns, seconds, method="GET", path="/", body="", range_=""):
-    env = dict(os.environ, WRK_METHOD=method, WRK_PATH=path, WRK_BODY=body, WRK_RANGE=range_)
-    threads = min(conns, 2)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
-                          "-s", LUA, url], capture_output=True, text=True, env=env).stdout
-    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"wrk gave no result for {url}{path}:\n{out}")
-    r = json.loads(line[len("RESULT "):])
-    secs = r["duration_us"] / 1e6
-    r["rps"] = r["requests"] / secs
-    r["mib_s"] = r["bytes"] / secs / 2**20
-    return r
-
-
 def grpc_load(target, endpoint, clients, seconds, track_id=""):
     """One bench/grpc-load run: closed loop, `clients` connections, one JSON line back."""
     cmd = [GRPC_LOAD, "--target", target, "--endpoint", endpoint, "--clients", str(clients),
@@ -248,7 +202,7 @@ def measured(pids, fn):
     """Runs fn() and adds the CPU seconds of `pids` and their highest peak RSS. What earlier
     runs left dirty is written out first (not timed)."""
     os.sync()
-    reset_peak(pids)
+    reset_peak(*pids)
     before = [proc_stat(p)[0] for p in pids]
     r = fn()
     after = [proc_stat(p) for p in pids]
@@ -256,28 +210,6 @@ def measured(pids, fn):
     r["cpu_s"] = sum(c for c, _ in r["per_node"])
     r["rss_mib"] = max((m for _, m in after), default=0.0)
     return r
-
-
-def make_mp3(path, mib):
-    block = open(FIXTURE, "rb").read()
-    with open(path, "wb") as out:
-        for _ in range(-(-mib * 2**20 // len(block))):
-            out.write(block)
-
-
-def chorus_token(base):
-    post(base + "/users/register", {"username": "bench", "password": "bench-password", "email": "b@example.com"})
-    return post(base + "/users/login", {"username": "bench", "password": "bench-password"})["token"]
-
-
-def chorus_upload(base, token, path, title):
-    out = subprocess.run(["curl", "-s", "-f", "-H", f"Authorization: Bearer {token}",
-                          "-F", f'metadata={{"title":"{title}"}};type=application/json',
-                          "-F", f"file=@{path};type=audio/mpeg", base + "/tracks/upload"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"upload failed: {out.stdout} {out.stderr}")
-    return json.loads(out.stdout)["track_id"]
 
 
 QUEUED = 10
@@ -307,36 +239,6 @@ def settle(c, deadline=120):
             if time.time() > end:
                 sys.exit(f"chorus node {i} did not apply the setup within {deadline} s")
             time.sleep(0.05)
-
-
-def chorus_catch_up(c, token, mp3, state_mib):
-    """Uploads state_mib MiB of tracks, wipes a follower, and times its catch-up."""
-    leader = c.leader()
-    uploading = time.time()
-    from library import distinct_mp3
-    for n in range(max(1, state_mib // 10)):
-        distinct_mp3(mp3 + ".state", 10, n)
-        chorus_upload(c.url(leader), token, mp3 + ".state", f"state {n}")
-    upload_secs = time.time() - uploading
-    follower = next(i for i in c.procs if i != leader)
-    target = http("GET", c.url(leader) + "/cluster")[1]["commit_index"]
-    c.procs[follower].send_signal(signal.SIGTERM)
-    c.procs[follower].wait(timeout=30)
-    shutil.rmtree(os.path.join(c.dir, f"n{follower}"))
-    leader_cpu_before = proc_stat(c.procs[leader].pid)[0]
-    start = time.time()
-    c.start(follower)
-    while True:
-        view = http("GET", c.url(follower) + "/cluster")[1] or {}
-        if (view.get("applied_index") or 0) >= target:
-            break
-        if time.time() - start > 900:
-            sys.exit("chorus follower did not catch up within 900 s")
-        time.sleep(0.05)
-    secs = time.time() - start
-    cpu, rss = proc_stat(c.procs[follower].pid)
-    leader_cpu = proc_stat(c.procs[leader].pid)[0] - leader_cpu_before
-    return {"secs": secs, "cpu_s": cpu, "rss_mib": rss, "leader_cpu_s": leader_cpu, "upload_secs": upload_secs}
 
 
 def etcd_catch_up(e, state_mib):

@@ -12,11 +12,9 @@ the browser (one clock: same machine; the browser's `Date.now()` has 1 ms resolu
 open (memory per open stream), and the bytes of a first load of the web app. Figures are
 printed; nothing here asserts a target.
 """
-import argparse, asyncio, json, os, resource, shutil, subprocess, sys, time, urllib.request
+import argparse, asyncio, json, resource, shutil, subprocess, sys, time, urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import Cluster, free_port, http  # noqa: E402
-from music import rss_mib  # noqa: E402
+from lib import Cluster, free_port, http, rss_mib
 
 
 def pct(values, p):

@@ -10,7 +10,7 @@ without a scraper hammering that node (alternating); figures are min–max over 
 """
 import argparse, concurrent.futures, statistics, threading, time, urllib.request
 
-from measure import Cluster, http
+from lib import Cluster, http
 
 
 def scrape(url):

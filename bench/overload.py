@@ -13,7 +13,7 @@ second after the load stops. The load generator shares the 2 CPUs with the nodes
 """
 import argparse, asyncio, time
 
-from measure import Cluster, http, peak_rss_during
+from lib import Cluster, http, peak_rss_during
 
 VOTE = (b"POST /vote?id=1&up=true HTTP/1.1\r\nHost: bench\r\nPrefer: return=minimal\r\n"
         b"Content-Length: 0\r\n\r\n")

@@ -11,29 +11,22 @@ rounds: `POST /vote` answered with the whole queue (the seed's shape), the same 
 medians with their min–max over the rounds, and the ratio of a minimal vote's mean latency at the
 largest size to the smallest, per round (min–max). Needs `wrk` (apt-get install wrk).
 """
-import argparse, http.client, json, os, subprocess, sys, threading
+import argparse, http.client, json, sys, threading
 from statistics import median
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import ROOT, Cluster  # noqa: E402
+from lib import Cluster, wrk
 
-LUA = os.path.join(ROOT, "bench", "request.lua")
 REQUESTS = {
-    "vote, whole queue": dict(WRK_METHOD="POST", WRK_PATH="/vote?id=1&up=true"),
-    "vote, return=minimal": dict(WRK_METHOD="POST", WRK_PATH="/vote?id=1&up=true", WRK_PREFER="return=minimal"),
-    "GET /queue": dict(WRK_METHOD="GET", WRK_PATH="/queue"),
-    "GET /queue?limit=50": dict(WRK_METHOD="GET", WRK_PATH="/queue?limit=50"),
+    "vote, whole queue": dict(method="POST", path="/vote?id=1&up=true"),
+    "vote, return=minimal": dict(method="POST", path="/vote?id=1&up=true", prefer="return=minimal"),
+    "GET /queue": dict(method="GET", path="/queue"),
+    "GET /queue?limit=50": dict(method="GET", path="/queue?limit=50"),
 }
 
 
-def wrk(url, seconds, env):
-    env = {**os.environ, "WRK_BODY": "", "WRK_RANGE": "", "WRK_PREFER": "", **env}
-    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{seconds}s", "--timeout", "10s", "-s", LUA, url],
-                         capture_output=True, text=True, env=env).stdout
-    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"wrk gave no result:\n{out}")
-    r = json.loads(line[len("RESULT "):])
+def one_client(url, seconds, request):
+    """One wrk client for `seconds`; adds the mean latency and the answer's size."""
+    r = wrk(url, 1, seconds, **request)
     if r["errors"] or r["non2xx"] or not r["requests"]:
         sys.exit(f"wrk saw errors: {r}")
     r["mean_ms"] = r["duration_us"] / r["requests"] / 1000
@@ -96,8 +89,8 @@ def main():
             queued = size + 1
             runs = {name: [] for name in REQUESTS}
             for _ in range(args.rounds):
-                for name, env in REQUESTS.items():
-                    runs[name].append(wrk(url, args.seconds, env))
+                for name, request in REQUESTS.items():
+                    runs[name].append(one_client(url, args.seconds, request))
             results[size] = runs
             for name, rs in runs.items():
                 print(f"  {size:>6} queued  {name:<22} mean {spread([r['mean_ms'] for r in rs])} ms  "

@@ -131,7 +131,7 @@ fn init_logging() {
 /// glibc also gives threads arenas of their own (up to 8 per core), and each keeps the 1 MiB
 /// buffers freed in it: 16 clients streaming, each chunk read on whichever blocking-pool thread
 /// was free, held 130 MiB on the serving node; with two arenas 56 MiB, at the same rate
-/// (`bench/library.py`, bench/RESULTS.md).
+/// (`bench/experiments/library.py`, bench/RESULTS.md).
 fn tune_malloc() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
     unsafe {
@@ -144,7 +144,7 @@ fn tune_malloc() {
 /// The trim threshold only returns memory at the top of the heap. A node that has applied many
 /// writes holds ~100,000 small long-lived dedupe records scattered through the heap, and the
 /// free pages between them stayed resident: 178 MiB RSS after 2 x 10 s of 64-client writes,
-/// 114 MiB with this periodic trim, same throughput (`python3 bench/sustained_writes.py`).
+/// 114 MiB with this periodic trim, same throughput (`python3 bench/experiments/sustained_writes.py`).
 fn start_malloc_trimmer() {
     let trimmer = std::thread::Builder::new()
         .name("malloc-trim".into())

@@ -215,7 +215,7 @@ impl PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: &RPCOption,
     ) -> Result<PendingCall, RPCError<u64, ChorusNode, RaftError<u64>>> {
-        // Heartbeats (no entries) are left out of the stage trace (bench/write_stages.py).
+        // Heartbeats (no entries) are left out of the stage trace (bench/experiments/write_stages.py).
         if !rpc.entries.is_empty() {
             tracing::trace!(target: "chorus::stages", stage = "replicate.send");
         }
@@ -459,7 +459,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     /// that restarts catches up at once, then once a second — openraft reads the entries to
     /// send before each try, up to 24 MiB. Ten, not two: a node stopped cleanly after uploads
     /// syncs sled's files for seconds before it exits, and a restart that came after the
-    /// two seconds waited up to a second more for its first entries (`bench/catch_up.py`:
+    /// two seconds waited up to a second more for its first entries (`bench/experiments/catch_up.py`:
     /// 0.7–0.9 s from the new process's session to its first applied entry).
     fn backoff(&self) -> Backoff {
         let soon = std::iter::repeat_n(UNREACHABLE_RETRY, UNREACHABLE_RETRIES_SOON);

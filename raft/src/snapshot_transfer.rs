@@ -5,7 +5,7 @@
 //! byte at a time; and the follower writes each chunk through tokio's file (2 MiB at a time on
 //! the blocking pool) and syncs all of it at the end. 500 MiB took ~3.4 s to send (1.4 s with
 //! the data serialised as one byte string) and 0.6–0.8 s to sync
-//! (`bench/catch_up.py --through-snapshot`; here 1.2–1.5 s and 0.04–0.22 s). Here the leader
+//! (`bench/experiments/catch_up.py --through-snapshot`; here 1.2–1.5 s and 0.04–0.22 s). Here the leader
 //! keeps up to [`PARTS_IN_FLIGHT`] parts of [`PART_BYTES`] unanswered, as its AppendEntries
 //! frames do (`crate::network`); the follower takes them in arrival order (`crate::transport`),
 //! writes each at its offset and starts the disk write-back of it at once, so the sync before

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where one replicated write spends its time: the stage timeline of `POST /vote` with one client.
 
-    cargo build --release && python3 bench/write_stages.py [--seconds 5] [--node leader|follower]
+    cargo build --release && python3 bench/experiments/write_stages.py [--seconds 5] [--node leader|follower]
 
 Starts a 3-node cluster with the `chorus::stages` trace events on (RUST_LOG), sends writes one
 at a time with wrk to the leader (or a follower), then lines the events of all three nodes' logs
@@ -17,11 +17,10 @@ follower.acked (a follower handling it), apply.start/apply.done (a node's state 
 
 Figures are printed; nothing here asserts a target.
 """
-import argparse, collections, datetime, os, re, statistics, sys, tempfile
+import argparse, datetime, os, re, statistics, sys, tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import chorus_token, chorus_upload, make_mp3, wrk  # noqa: E402
-from measure import Cluster, http  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import Cluster, chorus_token, chorus_upload, http, make_mp3, wrk  # noqa: E402
 
 LINE = re.compile(r'^(\S+Z)\s+TRACE\s.*chorus::stages: stage="([^"]+)"')
 

@@ -4,23 +4,14 @@ follower, printing throughput, latency and the follower's RSS after each run. Sh
 filling dedupe table (100,000 keys) or a growing log does to throughput over time; bench/compare.py
 runs each scenario on one cluster too, so its later rounds see the same effect.
 
-    cargo build --release && python3 bench/sustained_writes.py [--runs 5] [--seconds 10]
+    cargo build --release && python3 bench/experiments/sustained_writes.py [--runs 5] [--seconds 10]
 
 Needs `wrk`. Figures are printed; nothing here asserts a target.
 """
 import argparse, os, sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import proc_stat, wrk  # noqa: E402
-from measure import Cluster, http  # noqa: E402
-
-
-def rss_now(pid):
-    """Current resident memory (VmRSS) of a process, MiB."""
-    try:
-        return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")) / 1024
-    except (OSError, StopIteration, ValueError):
-        return 0.0
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import Cluster, http, proc_stat, rss_mib, wrk  # noqa: E402
 
 
 def main():
@@ -38,7 +29,7 @@ def main():
             r = wrk(c.url(follower), 64, args.seconds, "POST", "/vote?id=1&up=true")
             _, peak = proc_stat(c.procs[follower].pid)
             print(f"run {run}: {r['rps']:,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
-                  f"p99 {r['p99_us'] / 1000:.2f} ms, follower RSS {rss_now(c.procs[follower].pid):.0f} MiB "
+                  f"p99 {r['p99_us'] / 1000:.2f} ms, follower RSS {rss_mib(c.procs[follower].pid):.0f} MiB "
                   f"(peak {peak:.0f})", flush=True)
         view = http("GET", c.url(leader) + "/cluster")[1] or {}
         print(f"log entries committed: {view.get('commit_index')}, last snapshot at {view.get('snapshot_index')}")

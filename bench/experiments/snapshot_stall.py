@@ -4,15 +4,14 @@ to a fresh 3-node cluster, then runs one-client `POST /vote` on a follower for S
 snapshots are built every 5,000 entries (chorus's default), and prints the latency percentiles
 and how many snapshots each node built meanwhile.
 
-    cargo build --release && python3 bench/snapshot_stall.py [--mib 200] [--seconds 20]
+    cargo build --release && python3 bench/experiments/snapshot_stall.py [--mib 200] [--seconds 20]
 
 Figures are printed; nothing here asserts a target.
 """
 import argparse, glob, os, sys, tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import chorus_token, chorus_upload, make_mp3, wrk  # noqa: E402
-from measure import Cluster, http  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import Cluster, chorus_token, chorus_upload, http, make_mp3, wrk  # noqa: E402
 
 
 def builds(path):

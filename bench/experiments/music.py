@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures the music-service figures on a local 3-node cluster of release `chorus` processes.
 
-    cargo build --release && python3 bench/music.py [--mib 200] [--clients 16]
+    cargo build --release && python3 bench/experiments/music.py [--mib 200] [--clients 16]
 
 1. upload: time to upload a `--mib` MiB MP3 (built from the test fixture: MP3 frames
    concatenate) to a follower, and the receiving node's peak resident memory meanwhile;
@@ -11,42 +11,10 @@
 Peak memory is the kernel's high-water mark (VmHWM), reset before each phase through
 /proc/<pid>/clear_refs. Figures are printed; nothing here asserts a target. Needs `curl`.
 """
-import argparse, json, os, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, subprocess, sys, tempfile, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import BIN, ROOT, Cluster, rss_mib  # noqa: E402
-
-FIXTURE = os.path.join(ROOT, "node", "tests", "fixtures", "untagged-2s.mp3")
-
-
-def post_json(url, body, token=None):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def reset_peak(pid):
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def make_mp3(path, mib):
-    frame_block = open(FIXTURE, "rb").read()
-    times = -(-mib * 1024 * 1024 // len(frame_block))
-    with open(path, "wb") as out:
-        for _ in range(times):
-            out.write(frame_block)
-    return os.path.getsize(path)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import BIN, Cluster, chorus_token, chorus_upload, make_mp3, peak_mib, reset_peak, rss_mib  # noqa: E402
 
 
 def download(url, n):
@@ -75,23 +43,15 @@ def main():
         mp3 = os.path.join(work, "big.mp3")
         size = make_mp3(mp3, args.mib)
         base = c.url(receiver)
-        post_json(base + "/users/register", {"username": "bench", "password": "bench-password", "email": "b@example.com"})
-        token = post_json(base + "/users/login", {"username": "bench", "password": "bench-password"})["token"]
+        token = chorus_token(base)
         print(f"cluster: 3 release nodes, leader {leader}; file: {size / 2**20:.1f} MiB MP3")
 
         pid = c.procs[receiver].pid
         reset_peak(pid)
         idle = rss_mib(pid)
         start = time.time()
-        out = subprocess.run(
-            ["curl", "-s", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {token}",
-             "-F", 'metadata={"title":"Bench"};type=application/json', "-F", f"file=@{mp3};type=audio/mpeg",
-             base + "/tracks/upload"], capture_output=True, text=True, check=True).stdout
+        track = chorus_upload(base, token, mp3, "Bench")
         elapsed = time.time() - start
-        body, code = out.rsplit("\n", 1)
-        if code != "201":
-            sys.exit(f"upload failed: {code} {body}")
-        track = json.loads(body)["track_id"]
         print(f"upload to follower {receiver}: {elapsed:.1f} s ({size / 2**20 / elapsed:.1f} MiB/s); "
               f"its RSS before {idle:.0f} MiB, peak during {peak_mib(pid):.0f} MiB")
 

@@ -4,48 +4,17 @@ follower of a local 3-node cluster (chorus's own cluster.toml settings), then af
 restart, on a follower wiped and caught up (with its catch-up rate), and while 16 clients
 stream whole tracks.
 
-    cargo build --release && python3 bench/library.py [--gib 2] [--report-every-mib 500]
+    cargo build --release && python3 bench/experiments/library.py [--gib 2] [--report-every-mib 500]
 
 Every file is distinct down to each 1 MiB chunk (each carries its file and chunk number inside a
 frame's payload), so the chunk store cannot share any of them. Disk is everything under a node's data
 directory (log, sled, snapshots, chunks). Figures are printed; nothing here asserts a target.
 """
-import argparse, json, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, os, shutil, signal, sys, tempfile, threading, time, urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import chorus_token, chorus_upload, FIXTURE  # noqa: E402
-from measure import Cluster, http  # noqa: E402
-from music import peak_mib, reset_peak, rss_mib  # noqa: E402
-
-MIB = 2**20
-
-
-def distinct_mp3(path, mib, n):
-    """`mib` MiB of MP3 frames in which every 1 MiB chunk carries (n, chunk index) in the payload
-    of a frame past the ones chorus decodes, away from any frame header: file n's chunks are
-    its own and the file still demuxes end to end."""
-    block = open(FIXTURE, "rb").read()
-    data = bytearray(block * -(-mib * MIB // len(block)))
-    for i in range(-(-len(data) // MIB)):
-        p = i * MIB + 20000
-        while 0xFF in data[p - 4:p + 12]:
-            p += 1
-        # 7 bits a byte: never 0xFF, so no frame sync is made.
-        data[p:p + 8] = bytes((n >> (7 * k)) & 0x7F for k in range(4)) + bytes((i >> (7 * k)) & 0x7F for k in range(4))
-    with open(path, "wb") as out:
-        out.write(data)
-    return len(data)
-
-
-def upload_library(base, tmp, gib):
-    """Uploads `gib` GiB of distinct 10 MiB MP3s through `base` as a new user: (tracks, bytes)."""
-    token = chorus_token(base)
-    files, size = int(gib * 1024 // 10), 0
-    for n in range(files):
-        path = os.path.join(tmp, "song.mp3")
-        size += distinct_mp3(path, 10, n)
-        chorus_upload(base, token, path, f"track {n}")
-    return files, size
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import (MIB, ROOT, Cluster, chorus_token, chorus_upload, distinct_mp3, http, peak_mib,  # noqa: E402
+                 reset_peak, rss_mib)
 
 
 def disk_mib(path):
@@ -115,8 +84,7 @@ def main():
     ap.add_argument("--file-mib", type=int, default=10)
     ap.add_argument("--report-every-mib", type=int, default=500)
     args = ap.parse_args()
-    raft = [line.strip() for line in open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                         "cluster.toml"))
+    raft = [line.strip() for line in open(os.path.join(ROOT, "cluster.toml"))
             if line.split("=")[0].strip() in ("snapshot_every", "keep_logs_after_snapshot", "snapshot_every_mib",
                                                 "keep_log_mib_after_snapshot", "heartbeat_ms",
                                                 "election_timeout_min_ms", "election_timeout_max_ms")]

@@ -3,15 +3,14 @@
 etcd): uploads N distinct 10 MiB MP3s, stops a follower, deletes its data directory, starts it
 again and times until it has applied everything the leader had committed.
 
-    cargo build --release && python3 bench/catch_up.py [--mib 500]
+    cargo build --release && python3 bench/experiments/catch_up.py [--mib 500]
 
 Figures are printed; nothing here asserts a target.
 """
 import argparse, os, sys, tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import chorus_catch_up, chorus_token, make_mp3  # noqa: E402
-from measure import Cluster  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import Cluster, chorus_catch_up, chorus_token, make_mp3  # noqa: E402
 
 
 def main():
