@@ -255,7 +255,7 @@ pub(crate) async fn write(
     key: Option<String>,
 ) -> Result<storage::Outcome, ApiError> {
     let receipt = replica.write(command, key).await?;
-    Ok(receipt.response.result?)
+    Ok(receipt.applied.result?)
 }
 
 /// A write's outcome that is not the kind the command produces: a bug, not bad input.

@@ -342,7 +342,7 @@ async fn write_reading_back(
         ReadBackValue::Queue(queue) => Some(queue),
         ReadBackValue::Nothing => None,
     };
-    Ok((receipt.response.result?, queue))
+    Ok((receipt.applied.result?, queue))
 }
 
 async fn read<T>(

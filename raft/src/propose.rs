@@ -9,7 +9,7 @@
 //! answers each. A lone write is proposed as it is; audio chunks are never grouped.
 
 use openraft::Vote;
-use storage::{Command, Outcome, Request, Response};
+use storage::{Applied, Command, Outcome, Request};
 use tokio::sync::oneshot;
 
 use crate::Raft;
@@ -97,7 +97,7 @@ async fn client_write(raft: &Raft, request: Request) -> Result<WriteReceipt, For
     tracing::trace!(target: "chorus::stages", stage = "committed");
     written.map(|resp| WriteReceipt {
         index: resp.log_id.index,
-        response: resp.data,
+        applied: resp.data,
         read_back: None,
     })
 }
@@ -139,18 +139,18 @@ async fn propose_batch(raft: Raft, mut batch: Vec<Proposal>) {
     let results: Vec<Result<WriteReceipt, ForwardError>> = match written {
         Ok(WriteReceipt {
             index,
-            response:
-                Response {
-                    result: Ok(Outcome::Batch(responses)),
+            applied:
+                Applied {
+                    result: Ok(Outcome::Batch(each)),
                     ..
                 },
             ..
-        }) if responses.len() == count => responses
+        }) if each.len() == count => each
             .into_iter()
-            .map(|response| {
+            .map(|applied| {
                 Ok(WriteReceipt {
                     index,
-                    response,
+                    applied,
                     read_back: None,
                 })
             })

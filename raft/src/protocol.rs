@@ -12,7 +12,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, V
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use storage::codec::{self, CodecError};
-use storage::{ChorusNode, ChunkHash, ReadBack, ReadBackValue, Request, Response, TypeConfig};
+use storage::{Applied, ChorusNode, ChunkHash, ReadBack, ReadBackValue, Request, TypeConfig};
 
 use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 
@@ -105,7 +105,7 @@ pub struct ChunkBytes(#[serde(with = "storage::codec::bytes")] pub Vec<u8>);
 pub struct WriteReceipt {
     /// Log index of the entry; wait for it locally before reading your own write.
     pub index: u64,
-    pub response: Response,
+    pub applied: Applied,
     pub read_back: Option<ReadBackValue>,
 }
 

@@ -200,7 +200,7 @@ pub enum Outcome {
         played: Option<PlayedTrack>,
     },
     /// One response per write of a [`Command::Batch`], in order.
-    Batch(Vec<Response>),
+    Batch(Vec<Applied>),
 }
 
 /// Why a command was rejected by the state machine. Rejections are deterministic and replicated
@@ -244,14 +244,14 @@ impl CommandError {
 
 /// The state machine's answer to one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
+pub struct Applied {
     pub result: Result<Outcome, CommandError>,
     /// True when this entry was a retry of an already-applied dedupe key: `result` is the first
     /// application's result and nothing changed.
     pub deduplicated: bool,
 }
 
-impl Response {
+impl Applied {
     pub fn done() -> Self {
         Self {
             result: Ok(Outcome::Done),

@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`types`]: the openraft type configuration ([`TypeConfig`]) and the node address record.
 //! - [`command`]: the replicated data model: [`Request`] (a [`Command`] plus its dedupe key
-//!   and timestamp) and [`Response`].
+//!   and timestamp) and [`Applied`].
 //! - [`state`]: the in-memory domain state and its deterministic `apply`, one module per domain.
 //! - [`log_store`]: the Raft log ([`LogStore`]): entries in segment files (`segments`), vote and
 //!   purge point in sled, group commit with fdatasync.
@@ -42,8 +42,8 @@ use std::path::Path;
 pub use change_feed::{AppliedChanges, FeedItem, StateChange};
 pub use chunks::{ChunkError, ChunkHash, ChunkStore};
 pub use command::{
-    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, ReadBack,
-    ReadBackValue, Request, Response, TrackCommand, UserCommand,
+    Applied, Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, ReadBack,
+    ReadBackValue, Request, TrackCommand, UserCommand,
 };
 pub use log_store::LogStore;
 pub use state::queue::{PlayedTrack, QueuedTrack};

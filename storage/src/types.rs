@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Request, Response};
+use crate::command::{Applied, Request};
 
 /// What the cluster knows about a member: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +25,7 @@ openraft::declare_raft_types!(
     /// chorus' Raft types: log entries carry a [`Request`]; snapshots are files.
     pub TypeConfig:
         D = Request,
-        R = Response,
+        R = Applied,
         NodeId = u64,
         Node = ChorusNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -182,8 +182,8 @@ pub(super) async fn upload(
     // Rejected, or a retry of an upload that already succeeded (same Idempotency-Key, which
     // returns the first track): this copy of the file is dropped. (Dropping an upload that
     // became a track is a no-op, so an unknown outcome may safely drop too.)
-    file.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
-    match receipt.response.result? {
+    file.upload.armed = receipt.applied.deduplicated || receipt.applied.result.is_err();
+    match receipt.applied.result? {
         Outcome::Id(id) => Ok(id),
         other => Err(unexpected(other)),
     }
@@ -235,9 +235,9 @@ pub(super) async fn update(
     };
     let receipt = r.write(Command::Tracks(cmd), key).await?;
     if let Some(received) = &mut file {
-        received.upload.armed = receipt.response.deduplicated || receipt.response.result.is_err();
+        received.upload.armed = receipt.applied.deduplicated || receipt.applied.result.is_err();
     }
-    receipt.response.result.map(drop).map_err(ApiError::from)
+    receipt.applied.result.map(drop).map_err(ApiError::from)
 }
 
 pub(super) async fn check_owner(r: &Replica, track_id: u64, by: u64) -> Result<(), ApiError> {

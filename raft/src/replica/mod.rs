@@ -14,13 +14,15 @@
 //!   (which confirms it still leads with a heartbeat round) and waits until this node has
 //!   applied up to it. Concurrent reads share one such round (`read_rounds`).
 //!
-//! The client façade is here; `peer` serves what other nodes ask of this one, `read_rounds`
-//! shares ReadIndex rounds between reads, `chunks` checks and repairs this node's audio.
+//! The client façade is here; `route` decides which node a request goes to and when to try
+//! again, `peer` serves what other nodes ask of this one, `read_rounds` shares ReadIndex rounds
+//! between reads, `chunks` checks and repairs this node's audio.
 
 mod chunks;
 mod handover;
 mod peer;
 mod read_rounds;
+mod route;
 
 pub use chunks::ChunkRepair;
 use read_rounds::ReadRounds;
@@ -360,7 +362,8 @@ impl Replica {
         .await
     }
 
-    /// Runs `req` on the leader, wherever it is, retrying across leader changes until `timeout`.
+    /// Runs `req` on the leader, wherever it is, retrying across leader changes until `timeout`
+    /// (the policy: `route::route`).
     async fn route<T>(
         &self,
         req: PeerRequest,
@@ -368,85 +371,12 @@ impl Replica {
         extract: fn(PeerResponse) -> Option<Result<T, ForwardError>>,
     ) -> Result<T, ReplicaError> {
         self.check_member()?;
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         // The server metrics change only with the vote, role, leader or membership (the full
         // metrics are sent on every pass of openraft's core loop, which would wake every
         // request waiting here thousands of times a second under load).
-        let mut metrics = self.inner.raft.server_metrics();
-        // Set when a request may have reached a leader without an answer: the outcome is unknown.
-        let mut in_doubt: Option<String> = None;
-        loop {
-            let leader = metrics.borrow_and_update().current_leader;
-            if let Some(leader) = leader {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let attempt = async {
-                    if leader == self.inner.id {
-                        // A leader that lost its majority would wait for the commit forever.
-                        tokio::time::timeout(remaining, self.handle_peer(req.clone()))
-                            .await
-                            .map_err(|_| TransportError::Timeout(leader, remaining))
-                    } else {
-                        // A membership change waits for a learner to catch up: one attempt.
-                        let wait = match req {
-                            PeerRequest::AddMember { .. } | PeerRequest::RemoveMember { .. } => {
-                                remaining
-                            }
-                            _ => remaining.min(ATTEMPT_TIMEOUT),
-                        };
-                        match batchable_write(&req) {
-                            // Joins the next batch to this leader.
-                            Some((write, read_back)) => self
-                                .inner
-                                .forwarder
-                                .write(leader, write.clone(), read_back, wait)
-                                .await
-                                .map(|r| PeerResponse::ClientWrites(vec![r])),
-                            // Anything else, including a write too large to batch, goes alone.
-                            None => self.inner.transport.call(leader, &req, wait).await,
-                        }
-                    }
-                };
-                // A leader that stops answering (paused, cut off) is replaced in ~2 s, sooner
-                // than an attempt gives up on it: once this node follows another leader, the
-                // attempt is dropped and the request goes there (a write with the same dedupe
-                // key, so it applies once even if the old leader did take it).
-                let answer = tokio::select! {
-                    answer = attempt => answer,
-                    () = leader_moved(metrics.clone(), leader) => Err(TransportError::Unreachable(
-                        leader,
-                        "it stopped being the leader before answering".into(),
-                    )),
-                };
-                match answer.map(extract) {
-                    Ok(Some(Ok(value))) => return Ok(value),
-                    Ok(Some(Err(ForwardError::Rejected(m)))) => {
-                        return Err(ReplicaError::Rejected(m));
-                    }
-                    Ok(Some(Err(ForwardError::NotLeader))) => {}
-                    Ok(Some(Err(ForwardError::Failed(m)))) => in_doubt = Some(m),
-                    Ok(None) => {
-                        in_doubt = Some(format!("node {leader} answered with the wrong message"))
-                    }
-                    Err(TransportError::NotConnected(_)) => {}
-                    Err(e) => in_doubt = Some(e.to_string()),
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(match in_doubt {
-                    Some(m) if matches!(req, PeerRequest::ClientWrites(_)) => {
-                        ReplicaError::Unknown(m)
-                    }
-                    _ => ReplicaError::NoLeader,
-                });
-            }
-            // Retry soon, or as soon as the leader changes.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let pause = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
-            let _ = tokio::time::timeout(pause, metrics.changed()).await;
-        }
+        let leaders = self.inner.raft.server_metrics();
+        route::route(self, leaders, &req, deadline, extract).await
     }
 
     /// Refuses to serve for a node the membership no longer names, saying which nodes to use.
@@ -571,6 +501,39 @@ impl Replica {
     }
 }
 
+impl route::Nodes for Replica {
+    /// A local call when `leader` is this node, else a forward.
+    async fn attempt(
+        &self,
+        leader: u64,
+        req: &PeerRequest,
+        remaining: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        if leader == self.inner.id {
+            // A leader that lost its majority would wait for the commit forever.
+            return tokio::time::timeout(remaining, self.handle_peer(req.clone()))
+                .await
+                .map_err(|_| TransportError::Timeout(leader, remaining));
+        }
+        // A membership change waits for a learner to catch up: one attempt.
+        let wait = match req {
+            PeerRequest::AddMember { .. } | PeerRequest::RemoveMember { .. } => remaining,
+            _ => remaining.min(ATTEMPT_TIMEOUT),
+        };
+        match batchable_write(req) {
+            // Joins the next batch to this leader.
+            Some((write, read_back)) => self
+                .inner
+                .forwarder
+                .write(leader, write.clone(), read_back, wait)
+                .await
+                .map(|r| PeerResponse::ClientWrites(vec![r])),
+            // Anything else, including a write too large to batch, goes alone.
+            None => self.inner.transport.call(leader, req, wait).await,
+        }
+    }
+}
+
 /// The one write of `req` if it is small enough to join a batch to the leader
 /// (`crate::forward`); writes carrying audio go alone.
 fn batchable_write(req: &PeerRequest) -> Option<(&Request, Option<ReadBack>)> {
@@ -589,17 +552,6 @@ fn membership_reply(r: PeerResponse) -> Option<Result<(), ForwardError>> {
     match r {
         PeerResponse::Membership(r) => Some(r),
         _ => None,
-    }
-}
-
-/// Resolves once `metrics` names a leader other than `leader` (never, if the Raft stops).
-async fn leader_moved(metrics: ServerMetrics, leader: u64) {
-    let moved = server_metrics_until(metrics, |m| {
-        m.current_leader.is_some_and(|now| now != leader)
-    })
-    .await;
-    if !moved {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Changes, decode, numbered_key};
 use crate::codec::CodecError;
-use crate::command::Response;
+use crate::command::Applied;
 
 /// Groups of records, keyed by the sequence number of their first record.
 pub const PREFIX: &[u8] = b"D/";
@@ -39,7 +39,7 @@ pub struct DedupeTable {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     seq: u64,
-    response: Response,
+    response: Applied,
 }
 
 /// A stored group: (key, record) pairs in sequence order.
@@ -47,7 +47,7 @@ struct Record {
 struct Group(Vec<(String, Record)>);
 
 impl DedupeTable {
-    pub fn get(&self, key: &str) -> Option<&Response> {
+    pub fn get(&self, key: &str) -> Option<&Applied> {
         self.by_key.get(key).map(|r| &r.response)
     }
 
@@ -60,7 +60,7 @@ impl DedupeTable {
     }
 
     /// Records `key`'s first response; it is stored with the others of this batch by `seal`.
-    pub(crate) fn record(&mut self, key: String, response: Response, changes: &mut Changes) {
+    pub(crate) fn record(&mut self, key: String, response: Applied, changes: &mut Changes) {
         let seq = self.by_seq.last_key_value().map_or(0, |(s, _)| s + 1);
         self.by_seq.insert(seq, key.clone());
         self.by_key.insert(key, Record { seq, response });
@@ -132,8 +132,8 @@ mod tests {
     use super::*;
     use crate::command::Outcome;
 
-    fn response(n: u64) -> Response {
-        Response {
+    fn response(n: u64) -> Applied {
+        Applied {
             result: Ok(Outcome::Id(n)),
             deduplicated: false,
         }

@@ -22,7 +22,7 @@ use crate::change_feed::StateChange;
 use crate::chunks::ChunkHash;
 use crate::codec::{self, CodecError};
 use crate::command::{
-    Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request, Response,
+    Applied, Command, CommandError, ErrorKind, Outcome, PlaylistCommand, QueueCommand, Request,
     TrackCommand, UserCommand,
 };
 use dedupe::DedupeTable;
@@ -117,7 +117,7 @@ pub struct State {
 
 impl State {
     /// Applies one request. Deterministic: the result depends only on the state and `req`.
-    pub fn apply(&mut self, req: &Request, changes: &mut Changes) -> Result<Response, CodecError> {
+    pub fn apply(&mut self, req: &Request, changes: &mut Changes) -> Result<Applied, CodecError> {
         let Command::Batch(requests) = &req.command else {
             return self.apply_one(req, changes);
         };
@@ -125,7 +125,7 @@ impl State {
         for inner in requests {
             responses.push(self.apply_one(inner, changes)?);
         }
-        Ok(Response {
+        Ok(Applied {
             result: Ok(Outcome::Batch(responses)),
             deduplicated: false,
         })
@@ -137,11 +137,11 @@ impl State {
         self.dedupe.seal(changes)
     }
 
-    fn apply_one(&mut self, req: &Request, changes: &mut Changes) -> Result<Response, CodecError> {
+    fn apply_one(&mut self, req: &Request, changes: &mut Changes) -> Result<Applied, CodecError> {
         if let Some(key) = &req.dedupe_key
             && let Some(first) = self.dedupe.get(key)
         {
-            return Ok(Response {
+            return Ok(Applied {
                 result: first.result.clone(),
                 deduplicated: true,
             });
@@ -157,7 +157,7 @@ impl State {
                 "a batch of writes cannot contain another batch",
             )),
         };
-        let response = Response {
+        let response = Applied {
             result,
             deduplicated: false,
         };

@@ -56,7 +56,7 @@ pub use crate::applied_waiters::ApplyWaitError;
 use crate::change_feed::{AppliedChanges, ChangeFeed, FeedItem};
 use crate::chunks::{ChunkHash, ChunkStore, sync_dir};
 use crate::codec;
-use crate::command::Response;
+use crate::command::Applied;
 use crate::durable::DurableSled;
 use crate::sm_writer::SmWriter;
 use crate::snapshot::SnapshotReader;
@@ -75,7 +75,7 @@ pub(crate) const CURRENT: &str = "current.snap";
 
 /// The state as of `last_applied`.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub struct AppliedState {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
@@ -93,7 +93,7 @@ struct Inner {
     chunks: Arc<ChunkStore>,
     /// Chunks nothing names any more, with the index of the apply that let them go.
     released: Mutex<Vec<(u64, ChunkHash)>>,
-    applied: RwLock<Applied>,
+    applied: RwLock<AppliedState>,
     dir: PathBuf,
     /// The file most recently handed out by `begin_receiving_snapshot`.
     receiving: Mutex<Option<PathBuf>>,
@@ -118,7 +118,7 @@ fn encode_io<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 impl Inner {
-    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -182,7 +182,7 @@ impl StateMachineStore {
             control,
             chunks,
             released: Mutex::new(Vec::new()),
-            applied: RwLock::new(Applied::default()),
+            applied: RwLock::new(AppliedState::default()),
             dir: dir.to_path_buf(),
             receiving: Mutex::new(None),
             snapshot_lock: tokio::sync::Mutex::new(()),
@@ -203,9 +203,9 @@ impl StateMachineStore {
             let read = |key: &[u8]| -> Result<Option<sled::IVec>, OpenError> {
                 inner.sm.get(key).map_err(|e| corrupt(e.to_string()))
             };
-            let mut applied = Applied {
+            let mut applied = AppliedState {
                 state: State::load(&inner.sm).map_err(|e| corrupt(e.to_string()))?,
-                ..Applied::default()
+                ..AppliedState::default()
             };
             if let Some(bytes) = read(M_APPLIED)? {
                 applied.last_applied = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -326,7 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((guard.last_applied, guard.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -341,7 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             guard.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => Response::done(),
+                EntryPayload::Blank => Applied::done(),
                 EntryPayload::Normal(req) => {
                     let response = guard
                         .state
@@ -370,7 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Membership(m) => {
                     guard.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Response::done()
+                    Applied::done()
                 }
             };
             responses.push(response);
