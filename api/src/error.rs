@@ -3,6 +3,8 @@
 //! Every failure a client can cause maps to a 4xx with a message saying what to fix; cluster
 //! trouble maps to 503 with `Retry-After`. Nothing here panics.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,6 +19,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to send as `Retry-After` (a 503 without one says 1).
+    pub retry_after: Option<u64>,
 }
 
 /// The body of every error response.
@@ -35,6 +39,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: this client must wait `wait` before asking again.
+    pub fn too_many(code: &'static str, message: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -62,10 +75,15 @@ impl IntoResponse for ApiError {
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_after = match self.retry_after {
+            Some(seconds) => Some(HeaderValue::from(seconds)),
+            None if self.status == StatusCode::SERVICE_UNAVAILABLE => {
+                Some(HeaderValue::from_static("1"))
+            }
+            None => None,
+        };
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

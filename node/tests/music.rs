@@ -11,8 +11,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use api::tracks::MAX_UPLOADS_PER_USER;
 use common::music::{
-    BOUNDARY, MIB, Part, call, fails, fixture, form, form_bytes, long_mp3, upload,
+    BOUNDARY, MIB, Part, Refusal, all_refused, call, fails, fixture, form, form_bytes, long_mp3,
+    upload,
 };
 use common::{Body, CONVERGE_TIMEOUT, NodeApi, Resp, TestCluster, User, eventually, register};
 use reqwest::Method;
@@ -289,47 +291,18 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("payload_too_large"), "{text}");
 
-    eprintln!("=== no title and no ID3 title");
-    fails(
-        &api,
-        Method::POST,
-        "/tracks/upload",
-        form(&[Part::File("file", &mp3)]),
-        Some(&bob),
-        400,
-        "bad_request",
-    )
-    .await;
-    eprintln!("=== no file part; not multipart; no token");
-    call(
-        &api,
-        Method::POST,
-        "/tracks/upload",
-        form(&[Part::Json("metadata", meta.clone())]),
-        Some(&bob),
-    )
-    .await
-    .expect_error_code(400, "bad_request");
-    fails(
-        &api,
-        Method::POST,
-        "/tracks/upload",
-        Body::Json(meta.clone()),
-        Some(&bob),
-        415,
-        "unsupported_media_type",
-    )
-    .await;
-    fails(
-        &api,
-        Method::POST,
-        "/tracks/upload",
-        form(&[Part::File("file", &mp3)]),
-        None,
-        401,
-        "unauthorized",
-    )
-    .await;
+    eprintln!("=== no title and no ID3 title; no file part; not multipart; no token");
+    let (upload_path, file_only) = ("/tracks/upload", || form(&[Part::File("file", &mp3)]));
+    let no_file = form(&[Part::Json("metadata", meta.clone())]);
+    let json_body = Body::Json(meta.clone());
+    #[rustfmt::skip]
+    let refusals: Vec<Refusal> = vec![
+        (&api, Method::POST, upload_path, file_only(), Some(&bob), 400, "bad_request"),
+        (&api, Method::POST, upload_path, no_file, Some(&bob), 400, "bad_request"),
+        (&api, Method::POST, upload_path, json_body, Some(&bob), 415, "unsupported_media_type"),
+        (&api, Method::POST, upload_path, file_only(), None, 401, "unauthorized"),
+    ];
+    all_refused(refusals).await;
     eprintln!("=== a form field instead of JSON metadata works");
     let ok = call(
         &api,
@@ -366,6 +339,50 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     let listed = c.api(leader).read_ok("/tracks").await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["track_id"], kept.as_str());
+
+    eprintln!(
+        "=== {MAX_UPLOADS_PER_USER} uploads in progress per user and node; the next is refused"
+    );
+    let body = form_bytes(&[
+        Part::Json("metadata", meta.clone()),
+        Part::File("file", &long_mp3(60)),
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..MAX_UPLOADS_PER_USER {
+        held.push(start_partial_upload(&api.base, &bob, &body, body.len() / 2).await);
+    }
+    storage_when(&c, leader, "the partial uploads to start", |s| {
+        s["pending_uploads"] == MAX_UPLOADS_PER_USER
+    })
+    .await;
+    let whole = || {
+        form(&[
+            Part::Json("metadata", meta.clone()),
+            Part::File("file", &mp3),
+        ])
+    };
+    let refused = call(&api, Method::POST, "/tracks/upload", whole(), Some(&bob)).await;
+    refused.expect_error_code(429, "too_many_uploads");
+    assert_eq!(refused.header("retry-after"), "1", "{}", refused.describe());
+    let carol = register(&api, "carol").await;
+    call(&api, Method::POST, "/tracks/upload", whole(), Some(&carol))
+        .await
+        .expect_status(201);
+    drop(held.pop());
+    eventually(
+        "bob's finished upload to free a slot",
+        CONVERGE_TIMEOUT,
+        async || {
+            let r = call(&api, Method::POST, "/tracks/upload", whole(), Some(&bob)).await;
+            (r.status == 201).then_some(())
+        },
+    )
+    .await;
+    drop(held);
+    storage_when(&c, leader, "the held uploads to be dropped", |s| {
+        s["pending_uploads"] == 0
+    })
+    .await;
 
     eprintln!("=== the OpenAPI document describes the multipart upload and the bearer scheme");
     let doc = c.api(leader).read_ok("/openapi.json").await;
@@ -784,90 +801,28 @@ async fn auth_tokens_and_ownership_are_enforced_on_every_node() {
 
     eprintln!("=== no token 401, forged token 401, someone else's track or playlist 403");
     let meta_only = || form(&[Part::Json("metadata", json!({"title": "Stolen"}))]);
-    fails(
-        &api_a,
-        Method::PATCH,
-        &format!("/tracks/{track}"),
-        meta_only(),
-        None,
-        401,
-        "unauthorized",
-    )
-    .await;
-    let mut forged = frank.clone();
-    forged.token = format!("{}x", frank.token.trim_end_matches(|ch: char| ch != '.'));
-    fails(
-        &api_a,
-        Method::DELETE,
-        &format!("/tracks/{track}"),
-        Body::None,
-        Some(&forged),
-        401,
-        "invalid_token",
-    )
-    .await;
-    forged.token = "not.a.jwt".into();
-    fails(
-        &api_a,
-        Method::DELETE,
-        &format!("/tracks/{track}"),
-        Body::None,
-        Some(&forged),
-        401,
-        "invalid_token",
-    )
-    .await;
-    fails(
-        &api_a,
-        Method::PATCH,
-        &format!("/tracks/{track}"),
-        meta_only(),
-        Some(&frank),
-        403,
-        "forbidden",
-    )
-    .await;
-    fails(
-        &api_l,
-        Method::DELETE,
-        &format!("/tracks/{track}"),
-        Body::None,
-        Some(&frank),
-        403,
-        "forbidden",
-    )
-    .await;
+    let mut bad_signature = frank.clone();
+    bad_signature.token = format!("{}x", frank.token.trim_end_matches(|ch: char| ch != '.'));
+    let not_a_jwt = User {
+        token: "not.a.jwt".into(),
+        ..frank.clone()
+    };
     let add = json!({"user_id": erin.id, "track_id": track});
-    fails(
-        &api_a,
-        Method::POST,
-        "/playlist/add",
-        Body::Json(add.clone()),
-        Some(&frank),
-        403,
-        "forbidden",
-    )
-    .await;
-    fails(
-        &api_a,
-        Method::POST,
-        "/playlist/add",
-        Body::Json(add.clone()),
-        None,
-        401,
-        "unauthorized",
-    )
-    .await;
-    fails(
-        &api_a,
-        Method::DELETE,
-        &format!("/users/{}", erin.id),
-        Body::None,
-        Some(&frank),
-        403,
-        "forbidden",
-    )
-    .await;
+    let (track_path, erin_path) = (format!("/tracks/{track}"), format!("/users/{}", erin.id));
+    let (track_path, erin_path) = (track_path.as_str(), erin_path.as_str());
+    let (patch, delete, post) = (Method::PATCH, Method::DELETE, Method::POST);
+    #[rustfmt::skip]
+    let refusals: Vec<Refusal> = vec![
+        (&api_a, patch.clone(), track_path, meta_only(), None, 401, "unauthorized"),
+        (&api_a, delete.clone(), track_path, Body::None, Some(&bad_signature), 401, "invalid_token"),
+        (&api_a, delete.clone(), track_path, Body::None, Some(&not_a_jwt), 401, "invalid_token"),
+        (&api_a, patch, track_path, meta_only(), Some(&frank), 403, "forbidden"),
+        (&api_l, delete.clone(), track_path, Body::None, Some(&frank), 403, "forbidden"),
+        (&api_a, post.clone(), "/playlist/add", Body::Json(add.clone()), Some(&frank), 403, "forbidden"),
+        (&api_a, post, "/playlist/add", Body::Json(add.clone()), None, 401, "unauthorized"),
+        (&api_a, delete, erin_path, Body::None, Some(&frank), 403, "forbidden"),
+    ];
+    all_refused(refusals).await;
     assert_eq!(
         c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
         "Erin's"
@@ -909,6 +864,32 @@ async fn auth_tokens_and_ownership_are_enforced_on_every_node() {
         c.api(leader).read_ok(&format!("/tracks/{track}")).await["title"],
         "Erin's"
     );
+
+    eprintln!("=== five wrong passwords in a row: frank waits on node {b} (429), not elsewhere");
+    let login = |api: &NodeApi, password: &str| {
+        let (api, body) = (
+            api.clone(),
+            json!({"username": "frank", "password": password}),
+        );
+        async move {
+            api.post("/users/login", Body::Json(body))
+                .await
+                .expect("login")
+        }
+    };
+    for _ in 0..5 {
+        login(&api_b, "wrong-password")
+            .await
+            .expect_error_code(401, "unauthorized");
+    }
+    let held = login(&api_b, "password123").await;
+    held.expect_error_code(429, "too_many_attempts");
+    assert_eq!(held.header("retry-after"), "1", "{}", held.describe());
+    login(&api_a, "password123").await.expect_status(200);
+    eventually("frank's wait to end", Duration::from_secs(30), async || {
+        (login(&api_b, "password123").await.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1060,33 +1041,20 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
         resp.expect_status(200)["message"],
         "Track deleted successfully"
     );
-    fails(
-        &api_l,
-        Method::GET,
-        &format!("/play/{t1}"),
-        Body::None,
-        None,
-        404,
-        "not_found",
-    )
-    .await;
     assert_eq!(
         ids(&api_l.read_ok(&format!("/playlist/{}", gina.id)).await),
         std::slice::from_ref(&t2)
     );
     assert!(ids(&api_l.read_ok(&format!("/playlist/{}", hank.id)).await).is_empty());
     assert_eq!(api_l.read_ok("/queue").await, json!([]));
-    let remove = json!({"user_id": gina.id, "track_id": t1});
-    fails(
-        &api_f0,
-        Method::DELETE,
-        "/playlist/remove",
-        Body::Json(remove),
-        Some(&gina),
-        404,
-        "not_found",
-    )
-    .await;
+    let remove = Body::Json(json!({"user_id": gina.id, "track_id": t1}));
+    let play_t1 = format!("/play/{t1}");
+    #[rustfmt::skip]
+    let refusals: Vec<Refusal> = vec![
+        (&api_l, Method::GET, &play_t1, Body::None, None, 404, "not_found"),
+        (&api_f0, Method::DELETE, "/playlist/remove", remove, Some(&gina), 404, "not_found"),
+    ];
+    all_refused(refusals).await;
 
     eprintln!("=== deleting a user removes their playlist; their token stops working");
     let resp = call(
@@ -1101,37 +1069,18 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
         resp.expect_status(200)["message"],
         "User deleted successfully"
     );
-    fails(
-        &api_l,
-        Method::GET,
-        &format!("/playlist/{}", hank.id),
-        Body::None,
-        None,
-        404,
-        "not_found",
-    )
-    .await;
-    fails(
-        &api_l,
-        Method::GET,
-        &format!("/users/{}", hank.id),
-        Body::None,
-        None,
-        404,
-        "not_found",
-    )
-    .await;
-    let add = json!({"user_id": hank.id, "track_id": t2});
-    fails(
-        &api_f1,
-        Method::POST,
-        "/playlist/add",
-        Body::Json(add),
-        Some(&hank),
-        401,
-        "unauthorized",
-    )
-    .await;
+    let (hanks_playlist, hanks_profile) = (
+        format!("/playlist/{}", hank.id),
+        format!("/users/{}", hank.id),
+    );
+    let add = Body::Json(json!({"user_id": hank.id, "track_id": t2}));
+    #[rustfmt::skip]
+    let refusals: Vec<Refusal> = vec![
+        (&api_l, Method::GET, &hanks_playlist, Body::None, None, 404, "not_found"),
+        (&api_l, Method::GET, &hanks_profile, Body::None, None, 404, "not_found"),
+        (&api_f1, Method::POST, "/playlist/add", add, Some(&hank), 401, "unauthorized"),
+    ];
+    all_refused(refusals).await;
 
     eprintln!("=== full restart: everything above is still true, tokens still valid");
     for id in c.ids() {
@@ -1148,26 +1097,13 @@ async fn edits_and_deletes_cascade_and_survive_a_full_restart() {
             std::slice::from_ref(&t2),
             "node {id}"
         );
-        fails(
-            &api,
-            Method::GET,
-            &format!("/playlist/{}", hank.id),
-            Body::None,
-            None,
-            404,
-            "not_found",
-        )
-        .await;
-        fails(
-            &api,
-            Method::GET,
-            &format!("/tracks/{t1}"),
-            Body::None,
-            None,
-            404,
-            "not_found",
-        )
-        .await;
+        let track_t1 = format!("/tracks/{t1}");
+        #[rustfmt::skip]
+        let refusals: Vec<Refusal> = vec![
+            (&api, Method::GET, &hanks_playlist, Body::None, None, 404, "not_found"),
+            (&api, Method::GET, &track_t1, Body::None, None, 404, "not_found"),
+        ];
+        all_refused(refusals).await;
         let played = call(&api, Method::GET, &format!("/play/{t2}"), Body::None, None).await;
         assert!(played.bytes == three, "node {id}: t2's audio after restart");
         let me = call(

@@ -10,8 +10,14 @@
 //! (`upload::AbortOnDrop`); a node killed mid-upload leaves it to the leader's sweep of idle
 //! uploads (`drop_idle_uploads`).
 //!
+//! The actor also owns this node's uploads in progress: a user may have at most
+//! [`MAX_UPLOADS_PER_USER`] uploads or edits streaming into one node at once; past that the
+//! request is answered 429 `too_many_uploads` at once, before its body is read, so one account
+//! cannot hold every connection and the whole write path of a node.
+//!
 //! This file holds the wire shapes, the actor and the routes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -171,49 +177,128 @@ pub enum TracksMsg {
     },
     Get(u64, Consistency, Reply<Track>),
     List(ListParams, Consistency, Reply<Vec<Track>>),
+    /// An upload or edit by this user ended, however it ended (from its [`UploadSlot`]).
+    UploadEnded(u64),
 }
 
 impl ractor::Message for TracksMsg {}
+
+/// Uploads and edits one user may have streaming into one node at once.
+pub const MAX_UPLOADS_PER_USER: usize = 4;
+
+/// An upload or edit in progress; tells the actor when it ends (dropped with the request's
+/// task, whether it succeeded, failed or its client went away).
+struct UploadSlot {
+    actor: ActorRef<TracksMsg>,
+    by: u64,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let _ = self.actor.send_message(TracksMsg::UploadEnded(self.by));
+    }
+}
+
+pub struct TracksState {
+    replica: Replica,
+    settings: Arc<ApiSettings>,
+    /// Uploads and edits in progress on this node, per user.
+    uploading: HashMap<u64, usize>,
+}
+
+impl TracksState {
+    /// A slot for one more upload by `by`, or the 429 that refuses it.
+    fn start_upload(
+        &mut self,
+        by: u64,
+        actor: &ActorRef<TracksMsg>,
+    ) -> Result<UploadSlot, ApiError> {
+        let count = self.uploading.entry(by).or_default();
+        if *count >= MAX_UPLOADS_PER_USER {
+            return Err(ApiError::too_many(
+                "too_many_uploads",
+                format!(
+                    "you already have {MAX_UPLOADS_PER_USER} uploads in progress on this node; \
+                     wait for one to finish"
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        *count += 1;
+        Ok(UploadSlot {
+            actor: actor.clone(),
+            by,
+        })
+    }
+
+    fn upload_ended(&mut self, by: u64) {
+        if let Some(count) = self.uploading.get_mut(&by) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.uploading.remove(&by);
+            }
+        }
+    }
+}
 
 /// Owns the tracks domain on this node.
 pub struct TracksActor;
 
 impl Actor for TracksActor {
     type Msg = TracksMsg;
-    type State = (Replica, Arc<ApiSettings>);
+    type State = TracksState;
     type Arguments = (Replica, Arc<ApiSettings>);
 
     async fn pre_start(
         &self,
         _: ActorRef<TracksMsg>,
-        args: Self::Arguments,
+        (replica, settings): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
+        Ok(TracksState {
+            replica,
+            settings,
+            uploading: HashMap::new(),
+        })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<TracksMsg>,
+        myself: ActorRef<TracksMsg>,
         msg: TracksMsg,
-        (replica, settings): &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (r, settings) = (replica.clone(), settings.clone());
+        let (r, settings) = (state.replica.clone(), state.settings.clone());
         match msg {
             TracksMsg::Upload {
                 by,
                 form,
                 key,
                 reply,
-            } => {
-                respond(reply, upload(r, settings, by, form, key));
-            }
+            } => match state.start_upload(by, &myself) {
+                Ok(slot) => respond(reply, async move {
+                    let _slot = slot;
+                    upload(r, settings, by, form, key).await
+                }),
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                }
+            },
             TracksMsg::Update {
                 track_id,
                 by,
                 form,
                 key,
                 reply,
-            } => respond(reply, update(r, settings, track_id, by, form, key)),
+            } => match state.start_upload(by, &myself) {
+                Ok(slot) => respond(reply, async move {
+                    let _slot = slot;
+                    update(r, settings, track_id, by, form, key).await
+                }),
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                }
+            },
+            TracksMsg::UploadEnded(by) => state.upload_ended(by),
             TracksMsg::Delete {
                 track_id,
                 by,

@@ -97,6 +97,25 @@ pub async fn fails(
         .expect_error_code(status, code);
 }
 
+/// A request that must be refused: the node, method, path, body, user, status and error code.
+pub type Refusal<'a> = (
+    &'a NodeApi,
+    Method,
+    &'a str,
+    Body,
+    Option<&'a User>,
+    u16,
+    &'a str,
+);
+
+/// Sends each request in turn; each must fail with its status and error code.
+pub async fn all_refused(cases: Vec<Refusal<'_>>) {
+    for (api, method, path, body, user, status, code) in cases {
+        eprintln!("--- {method} {path}: {status} {code}");
+        fails(api, method, path, body, user, status, code).await;
+    }
+}
+
 /// Uploads `mp3` with `title` (none: rely on the ID3 tags) and returns the track id.
 pub async fn upload(api: &NodeApi, user: &User, title: Option<&str>, mp3: &[u8]) -> String {
     let mut parts = vec![Part::File("file", mp3)];
