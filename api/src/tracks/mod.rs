@@ -419,7 +419,8 @@ fn form(form: Result<Multipart, MultipartRejection>) -> Result<Multipart, ApiErr
         (status = 400, description = "no title given and none in the ID3 tags, or a malformed form", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 413, description = "over the upload limit", body = ErrorBody),
-        (status = 415, description = "not a decodable MP3", body = ErrorBody)))]
+        (status = 415, description = "not a decodable MP3", body = ErrorBody),
+        (status = 429, description = "4 uploads by this user already in progress on this node", body = ErrorBody)))]
 pub async fn upload_track(
     State(app): State<AppState>,
     AuthUser(by): AuthUser,
@@ -475,7 +476,7 @@ async fn update_common(
     security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "not the uploader", body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn update_track(
     State(app): State<AppState>,
     AuthUser(by): AuthUser,
@@ -494,7 +495,7 @@ pub async fn update_track(
     security(("bearer" = [])),
     responses((status = 200, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody)))]
+        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn update_track_from_form(
     State(app): State<AppState>,
     AuthUser(by): AuthUser,
