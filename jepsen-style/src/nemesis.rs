@@ -40,6 +40,8 @@ pub struct Nemesis {
     http: reqwest::Client,
     delayer_script: PathBuf,
     active: Active,
+    /// Membership faults so far: they take the leader and a follower in turn.
+    replacements: usize,
 }
 
 impl Nemesis {
@@ -53,6 +55,7 @@ impl Nemesis {
             http,
             delayer_script,
             active: Active::default(),
+            replacements: 0,
         }
     }
 
@@ -165,11 +168,17 @@ impl Nemesis {
                 )
             }
             Kind::Membership => {
-                // A dead machine: removed from the membership (through another node; the
-                // target may be the leader), killed, its disk gone. Its replacement joins under
-                // a new id when the fault ends.
-                let (target, via) = (order[0], order[1]);
+                // A dead machine: removed from the membership (through another node), killed,
+                // its disk gone; the leader and a follower in turn, starting with the leader.
+                // Its replacement joins under a new id when the fault ends.
                 drop(c);
+                let leader = self.leader_or(order[0]).await;
+                let target = match self.replacements % 2 {
+                    0 => leader,
+                    _ => *order.iter().find(|&&i| i != leader).unwrap_or(&order[0]),
+                };
+                let via = *order.iter().find(|&&i| i != target).unwrap_or(&order[1]);
+                self.replacements += 1;
                 let path = format!("/cluster/members/{}", node_id(target));
                 self.membership(via, reqwest::Method::DELETE, &path, None)
                     .await?;
@@ -180,8 +189,13 @@ impl Nemesis {
                 (
                     ids(&[target]),
                     format!(
-                        "remove node {} from the membership, kill -9 it and wipe its disk",
-                        node_id(target)
+                        "remove node {} ({}) from the membership, kill -9 it and wipe its disk",
+                        node_id(target),
+                        if target == leader {
+                            "the leader"
+                        } else {
+                            "a follower"
+                        }
                     ),
                 )
             }

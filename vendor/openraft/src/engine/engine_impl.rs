@@ -80,6 +80,13 @@ where C: RaftTypeConfig
     /// should be greater.
     pub(crate) seen_greater_log: bool,
 
+    /// The greatest term of a vote request this node refused without taking its term (the
+    /// candidate's log was behind, or this node's leader lease had not expired). Kept in memory
+    /// only. This node campaigns above it: a candidate refused for its log has voted for itself
+    /// in that term, so a campaign in the same term would be refused in turn, and the node with
+    /// the longer log would wait another election timeout before it could win.
+    pub(crate) refused_term: u64,
+
     /// Represents the Leader state.
     pub(crate) leader: LeaderState<C>,
 
@@ -105,6 +112,7 @@ where C: RaftTypeConfig
             config,
             state: Valid::new(init_state),
             seen_greater_log: false,
+            refused_term: 0,
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
@@ -225,7 +233,9 @@ where C: RaftTypeConfig
             self.leader.as_ref().map(|l| l.vote.to_string()).unwrap_or_default()
         );
 
-        let new_term = self.state.vote.leader_id().term + 1;
+        // Any term above this node's own is safe to campaign in; one above a refused candidate's
+        // self-vote is one that candidate can grant.
+        let new_term = self.state.vote.leader_id().term.max(self.refused_term) + 1;
         let new_vote = Vote::new(new_term, self.config.id.clone());
 
         let candidate = self.new_candidate(new_vote.clone());
@@ -313,6 +323,7 @@ where C: RaftTypeConfig
                     vote_utime + lease - now
                 );
 
+                self.refused_term = self.refused_term.max(req.vote.leader_id().term);
                 return VoteResponse::new(self.state.vote_ref(), self.state.last_log_id().cloned(), false);
             }
         }
@@ -329,6 +340,8 @@ where C: RaftTypeConfig
             );
             // The res is not used yet.
             // let _res = Err(RejectVoteRequest::ByLastLogId(self.state.last_log_id().copied()));
+
+            self.refused_term = self.refused_term.max(req.vote.leader_id().term);
 
             // Return the updated vote, this way the candidate knows which vote is granted, in case
             // the candidate's vote is changed after sending the vote request.

@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use maplit::btreeset;
 use pretty_assertions::assert_eq;
@@ -11,10 +12,12 @@ use crate::engine::Engine;
 use crate::engine::LogIdList;
 use crate::raft::VoteRequest;
 use crate::testing::log_id;
+use crate::utime::UTime;
 use crate::CommittedLeaderId;
 use crate::EffectiveMembership;
 use crate::LogId;
 use crate::Membership;
+use crate::TokioInstant;
 use crate::Vote;
 
 fn m1() -> Membership<u64, ()> {
@@ -145,5 +148,36 @@ fn test_elect_multi_node_enter_candidate() -> anyhow::Result<()> {
             eng.output.take_commands()
         );
     }
+    Ok(())
+}
+
+/// A node that refused a vote request because the candidate's log was behind campaigns above
+/// that candidate's term, so the candidate (which voted for itself in its term) can grant it.
+#[test]
+fn test_elect_above_a_term_refused_for_a_shorter_log() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.config.id = 1;
+    eng.state
+        .membership_state
+        .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(0, 1, 1)), m12())));
+    eng.state.log_ids = LogIdList::new(vec![log_id(1, 1, 1), log_id(1, 1, 5)]);
+    eng.state.vote = UTime::new(TokioInstant::now() - Duration::from_millis(300), Vote::new_committed(1, 0));
+
+    let resp = eng.handle_vote_req(VoteRequest::new(Vote::new(2, 2), Some(log_id(1, 1, 3))));
+    assert!(!resp.vote_granted);
+    assert_eq!(Vote::new_committed(1, 0), *eng.state.vote_ref(), "the refused term is not taken");
+    eng.output.take_commands();
+
+    eng.elect();
+    assert_eq!(Vote::new(3, 1), *eng.state.vote_ref());
+    assert_eq!(
+        vec![
+            Command::SaveVote { vote: Vote::new(3, 1) },
+            Command::SendVote {
+                vote_req: VoteRequest::new(Vote::new(3, 1), Some(log_id(1, 1, 5)))
+            },
+        ],
+        eng.output.take_commands()
+    );
     Ok(())
 }
