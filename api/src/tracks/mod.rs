@@ -199,6 +199,23 @@ impl Drop for UploadSlot {
     }
 }
 
+/// Runs `work` holding its upload slot until it ends, or answers the refusal at once.
+fn respond_in_slot<T: Send + 'static>(
+    slot: Result<UploadSlot, ApiError>,
+    reply: Reply<T>,
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) {
+    match slot {
+        Ok(slot) => respond(reply, async move {
+            let _slot = slot;
+            work.await
+        }),
+        Err(refused) => {
+            let _ = reply.send(Err(refused));
+        }
+    }
+}
+
 pub struct TracksState {
     replica: Replica,
     settings: Arc<ApiSettings>,
@@ -274,30 +291,22 @@ impl Actor for TracksActor {
                 form,
                 key,
                 reply,
-            } => match state.start_upload(by, &myself) {
-                Ok(slot) => respond(reply, async move {
-                    let _slot = slot;
-                    upload(r, settings, by, form, key).await
-                }),
-                Err(refused) => {
-                    let _ = reply.send(Err(refused));
-                }
-            },
+            } => respond_in_slot(
+                state.start_upload(by, &myself),
+                reply,
+                upload(r, settings, by, form, key),
+            ),
             TracksMsg::Update {
                 track_id,
                 by,
                 form,
                 key,
                 reply,
-            } => match state.start_upload(by, &myself) {
-                Ok(slot) => respond(reply, async move {
-                    let _slot = slot;
-                    update(r, settings, track_id, by, form, key).await
-                }),
-                Err(refused) => {
-                    let _ = reply.send(Err(refused));
-                }
-            },
+            } => respond_in_slot(
+                state.start_upload(by, &myself),
+                reply,
+                update(r, settings, track_id, by, form, key),
+            ),
             TracksMsg::UploadEnded(by) => state.upload_ended(by),
             TracksMsg::Delete {
                 track_id,
