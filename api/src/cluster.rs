@@ -1,11 +1,13 @@
 //! Cluster endpoints: liveness, readiness, service discovery and membership changes.
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde::{Deserialize, Serialize};
 use storage::ChorusNode;
+use storage::state::tracks::CHUNK_SIZE;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
@@ -21,6 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/cluster/members", post(add_member))
         .route("/cluster/members/{id}", delete(remove_member))
         .route("/cluster/chunks/verify", post(verify_chunks))
+        .route(
+            "/cluster/chunks/{hash}",
+            put(crate::tracks::push::receive_pushed_chunk).layer(DefaultBodyLimit::max(CHUNK_SIZE)),
+        )
 }
 
 #[derive(Debug, Serialize, ToSchema)]

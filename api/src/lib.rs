@@ -77,6 +77,9 @@ pub struct ApiSettings {
     pub upload_idle_timeout: Duration,
     /// Requests handled at once; past it, 503 `overloaded` (see [`admission`]).
     pub max_in_flight: usize,
+    /// Push each uploaded chunk to the other nodes over plain HTTP ahead of its write
+    /// (`tracks::push`); off when the nodes serve HTTPS, and then the writes carry the bytes.
+    pub push_chunks: bool,
 }
 
 #[derive(Clone)]

@@ -279,7 +279,13 @@ impl Nemesis {
             c.net.heal()?;
             self.active.rules = false;
         }
+        let mut delayer_died = None;
         for mut d in self.active.delayers.drain(..) {
+            // A delayer that exited early let packets through undelayed (the rules bypass the
+            // queue when nothing is bound to it): the fault was not in force.
+            if let Ok(Some(status)) = d.try_wait() {
+                delayer_died = Some(status);
+            }
             let _ = d.kill();
             let _ = d.wait();
         }
@@ -307,6 +313,11 @@ impl Nemesis {
             self.membership(via, reqwest::Method::POST, "/cluster/members", Some(body))
                 .await?;
             tracing::info!("node {id} joined in the place of the removed one");
+        }
+        if let Some(status) = delayer_died {
+            anyhow::bail!(
+                "a packet delayer exited ({status}) before the heal, so the delay was not in force; see delayer-n*.log in the run directory"
+            );
         }
         Ok(())
     }
@@ -397,13 +408,19 @@ fn start_delayer(
 ) -> Result<Child> {
     let secs = (fault.end_ms - fault.start_ms) / 1000 + 30;
     c.net.queue_outgoing(i, to)?;
+    let log_path = script.with_file_name(format!("delayer-n{}.log", i + 1));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     Command::new("ip")
         .args(["netns", "exec", &c.net.node_ns(i), "python3"])
         .arg(script)
         .args(["0", &fault.param.to_string(), &secs.to_string()])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .spawn()
         .context("starting the NFQUEUE delayer (python3)")
 }

@@ -73,6 +73,8 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(config.users.token_ttl_secs),
         upload_idle_timeout: Duration::from_secs(config.tracks.upload_idle_timeout_secs),
         max_in_flight: config.http.max_in_flight,
+        // Peers are pushed to at their plain `http_addr`.
+        push_chunks: me.tls_cert.is_none(),
     };
     let api = api::start(replica.clone(), settings).await?;
     tracing::info!(node = node_id, http = %me.http_addr, raft = %me.raft_addr, grpc = ?me.grpc_addr, data = %me.data_dir.display(), "node serving");

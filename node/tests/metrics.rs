@@ -143,3 +143,78 @@ async fn metrics_parse_and_move_with_traffic() {
         2.0
     );
 }
+
+/// Audio chunks a node sent in Raft messages, `how` (`ByHash` or `Inline`), over every node.
+async fn audio_sent(c: &TestCluster, how: &str) -> f64 {
+    let mut sum = 0.0;
+    for id in c.running() {
+        let s = scrape(c, id).await;
+        sum += value(&s, "chorus_raft_audio_chunks_sent_total", &[("how", how)]);
+    }
+    sum
+}
+
+/// An upload's chunks are pushed to the other nodes over HTTP ahead of their writes, so the
+/// Raft messages carrying the writes (the follower's forward to the leader, the leader's
+/// AppendEntries to both followers) leave the bytes out: a megabyte on a slow link never sits
+/// in front of the heartbeats. A node that missed the pushes (it was down) gets the bytes in
+/// the log instead, and streams the track byte-identical. Strangers cannot push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_audio_travels_ahead_of_its_writes_and_the_writes_without_it() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    let [receiver, other] = [c.followers(leader)[0], c.followers(leader)[1]];
+    let user = register(&c.api(receiver), "pusher").await;
+
+    let mp3 = common::music::long_mp3(100);
+    let chunks = mp3.len().div_ceil(1024 * 1024) as f64;
+    assert!(chunks >= 2.0, "{} bytes", mp3.len());
+    let track = upload(&c.api(receiver), &user, Some("Pushed"), &mp3).await;
+    // Each chunk: forwarded once by the receiver, appended to two followers by the leader.
+    assert_eq!(audio_sent(&c, "ByHash").await, 3.0 * chunks);
+    assert_eq!(audio_sent(&c, "Inline").await, 0.0);
+    for id in c.ids() {
+        let file = download(&c.api(id), &track, &user).await;
+        assert!(file.bytes == mp3, "node {id} streams what was uploaded");
+    }
+
+    eprintln!("=== node {other} misses the pushes of a second upload");
+    c.stop(other).await;
+    let second = common::music::long_mp3(60);
+    let track2 = upload(&c.api(receiver), &user, Some("Missed"), &second).await;
+    c.restart(other);
+    c.wait_ready(other).await;
+    let file = download(&c.api(other), &track2, &user).await;
+    assert!(
+        file.bytes == second,
+        "the node that missed the pushes streams the track"
+    );
+    assert!(
+        audio_sent(&c, "Inline").await >= 1.0,
+        "the node that missed the pushes got the bytes in the log"
+    );
+
+    eprintln!("=== a push needs the cluster's proof");
+    let api = c.api(leader);
+    let push = |path: String, proof: &str| {
+        let body = Body::Raw {
+            content_type: Some("application/octet-stream".into()),
+            bytes: b"not audio from a node".to_vec(),
+        };
+        let headers = [("x-chorus-push-proof", proof.to_string())];
+        let api = &api;
+        async move {
+            let r = api.send_with(reqwest::Method::PUT, &path, body, &headers);
+            r.await.expect("PUT")
+        }
+    };
+    let chunk = format!("/cluster/chunks/{}", "ab".repeat(32));
+    for proof in ["", "00", &"11".repeat(32)] {
+        push(chunk.clone(), proof)
+            .await
+            .expect_error_code(403, "forbidden");
+    }
+    push("/cluster/chunks/nothex".into(), "")
+        .await
+        .expect_error_code(400, "bad_request");
+}

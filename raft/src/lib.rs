@@ -6,6 +6,8 @@
 //! - [`transport`]: the ractor_cluster node server, the endpoint actor that answers peers, the
 //!   supervisor actor that (re)connects to peers and drops dead sessions, and `call` with a
 //!   timeout on every remote request.
+//! - [`by_hash`]: audio chunks pushed to peers ahead of their writes, which then travel
+//!   without the bytes.
 //! - [`batch`]: a queue handed to a sender in batches, with a bounded number in flight.
 //! - [`forward`]: batching of the writes a follower forwards to the leader.
 //! - [`propose`]: on the leader, waiting writes grouped into one log entry (`Command::Batch`).
@@ -17,6 +19,7 @@
 
 mod batch;
 pub mod bootstrap;
+pub mod by_hash;
 mod chunk_fetch;
 mod compaction;
 mod forward;
@@ -166,6 +169,7 @@ pub async fn start(
         reader,
         log,
         s.request_timeout,
+        &args.secret,
     );
     transport.serve(replica.clone()).await?;
     // Requests waiting for an entry to apply here answer "shutting down" at once when the Raft

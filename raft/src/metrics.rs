@@ -4,7 +4,9 @@
 
 use std::sync::LazyLock;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -17,6 +19,22 @@ pub struct RaftMetrics {
     pub proposal_writes: Histogram,
     /// Times the leader this node knows changed (to another node or to none).
     pub leader_changes: Counter,
+    /// Audio chunks this node sent in Raft messages (AppendEntries, forwarded writes), by how.
+    pub audio_sent: Family<AudioLabels, Counter>,
+}
+
+/// How an audio chunk went to a peer in a Raft message (`crate::by_hash`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum AudioSent {
+    /// Without its bytes: the peer had the chunk (pushed ahead of the write).
+    ByHash,
+    /// With its bytes: the peer lacked the chunk, or had lacked one lately.
+    Inline,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AudioLabels {
+    how: AudioSent,
 }
 
 pub static METRICS: LazyLock<RaftMetrics> = LazyLock::new(|| RaftMetrics {
@@ -24,7 +42,23 @@ pub static METRICS: LazyLock<RaftMetrics> = LazyLock::new(|| RaftMetrics {
     // 1 to 1024 writes per entry.
     proposal_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
     leader_changes: Counter::default(),
+    audio_sent: Family::default(),
 });
+
+/// Counts one audio chunk sent to a peer `how`.
+pub(crate) fn audio_sent(how: AudioSent) {
+    audio_sent_n(how, 1);
+}
+
+/// Counts `n` audio chunks sent to a peer `how`.
+pub(crate) fn audio_sent_n(how: AudioSent, n: usize) {
+    if n > 0 {
+        METRICS
+            .audio_sent
+            .get_or_create(&AudioLabels { how })
+            .inc_by(n as u64);
+    }
+}
 
 /// Records a proposed entry carrying `writes` client writes.
 pub(crate) fn proposed(writes: usize) {
@@ -63,5 +97,10 @@ pub fn register(registry: &mut Registry) {
         "chorus_raft_leader_changes",
         "Times the leader known to this node changed",
         m.leader_changes.clone(),
+    );
+    registry.register(
+        "chorus_raft_audio_chunks_sent",
+        "Audio chunks sent to peers in Raft messages: ByHash (the peer held the chunk, pushed ahead of the write) or Inline (with the bytes)",
+        m.audio_sent.clone(),
     );
 }

@@ -20,6 +20,8 @@ use std::future::Future;
 use std::time::Duration;
 use storage::{ChorusNode, Entry, TypeConfig};
 
+use crate::by_hash;
+use crate::metrics::{self, AudioSent};
 use crate::protocol::{PeerRequest, PeerResponse};
 use crate::transport::{PendingCall, Transport, TransportError};
 
@@ -48,12 +50,21 @@ const UNREACHABLE_RETRY_LATER: Duration = Duration::from_secs(1);
 /// writes stay under it and never wait for a probe.
 const PROBE_ABOVE_BYTES: usize = 1024 * 1024;
 
+/// How long a link sends audio with its bytes after the follower lacked a chunk sent by hash
+/// (`crate::by_hash`): a follower catching up lacks every chunk pushed while it was away, and
+/// each try by hash would cost a round trip.
+const AUDIO_INLINE_AFTER_LACK: Duration = Duration::from_secs(5);
+
 /// Roughly how many bytes `entry` takes in a frame (blank and membership entries are small).
 fn entry_size(entry: &Entry) -> usize {
     match &entry.payload {
         EntryPayload::Normal(req) => req.approx_size(),
         _ => 256,
     }
+}
+
+fn carries_audio(entry: &Entry) -> bool {
+    matches!(&entry.payload, EntryPayload::Normal(req) if req.carries_audio())
 }
 
 /// How many of `entries` (at least one, if any) fit in `budget` bytes.
@@ -87,6 +98,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             matched: None,
             in_flight_budget: MAX_IN_FLIGHT,
+            audio_inline_until: None,
         }
     }
 }
@@ -100,6 +112,8 @@ pub struct PeerLink {
     /// Bytes of entries sent in one AppendEntries before the first answer: halved when frames
     /// are not answered in time, grown again by a frame after each AppendEntries answered whole.
     in_flight_budget: usize,
+    /// Until then audio goes with its bytes (see [`AUDIO_INLINE_AFTER_LACK`]).
+    audio_inline_until: Option<tokio::time::Instant>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -164,6 +178,13 @@ impl PeerLink {
             }
             in_flight += bytes;
             let last = entries.last().map(|e| e.log_id).or(prev_log_id);
+            let mut entries = entries;
+            if self.audio_by_hash() {
+                metrics::audio_sent_n(AudioSent::ByHash, by_hash::strip_entries(&mut entries));
+            } else {
+                let inline = entries.iter().filter(|e| carries_audio(e)).count();
+                metrics::audio_sent_n(AudioSent::Inline, inline);
+            }
             let frame = AppendEntriesRequest {
                 vote,
                 prev_log_id,
@@ -171,7 +192,7 @@ impl PeerLink {
                 entries,
             };
             match self.send_frame(frame, option) {
-                Ok(call) => calls.push((call, last)),
+                Ok(call) => calls.push((call, prev_log_id, last)),
                 Err(e) if calls.is_empty() => return Err(e),
                 Err(_) => {
                     cut_short = true;
@@ -182,11 +203,12 @@ impl PeerLink {
         }
         let frames = calls.len();
         let mut progress = FrameProgress::default();
-        for (k, (call, last)) in calls.into_iter().enumerate() {
+        for (k, (call, prev, last)) in calls.into_iter().enumerate() {
             let answer = if k == 0 {
-                Some(self.frame_answer(call).await)
+                Some(self.frame_answer(call, prev).await)
             } else {
-                let answer = tokio::time::timeout_at(later_deadline, self.frame_answer(call)).await;
+                let answer =
+                    tokio::time::timeout_at(later_deadline, self.frame_answer(call, prev)).await;
                 if answer.is_err() {
                     // More was in flight than the link carries in time (a slower network than
                     // loopback): send less at once from now on.
@@ -228,11 +250,39 @@ impl PeerLink {
             .map_err(rpc_error)
     }
 
-    async fn frame_answer(&self, call: PendingCall) -> RpcResult<AppendEntriesResponse<u64>> {
+    /// Audio goes by hash unless the follower lacked a chunk lately.
+    fn audio_by_hash(&mut self) -> bool {
+        match self.audio_inline_until {
+            Some(until) if tokio::time::Instant::now() < until => false,
+            _ => {
+                self.audio_inline_until = None;
+                true
+            }
+        }
+    }
+
+    /// The answer to a frame that continued from `prev`. A follower that lacked audio sent by
+    /// hash took none of the frame: it matches up to `prev`, and audio goes with its bytes for
+    /// a while.
+    async fn frame_answer(
+        &mut self,
+        call: PendingCall,
+        prev: Option<LogId<u64>>,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
         let resp = call
             .answer()
             .await
             .map_err(|e| append_error(self.transport.node_id(), e))?;
+        if let PeerResponse::LacksAudio(lacking) = &resp {
+            tracing::debug!(
+                target: "chorus::replication",
+                to = self.target,
+                chunks = lacking.len(),
+                "the follower lacks audio sent by hash; sending it with its bytes"
+            );
+            self.audio_inline_until = Some(tokio::time::Instant::now() + AUDIO_INLINE_AFTER_LACK);
+            return Ok(AppendEntriesResponse::PartialSuccess(prev));
+        }
         self.extract(resp, |r| match r {
             PeerResponse::AppendEntries(r) => Some(r),
             _ => None,
@@ -386,7 +436,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             };
             let call = self.send_frame(probe, &option);
             let answer = match call {
-                Ok(call) => self.frame_answer(call).await,
+                Ok(call) => self.frame_answer(call, rpc.prev_log_id).await,
                 Err(e) => Err(e),
             };
             match answer {
@@ -516,11 +566,11 @@ mod tests {
     }
 
     fn chunk(index: u64) -> Entry {
-        let command = Command::Tracks(TrackCommand::PutChunk {
-            upload_id: 1,
-            index: index as u32,
-            bytes: vec![0; 1024 * 1024],
-        });
+        let command = Command::Tracks(TrackCommand::put_chunk(
+            1,
+            index as u32,
+            vec![0; 1024 * 1024],
+        ));
         entry(index, command)
     }
 

@@ -19,7 +19,7 @@ use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 /// The version of the encoding of [`PeerRequest`] and [`PeerResponse`], the first byte of every
 /// frame. Raise it with any change to these messages (or to the types they carry) that alters
 /// their encoding.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,9 @@ pub enum PeerResponse {
     Malformed(String),
     /// The chunk's bytes (checked against its hash here), or why this node cannot give them.
     Chunk(Result<ChunkBytes, String>),
+    /// An AppendEntries or forwarded write sent with its audio left out named chunks this node
+    /// lacks (`crate::by_hash`); nothing of it was taken. Send it again with the bytes.
+    LacksAudio(Vec<ChunkHash>),
 }
 
 /// An audio chunk's bytes on the wire (one byte string, not a sequence of numbers).

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::ChunkHash;
 use crate::state::queue::{PlayedTrack, QueuedTrack};
 use crate::state::tracks::{AudioInfo, TrackMeta};
 
@@ -53,6 +54,57 @@ impl Request {
             Command::Tracks(TrackCommand::PutChunk { bytes, .. }) => bytes.len() + SMALL,
             Command::Batch(requests) => requests.iter().map(Request::approx_size).sum(),
             _ => SMALL,
+        }
+    }
+
+    /// The audio chunk this write carries, if it is a `PutChunk`: its name and its bytes.
+    pub fn audio(&self) -> Option<(ChunkHash, &[u8])> {
+        match &self.command {
+            Command::Tracks(TrackCommand::PutChunk { hash, bytes, .. }) => Some((*hash, bytes)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a `PutChunk` with its bytes.
+    pub fn carries_audio(&self) -> bool {
+        self.audio().is_some_and(|(_, bytes)| !bytes.is_empty())
+    }
+
+    /// Whether this is a `PutChunk` whose bytes were left out ([`Self::without_audio`]).
+    pub fn audio_left_out(&self) -> bool {
+        self.audio().is_some_and(|(_, bytes)| bytes.is_empty())
+    }
+
+    /// [`Self::audio`], to put the bytes back or leave them out.
+    pub fn audio_mut(&mut self) -> Option<(ChunkHash, &mut Vec<u8>)> {
+        match &mut self.command {
+            Command::Tracks(TrackCommand::PutChunk { hash, bytes, .. }) => Some((*hash, bytes)),
+            _ => None,
+        }
+    }
+
+    /// A copy without the audio chunk's bytes (a `PutChunk` with none; anything else is
+    /// copied whole), for a peer that holds the chunk already: it puts the bytes back from its
+    /// own store by hash before the write goes any further. A chunk is never empty, so an empty
+    /// `PutChunk` is always one whose bytes were left out (and `apply` refuses it).
+    pub fn without_audio(&self) -> Self {
+        match &self.command {
+            Command::Tracks(TrackCommand::PutChunk {
+                upload_id,
+                index,
+                hash,
+                ..
+            }) => Self {
+                dedupe_key: self.dedupe_key.clone(),
+                at_ms: self.at_ms,
+                command: Command::Tracks(TrackCommand::PutChunk {
+                    upload_id: *upload_id,
+                    index: *index,
+                    hash: *hash,
+                    bytes: Vec::new(),
+                }),
+            },
+            _ => self.clone(),
         }
     }
 }
@@ -129,9 +181,13 @@ pub enum TrackCommand {
         owner: u64,
     },
     /// Chunk `index` (0-based, in order) of an upload; at most [`crate::state::tracks::CHUNK_SIZE`].
+    /// `hash` names `bytes` (checked by `apply`); it lets a node send the entry without its
+    /// bytes to a peer that already holds the chunk (see [`Request::without_audio`]). Build
+    /// one with [`TrackCommand::put_chunk`].
     PutChunk {
         upload_id: u64,
         index: u32,
+        hash: ChunkHash,
         #[serde(with = "crate::codec::bytes")]
         bytes: Vec<u8>,
     },
@@ -164,6 +220,18 @@ pub enum TrackCommand {
     AbortIdleUploads {
         idle_since_ms: u64,
     },
+}
+
+impl TrackCommand {
+    /// Chunk `index` of upload `upload_id`, named by the hash of `bytes`.
+    pub fn put_chunk(upload_id: u64, index: u32, bytes: Vec<u8>) -> Self {
+        Self::PutChunk {
+            upload_id,
+            index,
+            hash: ChunkHash::of(&bytes),
+            bytes,
+        }
+    }
 }
 
 /// Playlists (one per user). `by` is the authenticated caller.

@@ -530,11 +530,11 @@ mod tests {
             payload: EntryPayload::Normal(crate::Request {
                 dedupe_key: None,
                 at_ms: 0,
-                command: crate::Command::Tracks(crate::TrackCommand::PutChunk {
-                    upload_id: 1,
-                    index: index as u32,
-                    bytes: vec![index as u8; 1024 * 1024],
-                }),
+                command: crate::Command::Tracks(crate::TrackCommand::put_chunk(
+                    1,
+                    index as u32,
+                    vec![index as u8; 1024 * 1024],
+                )),
             }),
         }
     }

@@ -7,6 +7,7 @@ use raft::Replica;
 
 use super::upload::{Received, receive_file};
 use super::{MAX_FIELD, MAX_PARTS, MAX_TEXT, TrackMetadata};
+use crate::ApiSettings;
 use crate::audio::NotMp3;
 use crate::error::ApiError;
 
@@ -124,8 +125,9 @@ pub(super) async fn read_form(
     r: &Replica,
     by: u64,
     mut form: Multipart,
-    limit: u64,
+    settings: &ApiSettings,
 ) -> Result<(Fields, Option<Received>), ApiError> {
+    let (limit, push) = (settings.max_upload_bytes, settings.push_chunks);
     let mut fields = Fields::default();
     let mut file = None;
     let mut parts = 0;
@@ -148,7 +150,7 @@ pub(super) async fn read_form(
             "file" if file.is_some() => {
                 return Err(ApiError::bad_request("send one `file` part, not several"));
             }
-            "file" => file = Some(receive_file(r, by, &mut field, limit).await?),
+            "file" => file = Some(receive_file(r, by, &mut field, limit, push).await?),
             other => {
                 tracing::debug!(part = other, "ignoring an unknown form part");
                 read_small(&mut field, other).await.map(drop).ok();

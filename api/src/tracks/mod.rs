@@ -39,6 +39,7 @@ use crate::users::{Message, rfc3339};
 use crate::{ApiSettings, AppState, ask, respond, write};
 
 mod form;
+pub(crate) mod push;
 mod upload;
 
 use form::too_large;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::multipart::{Field, Multipart};
 use axum::http::StatusCode;
 use raft::Replica;
@@ -55,6 +56,7 @@ pub(super) async fn receive_file(
     by: u64,
     field: &mut Field<'_>,
     limit: u64,
+    push: bool,
 ) -> Result<Received, ApiError> {
     let upload_id = match write(
         r,
@@ -94,11 +96,10 @@ pub(super) async fn receive_file(
                     .map_err(|e| internal(format!("MP3 check failed to run: {e}")))?
                     .map_err(unsupported)?;
             }
-            let cmd = TrackCommand::PutChunk {
-                upload_id,
-                index,
-                bytes: chunk,
-            };
+            let cmd = TrackCommand::put_chunk(upload_id, index, chunk);
+            if push {
+                keep_and_push(r, &cmd).await;
+            }
             write(r, Command::Tracks(cmd), None).await?;
             index += 1;
             buf.reserve(CHUNK_SIZE.saturating_sub(buf.capacity()));
@@ -118,6 +119,19 @@ pub(super) async fn receive_file(
             duration_ms: 0,
         },
     })
+}
+
+/// Keeps a copy of the chunk here and pushes it to the other nodes, so that its write travels
+/// without the bytes (`raft::by_hash`). Best effort: a node without the copy is sent the bytes.
+async fn keep_and_push(r: &Replica, cmd: &TrackCommand) {
+    let TrackCommand::PutChunk { hash, bytes, .. } = cmd else {
+        return;
+    };
+    let bytes = Bytes::copy_from_slice(bytes);
+    if let Err(e) = r.keep_chunk_copy(*hash, bytes.to_vec()).await {
+        tracing::warn!(%hash, error = %e, "cannot keep a copy of an uploaded chunk");
+    }
+    super::push::push_chunk(r, *hash, bytes).await;
 }
 
 /// Checks and measures a received file from the local copy of its chunks.
@@ -152,7 +166,7 @@ pub(super) async fn upload(
     form: Multipart,
     key: Option<String>,
 ) -> Result<u64, ApiError> {
-    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
+    let (fields, file) = read_form(&r, by, form, &settings).await?;
     let mut file = file.ok_or_else(|| {
         ApiError::bad_request("the form has no `file` part: attach the MP3 as `file`")
     })?;
@@ -202,7 +216,7 @@ pub(super) async fn update(
     if let Some(id) = path_id {
         check_owner(&r, id, by).await?;
     }
-    let (fields, file) = read_form(&r, by, form, settings.max_upload_bytes).await?;
+    let (fields, file) = read_form(&r, by, form, &settings).await?;
     let track_id = match (path_id, fields.track_id.as_deref()) {
         (Some(id), _) => id,
         (None, Some(raw)) => parse_track_id(raw)?,

@@ -35,11 +35,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::TryAsRef;
 use openraft::error::{ForwardToLeader, RaftError};
 use storage::{
-    ApplyWaitError, ChorusNode, Command, LogStore, ReadBack, ReadBackValue, Request, StateReader,
+    ApplyWaitError, ChorusNode, ChunkStore, Command, LogStore, ReadBack, ReadBackValue, Request,
+    StateReader,
 };
 
 use crate::Raft;
 use crate::forward::{Forwarder, MAX_BATCHED_SIZE};
+use crate::metrics;
 use crate::propose::Proposer;
 use crate::protocol::{ForwardError, PeerRequest, PeerResponse, WriteReceipt};
 use crate::transport::{Transport, TransportError};
@@ -131,6 +133,8 @@ struct Inner {
     incoming: crate::snapshot_transfer::Incoming,
     /// Set while a stopping leader hands over (`handover`): it refuses new work.
     handing_over: std::sync::atomic::AtomicBool,
+    /// The cluster's secret: the key of the proofs on pushed chunks (`crate::by_hash`).
+    secret: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -174,9 +178,11 @@ impl Replica {
         reader: StateReader,
         log: LogStore,
         timeout: Duration,
+        secret: &str,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                secret: secret.as_bytes().to_vec(),
                 proposer: Proposer::start(raft.clone()),
                 incoming: Default::default(),
                 handing_over: Default::default(),
@@ -211,6 +217,14 @@ impl Replica {
             .membership()
             .get_node(&self.inner.id)
             .cloned()
+    }
+
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.inner.secret
+    }
+
+    pub(crate) fn chunk_store(&self) -> Arc<ChunkStore> {
+        self.inner.reader.chunk_store().clone()
     }
 
     pub(crate) fn transport(&self) -> &Transport {
@@ -528,10 +542,41 @@ impl route::Nodes for Replica {
                 .write(leader, write.clone(), read_back, wait)
                 .await
                 .map(|r| PeerResponse::ClientWrites(vec![r])),
-            // Anything else, including a write too large to batch, goes alone.
-            None => self.inner.transport.call(leader, req, wait).await,
+            // Anything else, including a write too large to batch, goes alone; one carrying
+            // audio goes without it first (`crate::by_hash`), with it if the leader lacks it.
+            None => {
+                let started = tokio::time::Instant::now();
+                if let Some(light) = without_audio(req) {
+                    match self.inner.transport.call(leader, &light, wait).await {
+                        Ok(PeerResponse::LacksAudio(_)) => {
+                            metrics::audio_sent(metrics::AudioSent::Inline);
+                        }
+                        answer => {
+                            metrics::audio_sent(metrics::AudioSent::ByHash);
+                            return answer;
+                        }
+                    }
+                }
+                let left = wait.saturating_sub(started.elapsed());
+                self.inner.transport.call(leader, req, left).await
+            }
         }
     }
+}
+
+/// `req` without the audio it carries, if it is a forwarded write that carries some.
+fn without_audio(req: &PeerRequest) -> Option<PeerRequest> {
+    let PeerRequest::ClientWrites(writes) = req else {
+        return None;
+    };
+    writes.iter().any(|(r, _)| r.carries_audio()).then(|| {
+        PeerRequest::ClientWrites(
+            writes
+                .iter()
+                .map(|(r, read_back)| (r.without_audio(), *read_back))
+                .collect(),
+        )
+    })
 }
 
 /// The one write of `req` if it is small enough to join a batch to the leader

@@ -9,6 +9,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use storage::ChorusNode;
 
 use super::{Replica, forward_error};
+use crate::by_hash;
 use crate::protocol::{ChunkBytes, ForwardError, PeerRequest, PeerResponse, PeerStatus};
 
 /// A learner that makes no progress this long is given up on (not answering at all, or stuck).
@@ -28,7 +29,12 @@ impl Replica {
     pub(crate) async fn handle_peer(&self, req: PeerRequest) -> PeerResponse {
         let raft = &self.inner.raft;
         match req {
-            PeerRequest::AppendEntries(r) => {
+            PeerRequest::AppendEntries(mut r) => {
+                if let Err(lacking) =
+                    by_hash::fill_entries(&self.chunk_store(), &mut r.entries).await
+                {
+                    return PeerResponse::LacksAudio(lacking);
+                }
                 let carries_entries = !r.entries.is_empty();
                 if carries_entries {
                     tracing::trace!(target: "chorus::stages", stage = "follower.append");
@@ -65,7 +71,10 @@ impl Replica {
                 PeerResponse::ReadIndex(Err(ForwardError::NotLeader))
             }
             PeerRequest::CampaignNow => PeerResponse::Membership(self.campaign_now().await),
-            PeerRequest::ClientWrites(writes) => {
+            PeerRequest::ClientWrites(mut writes) => {
+                if let Err(lacking) = by_hash::fill_writes(&self.chunk_store(), &mut writes).await {
+                    return PeerResponse::LacksAudio(lacking);
+                }
                 // Queued to the proposer together, so they normally share one log entry.
                 let proposals = writes
                     .into_iter()

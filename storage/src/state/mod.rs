@@ -257,11 +257,12 @@ impl State {
             TrackCommand::PutChunk {
                 upload_id,
                 index,
+                hash,
                 bytes,
             } => {
                 return self
                     .tracks
-                    .put_chunk(*upload_id, *index, bytes, at_ms, changes);
+                    .put_chunk(*upload_id, *index, hash, bytes, at_ms, changes);
             }
             TrackCommand::Create {
                 upload_id,

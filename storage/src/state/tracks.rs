@@ -224,6 +224,7 @@ impl TracksState {
         &mut self,
         upload_id: u64,
         index: u32,
+        hash: &ChunkHash,
         bytes: &[u8],
         at_ms: u64,
         changes: &mut Changes,
@@ -250,7 +251,15 @@ impl TracksState {
                 ),
             )));
         }
-        let hash = ChunkHash::of(bytes);
+        // The name travels with the bytes so that a peer holding the chunk can be sent the
+        // entry without them; every node checks it here, alike.
+        if ChunkHash::of(bytes) != *hash {
+            return Ok(Err(err(
+                ErrorKind::Invalid,
+                format!("chunk {index} of upload {upload_id} does not hash to {hash}"),
+            )));
+        }
+        let hash = *hash;
         upload.chunks.push(hash);
         upload.bytes += bytes.len() as u64;
         upload.last_activity_ms = at_ms;
@@ -480,8 +489,16 @@ mod tests {
             panic!("no id");
         };
         for (i, size) in sizes.iter().enumerate() {
+            let bytes = vec![1u8; *size];
             tracks
-                .put_chunk(id, i as u32, &vec![1u8; *size], 0, &mut changes)
+                .put_chunk(
+                    id,
+                    i as u32,
+                    &ChunkHash::of(&bytes),
+                    &bytes,
+                    0,
+                    &mut changes,
+                )
                 .expect("encode")
                 .expect("chunk accepted");
         }
@@ -498,8 +515,9 @@ mod tests {
         let mut tracks = TracksState::default();
         let (id, _) = upload(&mut tracks, 1, &[100]);
         let mut changes = Changes::default();
+        let ten = ChunkHash::of(&[1u8; 10]);
         let after_short = tracks
-            .put_chunk(id, 1, &[1u8; 10], 0, &mut changes)
+            .put_chunk(id, 1, &ten, &[1u8; 10], 0, &mut changes)
             .expect("encode");
         assert!(matches!(
             after_short,
@@ -509,7 +527,7 @@ mod tests {
             })
         ));
         let skipped = tracks
-            .put_chunk(id, 5, &[1u8; 10], 0, &mut changes)
+            .put_chunk(id, 5, &ten, &[1u8; 10], 0, &mut changes)
             .expect("encode");
         assert!(matches!(
             skipped,
@@ -518,6 +536,39 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_chunk_is_refused_unless_its_bytes_hash_to_its_name() {
+        let mut tracks = TracksState::default();
+        let (id, _) = upload(&mut tracks, 1, &[]);
+        let mut changes = Changes::default();
+        let bytes = [7u8; 10];
+        let misnamed = tracks
+            .put_chunk(id, 0, &ChunkHash::of(b"other"), &bytes, 0, &mut changes)
+            .expect("encode");
+        assert!(matches!(
+            misnamed,
+            Err(CommandError {
+                kind: ErrorKind::Invalid,
+                ..
+            })
+        ));
+        // Left out in transit and never put back: refused, not applied as an empty chunk.
+        let empty = tracks
+            .put_chunk(id, 0, &ChunkHash::of(&bytes), &[], 0, &mut changes)
+            .expect("encode");
+        assert!(matches!(
+            empty,
+            Err(CommandError {
+                kind: ErrorKind::Invalid,
+                ..
+            })
+        ));
+        let named = tracks
+            .put_chunk(id, 0, &ChunkHash::of(&bytes), &bytes, 0, &mut changes)
+            .expect("encode");
+        assert!(named.is_ok());
     }
 
     #[test]

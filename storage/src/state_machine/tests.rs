@@ -124,11 +124,9 @@ fn entry(index: u64, command: Command) -> Entry {
 /// Entries `first..first + 3` that begin upload `upload_id` (the next id) and put two
 /// chunks: a full one of `fill` bytes and a 10-byte tail of `fill + 1`.
 fn upload(first: u64, upload_id: u64, fill: u8) -> Vec<Entry> {
-    use crate::command::TrackCommand::{BeginUpload, PutChunk};
-    let chunk = |index: u32, len: usize| PutChunk {
-        upload_id,
-        index,
-        bytes: vec![fill + index as u8; len],
+    use crate::command::TrackCommand::{self, BeginUpload};
+    let chunk = |index: u32, len: usize| {
+        TrackCommand::put_chunk(upload_id, index, vec![fill + index as u8; len])
     };
     vec![
         entry(first, Command::Tracks(BeginUpload { owner: 1 })),
