@@ -5,8 +5,8 @@
 //! instead of hammering the peer; an AppendEntries answered late is a `Timeout` (`append_error`).
 
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Timeout, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::RPCTypes;
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -166,6 +166,7 @@ impl PeerLink {
             leader_commit,
             entries,
         } = rpc;
+        let count = entries.len();
         let mut calls = Vec::new();
         let mut cut_short = false;
         let mut prev_log_id = prev_log_id;
@@ -192,7 +193,7 @@ impl PeerLink {
                 entries,
             };
             match self.send_frame(frame, option) {
-                Ok(call) => calls.push((call, prev_log_id, last)),
+                Ok(call) => calls.push((call, last)),
                 Err(e) if calls.is_empty() => return Err(e),
                 Err(_) => {
                     cut_short = true;
@@ -203,12 +204,12 @@ impl PeerLink {
         }
         let frames = calls.len();
         let mut progress = FrameProgress::default();
-        for (k, (call, prev, last)) in calls.into_iter().enumerate() {
+        for (k, (call, last)) in calls.into_iter().enumerate() {
             let answer = if k == 0 {
-                Some(self.frame_answer(call, prev).await)
+                Some(self.frame_answer(call, count).await)
             } else {
                 let answer =
-                    tokio::time::timeout_at(later_deadline, self.frame_answer(call, prev)).await;
+                    tokio::time::timeout_at(later_deadline, self.frame_answer(call, count)).await;
                 if answer.is_err() {
                     // More was in flight than the link carries in time (a slower network than
                     // loopback): send less at once from now on.
@@ -261,13 +262,15 @@ impl PeerLink {
         }
     }
 
-    /// The answer to a frame that continued from `prev`. A follower that lacked audio sent by
-    /// hash took none of the frame: it matches up to `prev`, and audio goes with its bytes for
-    /// a while.
+    /// The answer to a frame of an AppendEntries carrying `entries`. A follower that lacked
+    /// audio sent by hash took none of the frame; from now on audio goes with its bytes for a
+    /// while, and openraft is told to send the same again at once: `PayloadTooLarge` is the
+    /// error it retries without a pause (a success reporting no progress would do for a
+    /// follower with entries, but a brand-new one has none to report).
     async fn frame_answer(
         &mut self,
         call: PendingCall,
-        prev: Option<LogId<u64>>,
+        entries: usize,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
         let resp = call
             .answer()
@@ -281,7 +284,8 @@ impl PeerLink {
                 "the follower lacks audio sent by hash; sending it with its bytes"
             );
             self.audio_inline_until = Some(tokio::time::Instant::now() + AUDIO_INLINE_AFTER_LACK);
-            return Ok(AppendEntriesResponse::PartialSuccess(prev));
+            let again = PayloadTooLarge::new_entries_hint(entries.max(1) as u64);
+            return Err(RPCError::PayloadTooLarge(again));
         }
         self.extract(resp, |r| match r {
             PeerResponse::AppendEntries(r) => Some(r),
@@ -436,7 +440,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             };
             let call = self.send_frame(probe, &option);
             let answer = match call {
-                Ok(call) => self.frame_answer(call, rpc.prev_log_id).await,
+                Ok(call) => self.frame_answer(call, rpc.entries.len()).await,
                 Err(e) => Err(e),
             };
             match answer {
