@@ -87,6 +87,9 @@ pub struct MemberView {
     pub voter: bool,
     /// This node has a live session with it (always true for itself).
     pub reachable: bool,
+    /// This node's round trip to it over the cluster transport, in milliseconds: the least of
+    /// the last few pings (none for itself, or while pings fail).
+    pub rtt_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -161,6 +164,7 @@ pub async fn cluster(State(app): State<AppState>) -> axum::Json<ClusterView> {
                 raft_addr: m.node.raft_addr,
                 voter: m.voter,
                 reachable: m.reachable,
+                rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
             })
             .collect(),
     })

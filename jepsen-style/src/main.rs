@@ -48,10 +48,9 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time: u64,
     /// Faults to schedule, comma-separated: all, none, partition, isolate-leader, bridge,
-    /// one-way, kill, kill-leader, pause, loss, delay, slow-node, membership, rolling-restart,
-    /// power-loss,
-    /// power-loss-leader, power-loss-all (the power-loss ones put every node's data directory
-    /// on a FUSE file system that forgets what was not fsynced).
+    /// one-way, kill, kill-leader, pause, loss, delay, slow-node, slow-leader, membership,
+    /// rolling-restart, power-loss, power-loss-leader, power-loss-all (the power-loss ones put
+    /// every node's data directory on a FUSE file system that forgets what was not fsynced).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Workloads, comma-separated: all, register, set, counter, exactly-once, upload.
@@ -203,9 +202,7 @@ fn run(args: Args) -> Result<bool> {
     if args.unsafe_ignore_fsync && !cuts_power {
         bail!("--unsafe-ignore-fsync is the power-loss control: add power-loss-all to --nemesis");
     }
-    let delays = nemeses
-        .iter()
-        .any(|n| matches!(n, schedule::Nemesis::Delay | schedule::Nemesis::SlowNode));
+    let delays = nemeses.iter().any(|n| n.delays());
     let missing = net::missing_prereqs(delays, cuts_power);
     if !missing.is_empty() {
         bail!("missing prerequisites:\n  {}", missing.join("\n  "));

@@ -247,9 +247,16 @@ impl Nemesis {
                     format!("{} ms delay on every node's outgoing packets", fault.param),
                 )
             }
-            Kind::SlowNode => {
+            Kind::SlowNode | Kind::SlowLeader => {
                 // Both ways: the node's packets to the others, and theirs to it.
-                let target = order[0];
+                let target = if fault.kind == Kind::SlowNode {
+                    order[0]
+                } else {
+                    drop(c);
+                    let leader = self.leader_or(order[0]).await;
+                    c = self.cluster.lock().await;
+                    leader
+                };
                 let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
                 let d = start_delayer(&c, &self.delayer_script, target, &rest, fault)?;
                 self.active.delayers.push(d);

@@ -45,12 +45,15 @@ pub enum Nemesis {
     /// One node's links are slow both ways (`param` ms each way, 200 by default): a node in a
     /// far region.
     SlowNode,
+    /// The current leader's links are slow both ways (200 ms each way): chorus should move
+    /// leadership to a voter that commits faster.
+    SlowLeader,
     /// Every node in turn stopped with SIGTERM and started again once the previous one is
     /// ready (an upgrade): the leader hands leadership over, so no gap should be long.
     RollingRestart,
 }
 
-pub const ALL: [Nemesis; 15] = [
+pub const ALL: [Nemesis; 16] = [
     Nemesis::Partition,
     Nemesis::IsolateLeader,
     Nemesis::Bridge,
@@ -65,6 +68,7 @@ pub const ALL: [Nemesis; 15] = [
     Nemesis::PowerLossLeader,
     Nemesis::PowerLossAll,
     Nemesis::SlowNode,
+    Nemesis::SlowLeader,
     Nemesis::RollingRestart,
 ];
 
@@ -85,8 +89,17 @@ impl Nemesis {
             Nemesis::PowerLossLeader => "power-loss-leader",
             Nemesis::PowerLossAll => "power-loss-all",
             Nemesis::SlowNode => "slow-node",
+            Nemesis::SlowLeader => "slow-leader",
             Nemesis::RollingRestart => "rolling-restart",
         }
+    }
+
+    /// Faults that delay packets (the NFQUEUE delayer).
+    pub fn delays(self) -> bool {
+        matches!(
+            self,
+            Nemesis::Delay | Nemesis::SlowNode | Nemesis::SlowLeader
+        )
     }
 
     /// Faults after which the time to recover (longest window without an ok op) is reported.
@@ -175,7 +188,7 @@ pub fn generate(
         let param = match kind {
             Nemesis::Loss => rng.random_range(20..=50),
             Nemesis::Delay => rng.random_range(25..=125),
-            Nemesis::SlowNode => 200,
+            Nemesis::SlowNode | Nemesis::SlowLeader => 200,
             _ => 0,
         };
         out.push(Fault {

@@ -231,6 +231,38 @@ async fn a_stopping_leader_hands_over_before_it_exits() {
     assert_eq!(track_ids(&queue).len(), 2, "{queue}");
 }
 
+/// Each node measures its round trip to every peer (what a leader on slow links decides by) and
+/// shows it in `/cluster`; on loopback nothing is slow, so leadership stays put.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_shows_its_round_trip_to_each_peer() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader_id().await;
+    for id in c.ids() {
+        let view = eventually("round trips to both peers", CONVERGE_TIMEOUT, async || {
+            let view = c.cluster_view(id).await;
+            let measured = view["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["rtt_ms"].as_f64().is_some_and(|ms| ms < 1000.0))
+                .count();
+            (measured == 2).then_some(view)
+        })
+        .await;
+        let me = view["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == id));
+        assert_eq!(me.map(|m| &m["rtt_ms"]), Some(&Value::Null), "{view}");
+    }
+    let metrics = c.api(leader).get("/metrics").await.expect("GET /metrics");
+    assert!(
+        metrics
+            .text
+            .contains("chorus_raft_leadership_moves_total 0"),
+        "no leader moves on loopback"
+    );
+    assert_eq!(c.leader_id().await, leader);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn full_restart_keeps_acknowledged_writes() {
     let mut c = TestCluster::start(3).await;

@@ -181,6 +181,7 @@ pub async fn start(
     });
     replica.watch_membership(args.initial_members.clone());
     metrics::watch_leader_changes(replica.raft());
+    tokio::spawn(replica.clone().keep_leadership_well_placed());
     tokio::spawn(bootstrap::bootstrap(replica.clone(), args.initial_members));
     Ok(replica)
 }

@@ -19,6 +19,8 @@ pub struct RaftMetrics {
     pub proposal_writes: Histogram,
     /// Times the leader this node knows changed (to another node or to none).
     pub leader_changes: Counter,
+    /// Times this node, leading on slow links, handed leadership to a better-placed voter.
+    pub leadership_moves: Counter,
     /// Audio chunks this node sent in Raft messages (AppendEntries, forwarded writes), by how.
     pub audio_sent: Family<AudioLabels, Counter>,
 }
@@ -42,6 +44,7 @@ pub static METRICS: LazyLock<RaftMetrics> = LazyLock::new(|| RaftMetrics {
     // 1 to 1024 writes per entry.
     proposal_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
     leader_changes: Counter::default(),
+    leadership_moves: Counter::default(),
     audio_sent: Family::default(),
 });
 
@@ -64,6 +67,11 @@ pub(crate) fn audio_sent_n(how: AudioSent, n: usize) {
 pub(crate) fn proposed(writes: usize) {
     METRICS.proposals.inc();
     METRICS.proposal_writes.observe(writes as f64);
+}
+
+/// Counts one move of leadership off this node's slow links (`replica::placement`).
+pub(crate) fn leadership_moved() {
+    METRICS.leadership_moves.inc();
 }
 
 /// Counts leader changes as this node sees them, until Raft stops.
@@ -97,6 +105,11 @@ pub fn register(registry: &mut Registry) {
         "chorus_raft_leader_changes",
         "Times the leader known to this node changed",
         m.leader_changes.clone(),
+    );
+    registry.register(
+        "chorus_raft_leadership_moves",
+        "Times this node, leading, handed leadership to a voter nearer a majority (its own links were slow)",
+        m.leadership_moves.clone(),
     );
     registry.register(
         "chorus_raft_audio_chunks_sent",

@@ -6,6 +6,8 @@
 //! misread it or fail with a puzzling decode error; the version byte turns that into a plain
 //! refusal that names both versions.
 
+use std::collections::BTreeMap;
+
 use openraft::error::RaftError;
 use openraft::raft::SnapshotResponse;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
@@ -19,7 +21,7 @@ use crate::snapshot_transfer::{SnapshotDone, SnapshotPart, SnapshotRefused};
 /// The version of the encoding of [`PeerRequest`] and [`PeerResponse`], the first byte of every
 /// frame. Raise it with any change to these messages (or to the types they carry) that alters
 /// their encoding.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,9 @@ pub struct PeerStatus {
     /// The last log index this node has applied (audio included: a snapshot is applied only
     /// once every chunk it names is here).
     pub applied_index: Option<u64>,
+    /// This node's smoothed round trip to each peer it reached lately, in microseconds: the
+    /// leader learns from them where a leader would commit fastest (`replica::placement`).
+    pub link_rtt_us: BTreeMap<u64, u64>,
 }
 
 /// Why the leader did not carry out a forwarded request.

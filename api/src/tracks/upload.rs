@@ -75,6 +75,7 @@ pub(super) async fn receive_file(
     };
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
     let (mut size, mut index) = (0u64, 0u32);
+    let mut writing: Option<ChunkWrite> = None;
     loop {
         let piece = field.chunk().await.map_err(multipart_error)?;
         let done = piece.is_none();
@@ -100,13 +101,19 @@ pub(super) async fn receive_file(
             if push {
                 keep_and_push(r, &cmd).await;
             }
-            write(r, Command::Tracks(cmd), None).await?;
+            if let Some(previous) = writing.take() {
+                previous.finish().await?;
+            }
+            writing = Some(ChunkWrite::start(r, cmd));
             index += 1;
             buf.reserve(CHUNK_SIZE.saturating_sub(buf.capacity()));
         }
         if done {
             break;
         }
+    }
+    if let Some(last) = writing.take() {
+        last.finish().await?;
     }
     if size == 0 {
         return Err(ApiError::bad_request("the `file` part is empty"));
@@ -119,6 +126,32 @@ pub(super) async fn receive_file(
             duration_ms: 0,
         },
     })
+}
+
+/// A chunk's write, going on while the next chunk is read and pushed: on a slow link each
+/// costs round trips, and neither needs the other. One at a time, in order; stopped if the
+/// upload is dropped.
+struct ChunkWrite(tokio::task::JoinHandle<Result<(), ApiError>>);
+
+impl ChunkWrite {
+    fn start(r: &Replica, cmd: TrackCommand) -> Self {
+        let r = r.clone();
+        Self(tokio::spawn(async move {
+            write(&r, Command::Tracks(cmd), None).await.map(drop)
+        }))
+    }
+
+    async fn finish(mut self) -> Result<(), ApiError> {
+        (&mut self.0)
+            .await
+            .map_err(|e| internal(format!("a chunk write did not finish: {e}")))?
+    }
+}
+
+impl Drop for ChunkWrite {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Keeps a copy of the chunk here and pushes it to the other nodes, so that its write travels

@@ -1,18 +1,20 @@
-//! Leadership handed over by a stopping leader, so that a rolling restart does not cost an
-//! election timeout per node. openraft 0.9 has no leader transfer; this is the Raft thesis's
-//! (§3.10) done from the outside:
+//! Leadership handed over: by a stopping leader, so that a rolling restart does not cost an
+//! election timeout per node, and by a leader on slow links to a better-placed voter
+//! (`placement`). openraft 0.9 has no leader transfer; this is the Raft thesis's (§3.10) done
+//! from the outside:
 //!
 //! 1. the leader refuses new writes and read-index requests (`handing_over`): callers retry
 //!    with the next leader;
-//! 2. it picks the voter whose log matches its own furthest and waits (briefly) until that
-//!    follower has every entry;
+//! 2. it picks the voter (for a stop: the one whose log matches its own furthest) and waits
+//!    (briefly) until that follower has every entry;
 //! 3. it stops heartbeating and campaigning, and waits out the followers' leader lease (two
-//!    heartbeats: patch 5 in vendor/README.md), during which they still refuse other candidates;
+//!    heartbeats: patch 5 in vendor/README.md, plus the time its last heartbeats spend on the
+//!    slowest link), during which they still refuse other candidates;
 //! 4. it asks that follower to campaign now (`PeerRequest::CampaignNow`); with the longest log
 //!    and the lease run out, it wins in one round trip.
 //!
-//! Every step is bounded; when one fails the node simply stops, and the others elect a leader
-//! as after a crash.
+//! Every step is bounded. When one fails a stopping node simply stops, and the others elect a
+//! leader as after a crash; a node that stays resumes leading.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -32,9 +34,14 @@ impl Replica {
         self.inner.handing_over.load(Ordering::Relaxed)
     }
 
-    /// On a follower asked by its stopping leader: stand for election now.
+    /// True once this node began stopping (`hand_over_leadership`).
+    pub(crate) fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// On a follower asked by its leader: stand for election now.
     pub(crate) async fn campaign_now(&self) -> Result<(), ForwardError> {
-        tracing::info!("the leader is stopping and asked this node to campaign");
+        tracing::info!("the leader asked this node to campaign");
         self.inner
             .raft
             .trigger()
@@ -43,10 +50,33 @@ impl Replica {
             .map_err(|e| ForwardError::Failed(e.to_string()))
     }
 
-    /// If this node leads, hands leadership to its most caught-up follower before it stops.
-    /// Returns the new leader's id, or `None` when this node was not leading or the handover
-    /// did not finish in time (the cluster then elects one as after a crash).
+    /// Called by a node about to stop: if it leads, hands leadership to its most caught-up
+    /// follower. Returns the new leader's id, or `None` when this node was not leading or the
+    /// handover did not finish in time (the cluster then elects one as after a crash).
     pub async fn hand_over_leadership(&self) -> Option<u64> {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let _alone = self.inner.handover.lock().await;
+        self.hand_over(None).await
+    }
+
+    /// Hands leadership to `to` and goes on as a follower; if that does not work out, goes on
+    /// leading. Returns the new leader's id.
+    pub(crate) async fn move_leadership(&self, to: u64) -> Option<u64> {
+        let _alone = self.inner.handover.lock().await;
+        if self.stopping() {
+            return None;
+        }
+        let moved = self.hand_over(Some(to)).await;
+        let runtime = self.inner.raft.runtime_config();
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        self.inner.handing_over.store(false, Ordering::Relaxed);
+        moved
+    }
+
+    /// Steps 1–4 of the module's docs, to `to` or else the most caught-up voter; leaves this
+    /// node refusing work, not heartbeating and not campaigning.
+    async fn hand_over(&self, to: Option<u64>) -> Option<u64> {
         let raft = &self.inner.raft;
         let metrics = raft.metrics().borrow().clone();
         let others = metrics
@@ -60,16 +90,21 @@ impl Replica {
         }
         self.inner.handing_over.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        let target = self.caught_up_follower().await?;
+        // Over slow links the last entries take a few round trips to arrive everywhere, and
+        // the last heartbeats half of one.
+        let slowest = self.inner.transport.link_rtts().into_values().max();
+        let slowest = slowest.unwrap_or_default();
+        let target = self.caught_up_follower(to, CATCH_UP + slowest * 4).await?;
         let runtime = raft.runtime_config();
         runtime.heartbeat(false);
         runtime.elect(false);
         let lease = Duration::from_millis(raft.config().heartbeat_interval * 2);
-        tokio::time::sleep(lease + Duration::from_millis(20)).await;
+        let in_flight = slowest / 2;
+        tokio::time::sleep(lease + in_flight + Duration::from_millis(20)).await;
         let asked = self
             .inner
             .transport
-            .call(target, &PeerRequest::CampaignNow, ELECTION)
+            .call(target, &PeerRequest::CampaignNow, ELECTION + in_flight * 2)
             .await;
         if !matches!(asked, Ok(PeerResponse::Membership(Ok(())))) {
             tracing::warn!(target, answer = ?asked, "could not hand leadership over");
@@ -77,7 +112,7 @@ impl Replica {
         }
         let mut watch = raft.metrics();
         let moved = tokio::time::timeout(
-            ELECTION,
+            ELECTION + in_flight * 2,
             watch.wait_for(|m| m.current_leader.is_some_and(|l| l != self.inner.id)),
         )
         .await;
@@ -88,26 +123,27 @@ impl Replica {
                 leader
             }
             _ => {
-                tracing::warn!(target, "no new leader after the handover; stopping anyway");
+                tracing::warn!(target, "no new leader after the handover");
                 None
             }
         }
     }
 
-    /// The voter whose log matches the leader's furthest, once it has everything the leader
-    /// has (or `CATCH_UP` has passed: the best one then).
-    async fn caught_up_follower(&self) -> Option<u64> {
-        let deadline = Instant::now() + CATCH_UP;
+    /// `to` once it has everything this leader has; with no `to`, the voter whose log matches
+    /// the leader's furthest, once it has everything (or `wait` has passed: the best one then,
+    /// since this node is stopping anyway).
+    async fn caught_up_follower(&self, to: Option<u64>, wait: Duration) -> Option<u64> {
+        let deadline = Instant::now() + wait;
         let mut watch = self.inner.raft.metrics();
         loop {
-            let (best, done) = {
+            let (best, done, matched_best, last) = {
                 let m = watch.borrow_and_update();
                 let last = m.last_log_index;
                 let voters: Vec<u64> = m
                     .membership_config
                     .membership()
                     .voter_ids()
-                    .filter(|&v| v != self.inner.id)
+                    .filter(|&v| v != self.inner.id && to.is_none_or(|t| t == v))
                     .collect();
                 let matched = |id: &u64| {
                     m.replication
@@ -117,10 +153,14 @@ impl Replica {
                 };
                 let best = voters.iter().copied().max_by_key(|id| matched(id));
                 let done = best.is_some_and(|b| matched(&b) >= last);
-                (best, done)
+                (best, done, best.and_then(|b| matched(&b)), last)
             };
-            if done || Instant::now() >= deadline {
+            if done {
                 return best;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(?best, ?matched_best, ?last, "no voter caught up in time");
+                return if to.is_none() { best } else { None };
             }
             let _ = tokio::time::timeout_at(deadline, watch.changed()).await;
         }

@@ -16,11 +16,13 @@
 //!
 //! The client façade is here; `route` decides which node a request goes to and when to try
 //! again, `peer` serves what other nodes ask of this one, `read_rounds` shares ReadIndex rounds
-//! between reads, `chunks` checks and repairs this node's audio.
+//! between reads, `chunks` checks and repairs this node's audio, `handover` and `placement` move
+//! leadership (off a stopping node, off slow links).
 
 mod chunks;
 mod handover;
 mod peer;
+mod placement;
 mod read_rounds;
 mod route;
 
@@ -86,6 +88,8 @@ pub struct MemberStatus {
     pub node: ChorusNode,
     pub voter: bool,
     pub reachable: bool,
+    /// This node's round trip to it (`Transport::link_rtts`).
+    pub rtt: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,8 +135,12 @@ struct Inner {
     proposer: Proposer,
     /// The snapshot a leader is sending this node, if any.
     incoming: crate::snapshot_transfer::Incoming,
-    /// Set while a stopping leader hands over (`handover`): it refuses new work.
+    /// Set while a leader hands over (`handover`): it refuses new work.
     handing_over: std::sync::atomic::AtomicBool,
+    /// Set once this node began stopping: it no longer moves leadership about.
+    stopping: std::sync::atomic::AtomicBool,
+    /// One handover at a time.
+    handover: tokio::sync::Mutex<()>,
     /// The cluster's secret: the key of the proofs on pushed chunks (`crate::by_hash`).
     secret: Vec<u8>,
 }
@@ -186,6 +194,8 @@ impl Replica {
                 proposer: Proposer::start(raft.clone()),
                 incoming: Default::default(),
                 handing_over: Default::default(),
+                stopping: Default::default(),
+                handover: Default::default(),
                 id,
                 raft,
                 reader,
@@ -438,6 +448,7 @@ impl Replica {
         let commit_index = committed.ok().and_then(Result::ok).flatten();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let rtts = self.inner.transport.link_rtts();
         let members = membership
             .nodes()
             .map(|(id, node)| MemberStatus {
@@ -445,6 +456,7 @@ impl Replica {
                 node: node.clone(),
                 voter: voters.contains(id),
                 reachable: self.inner.transport.reachable(*id),
+                rtt: rtts.get(id).copied(),
             })
             .collect();
         ClusterStatus {

@@ -92,6 +92,13 @@ impl Replica {
                     .borrow()
                     .last_applied
                     .map(|l| l.index),
+                link_rtt_us: self
+                    .inner
+                    .transport
+                    .link_rtts()
+                    .into_iter()
+                    .map(|(peer, rtt)| (peer, rtt.as_micros() as u64))
+                    .collect(),
             }),
             PeerRequest::AddMember { id, node } => {
                 PeerResponse::Membership(self.add_member_here(id, node).await)

@@ -162,6 +162,42 @@ impl Transport {
             .map(ActorRef::from)
     }
 
+    /// This node's smoothed ping round trip to each peer whose pings succeed.
+    pub(crate) fn link_rtts(&self) -> BTreeMap<u64, Duration> {
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        sessions
+            .iter()
+            .filter_map(|(&peer, health)| Some((peer, health.rtt()?)))
+            .collect()
+    }
+
+    /// Every link's round trip this node knows of: its own, and those its peers reported in
+    /// their last ping answers. A link reported from both ends keeps this node's own figure.
+    pub(crate) fn rtt_table(&self) -> BTreeMap<(u64, u64), Duration> {
+        let me = self.inner.node_id;
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut table = BTreeMap::new();
+        for (&peer, health) in sessions.iter() {
+            for (&other, &rtt) in &health.reported {
+                table.entry(link(peer, other)).or_insert(rtt);
+            }
+        }
+        for (&peer, health) in sessions.iter() {
+            if let Some(rtt) = health.rtt() {
+                table.insert(link(me, peer), rtt);
+            }
+        }
+        table
+    }
+
     /// True when a session with `peer` exists and it answered recently.
     pub fn reachable(&self, peer: u64) -> bool {
         if peer == self.inner.node_id {
@@ -239,4 +275,9 @@ impl PendingCall {
             .health(peer, |l| l.last_ok = Some(Instant::now()));
         read_answer(peer, &bytes)
     }
+}
+
+/// The key of the link between `a` and `b` in an RTT table (the smaller id first).
+pub(crate) fn link(a: u64, b: u64) -> (u64, u64) {
+    (a.min(b), a.max(b))
 }

@@ -1,18 +1,21 @@
 //! Sessions with the other members: ractor_cluster neither reconnects nor detects a dead link,
 //! so [`PeerSupervisor`] does both every tick (see the parent module's docs).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use ractor_cluster::NodeServerMessage;
 
 use super::{Transport, node_name};
-use crate::protocol::{PeerRequest, PeerResponse};
+use crate::protocol::{PeerRequest, PeerResponse, PeerStatus};
 
 /// How often the supervisor connects and pings.
 pub(super) const TICK: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pings whose least round trip is the link's (two seconds of them).
+const RTT_SAMPLES: usize = 4;
 /// Consecutive failed pings after which a session is considered dead and dropped.
 pub(super) const MAX_PING_FAILURES: u32 = 4;
 
@@ -22,6 +25,40 @@ pub(super) struct SessionHealth {
     pub(super) connecting: bool,
     pub(super) ping_failures: u32,
     pub(super) last_ok: Option<Instant>,
+    /// The round trips of the last few successful pings.
+    pub(super) recent_rtts: VecDeque<Duration>,
+    /// The peer's own smoothed round trips to its peers, as its last ping answer gave them.
+    pub(super) reported: BTreeMap<u64, Duration>,
+}
+
+impl SessionHealth {
+    /// The link's round trip: the least of the last few pings (a ping queued behind a large
+    /// frame or a busy peer says nothing about the link), none while pings fail.
+    pub(super) fn rtt(&self) -> Option<Duration> {
+        if self.ping_failures > 0 {
+            return None;
+        }
+        self.recent_rtts.iter().min().copied()
+    }
+
+    /// Takes in one ping's answer (`None`: it failed).
+    fn pinged(&mut self, answer: Option<(Duration, &PeerStatus)>) {
+        let Some((rtt, status)) = answer else {
+            self.ping_failures += 1;
+            self.reported.clear();
+            return;
+        };
+        self.ping_failures = 0;
+        if self.recent_rtts.len() == RTT_SAMPLES {
+            self.recent_rtts.pop_front();
+        }
+        self.recent_rtts.push_back(rtt);
+        self.reported = status
+            .link_rtt_us
+            .iter()
+            .map(|(&peer, &us)| (peer, Duration::from_micros(us)))
+            .collect();
+    }
 }
 
 impl Transport {
@@ -67,12 +104,14 @@ impl Transport {
             } else {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let ok = matches!(
-                        this.call(peer, &PeerRequest::Status, PING_TIMEOUT).await,
-                        Ok(PeerResponse::Status(_))
-                    );
+                    let sent = Instant::now();
+                    let answer = this.call(peer, &PeerRequest::Status, PING_TIMEOUT).await;
+                    let rtt = sent.elapsed();
                     let failures = this.health(peer, |l| {
-                        l.ping_failures = if ok { 0 } else { l.ping_failures + 1 };
+                        match &answer {
+                            Ok(PeerResponse::Status(status)) => l.pinged(Some((rtt, status))),
+                            _ => l.pinged(None),
+                        }
                         l.ping_failures
                     });
                     if failures >= MAX_PING_FAILURES {
@@ -165,7 +204,6 @@ impl Actor for PeerSupervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     use crate::{RaftSettings, StartArgs};
 
