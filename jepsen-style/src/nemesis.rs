@@ -68,6 +68,18 @@ impl Nemesis {
 
     /// Applies `fault`; returns its targets and a description.
     pub async fn apply(&mut self, fault: &Fault) -> Result<(Vec<u64>, String)> {
+        // The leader, for the faults aimed at it: asked before the cluster is locked, since
+        // the query locks it for the node list.
+        let leader = match fault.kind {
+            Kind::IsolateLeader
+            | Kind::KillLeader
+            | Kind::Pause
+            | Kind::Membership
+            | Kind::PowerLossLeader
+            | Kind::SlowLeader => Some(self.leader_or(fault.order[0]).await),
+            _ => None,
+        };
+        let leader = leader.unwrap_or(fault.order[0]);
         let mut c = self.cluster.lock().await;
         let n = c.nodes();
         let order = &fault.order;
@@ -95,9 +107,6 @@ impl Nemesis {
                 )
             }
             Kind::IsolateLeader => {
-                drop(c);
-                let leader = self.leader_or(order[0]).await;
-                c = self.cluster.lock().await;
                 let rest: Vec<usize> = (0..n).filter(|&j| j != leader).collect();
                 cut(&c, &[leader], &rest)?;
                 self.active.rules = true;
@@ -137,9 +146,6 @@ impl Nemesis {
                 let target = if fault.kind == Kind::Kill {
                     order[0]
                 } else {
-                    drop(c);
-                    let leader = self.leader_or(order[0]).await;
-                    c = self.cluster.lock().await;
                     leader
                 };
                 c.kill(target);
@@ -147,9 +153,7 @@ impl Nemesis {
                 (ids(&[target]), format!("kill -9 node {}", node_id(target)))
             }
             Kind::Pause => {
-                drop(c);
-                let target = self.leader_or(order[0]).await;
-                c = self.cluster.lock().await;
+                let target = leader;
                 c.pause(target)?;
                 self.active.paused.push(target);
                 (
@@ -172,7 +176,6 @@ impl Nemesis {
                 // its disk gone; the leader and a follower in turn, starting with the leader.
                 // Its replacement joins under a new id when the fault ends.
                 drop(c);
-                let leader = self.leader_or(order[0]).await;
                 let target = match self.replacements % 2 {
                     0 => leader,
                     _ => *order.iter().find(|&&i| i != leader).unwrap_or(&order[0]),
@@ -202,12 +205,7 @@ impl Nemesis {
             Kind::PowerLoss | Kind::PowerLossLeader | Kind::PowerLossAll => {
                 let targets: Vec<usize> = match fault.kind {
                     Kind::PowerLoss => order[..(n - 1) / 2].to_vec(),
-                    Kind::PowerLossLeader => {
-                        drop(c);
-                        let leader = self.leader_or(order[0]).await;
-                        c = self.cluster.lock().await;
-                        vec![leader]
-                    }
+                    Kind::PowerLossLeader => vec![leader],
                     _ => (0..n).collect(),
                 };
                 let lost = c.power_loss(&targets)?;
@@ -252,9 +250,6 @@ impl Nemesis {
                 let target = if fault.kind == Kind::SlowNode {
                     order[0]
                 } else {
-                    drop(c);
-                    let leader = self.leader_or(order[0]).await;
-                    c = self.cluster.lock().await;
                     leader
                 };
                 let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
