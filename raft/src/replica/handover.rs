@@ -56,7 +56,7 @@ impl Replica {
     pub async fn hand_over_leadership(&self) -> Option<u64> {
         self.inner.stopping.store(true, Ordering::Relaxed);
         let _alone = self.inner.handover.lock().await;
-        self.hand_over(None).await
+        self.hand_over(None, || true).await
     }
 
     /// Hands leadership to `to` and goes on as a follower; if that does not work out, goes on
@@ -66,17 +66,21 @@ impl Replica {
         if self.stopping() {
             return None;
         }
-        let moved = self.hand_over(Some(to)).await;
+        // The links may have recovered while `to` caught up: then this node stays.
+        let moved = self
+            .hand_over(Some(to), || self.better_placed_voter() == Some(to))
+            .await;
         let runtime = self.inner.raft.runtime_config();
         runtime.heartbeat(true);
-        runtime.elect(true);
+        runtime.elect(moved.is_none());
         self.inner.handing_over.store(false, Ordering::Relaxed);
         moved
     }
 
-    /// Steps 1–4 of the module's docs, to `to` or else the most caught-up voter; leaves this
-    /// node refusing work, not heartbeating and not campaigning.
-    async fn hand_over(&self, to: Option<u64>) -> Option<u64> {
+    /// Steps 1–4 of the module's docs, to `to` or else the most caught-up voter, unless
+    /// `still_wanted` says otherwise once the target has caught up; leaves this node refusing
+    /// work, and unless it gave up there, not heartbeating and not campaigning.
+    async fn hand_over(&self, to: Option<u64>, still_wanted: impl Fn() -> bool) -> Option<u64> {
         let raft = &self.inner.raft;
         let metrics = raft.metrics().borrow().clone();
         let others = metrics
@@ -95,6 +99,10 @@ impl Replica {
         let slowest = self.inner.transport.link_rtts().into_values().max();
         let slowest = slowest.unwrap_or_default();
         let target = self.caught_up_follower(to, CATCH_UP + slowest * 4).await?;
+        if !still_wanted() {
+            tracing::info!(target, "no longer handing over");
+            return None;
+        }
         let runtime = raft.runtime_config();
         runtime.heartbeat(false);
         runtime.elect(false);

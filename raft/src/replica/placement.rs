@@ -14,6 +14,12 @@
 //! and [`MIN_RATIO`] times shorter than its own, for [`SUSTAINED`] checks in a row, and not
 //! again within [`COOLDOWN`]. Evenly spread nodes (every link 100 ms) never move leadership;
 //! a busy leader on loopback (round trips of a few milliseconds) never does either.
+//!
+//! A follower for which such a voter exists does not stand for election. Over its slow links
+//! the leader's heartbeats reach it late now and then, and its campaigns (which bump the term)
+//! unseated the well-placed leader again and again: three elections in six seconds after a
+//! move. It stands again as soon as no voter is much better placed, which is also the case
+//! when the better-placed voters stop answering pings, so a majority can always elect.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -72,11 +78,34 @@ pub(crate) fn better_leader(
 }
 
 impl Replica {
-    /// While this node leads, moves leadership to a better-placed voter (module docs). Runs
-    /// until Raft stops or the node begins stopping.
+    /// A voter that would commit much faster than this node as leader, and whether this node
+    /// leads.
+    fn better_placed(&self) -> (Option<u64>, bool) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let better = voters
+            .contains(&self.inner.id)
+            .then(|| better_leader(self.inner.id, &voters, &self.inner.transport.rtt_table()))
+            .flatten();
+        (better, m.current_leader == Some(self.inner.id))
+    }
+
+    /// The voter leadership should move to, if this node leads and another commits much faster.
+    pub(crate) fn better_placed_voter(&self) -> Option<u64> {
+        match self.better_placed() {
+            (better, true) => better,
+            (_, false) => None,
+        }
+    }
+
+    /// While this node leads, moves leadership to a better-placed voter; while it follows and
+    /// such a voter is there, does not campaign (module docs). Runs until Raft stops or the
+    /// node begins stopping.
     pub(crate) async fn keep_leadership_well_placed(self) {
-        let mut watch = self.inner.raft.metrics();
+        // Only to notice that Raft stopped.
+        let watch = self.inner.raft.metrics();
         let (mut streak, mut last_move): (u32, Option<Instant>) = (0, None);
+        let mut campaigning = true;
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -84,16 +113,26 @@ impl Replica {
             if self.stopping() || watch.has_changed().is_err() {
                 return;
             }
-            let better = {
-                let m = watch.borrow_and_update();
-                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-                let leading = m.current_leader == Some(self.inner.id);
-                leading
-                    .then(|| {
-                        better_leader(self.inner.id, &voters, &self.inner.transport.rtt_table())
-                    })
-                    .flatten()
-            };
+            let (better, leading) = self.better_placed();
+            // Over its slow links this node's heartbeats from the leader come late now and
+            // then; were it to campaign, its higher term would unseat a well-placed leader for
+            // nothing (it cannot win against longer logs, or should not).
+            let campaign = leading || better.is_none();
+            // Not while a handover (a stop's, say) has campaigns turned off.
+            let no_handover = self.inner.handover.try_lock();
+            if campaign != campaigning && no_handover.is_ok() {
+                campaigning = campaign;
+                self.inner.raft.runtime_config().elect(campaign);
+                if campaign {
+                    tracing::info!("this node stands for election again");
+                } else {
+                    tracing::info!(
+                        "another voter is much nearer a majority; this node no longer stands for election"
+                    );
+                }
+            }
+            drop(no_handover);
+            let better = better.filter(|_| leading);
             streak = if better.is_some() { streak + 1 } else { 0 };
             let cooled = last_move.is_none_or(|t| t.elapsed() >= COOLDOWN);
             let Some(to) = better.filter(|_| streak >= SUSTAINED && cooled) else {
@@ -109,6 +148,9 @@ impl Replica {
             streak = 0;
             if self.move_leadership(to).await.is_some() {
                 metrics::leadership_moved();
+                // It follows now, on slow links.
+                campaigning = false;
+                self.inner.raft.runtime_config().elect(false);
             }
         }
     }
