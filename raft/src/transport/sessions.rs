@@ -27,7 +27,7 @@ pub(super) struct SessionHealth {
     pub(super) last_ok: Option<Instant>,
     /// The round trips of the last few successful pings.
     pub(super) recent_rtts: VecDeque<Duration>,
-    /// The peer's own smoothed round trips to its peers, as its last ping answer gave them.
+    /// The peer's own round trips to its peers, as its last ping answer gave them.
     pub(super) reported: BTreeMap<u64, Duration>,
 }
 
