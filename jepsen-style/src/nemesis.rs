@@ -68,18 +68,18 @@ impl Nemesis {
 
     /// Applies `fault`; returns its targets and a description.
     pub async fn apply(&mut self, fault: &Fault) -> Result<(Vec<u64>, String)> {
-        // The leader, for the faults aimed at it: asked before the cluster is locked, since
-        // the query locks it for the node list.
-        let leader = match fault.kind {
+        // The node a one-node fault hits: the leader for the faults aimed at it (asked before
+        // the cluster is locked, since the query locks it for the node list), else the first
+        // of the fault's order.
+        let target = match fault.kind {
             Kind::IsolateLeader
             | Kind::KillLeader
             | Kind::Pause
             | Kind::Membership
             | Kind::PowerLossLeader
-            | Kind::SlowLeader => Some(self.leader_or(fault.order[0]).await),
-            _ => None,
+            | Kind::SlowLeader => self.leader_or(fault.order[0]).await,
+            _ => fault.order[0],
         };
-        let leader = leader.unwrap_or(fault.order[0]);
         let mut c = self.cluster.lock().await;
         let n = c.nodes();
         let order = &fault.order;
@@ -107,6 +107,7 @@ impl Nemesis {
                 )
             }
             Kind::IsolateLeader => {
+                let leader = target;
                 let rest: Vec<usize> = (0..n).filter(|&j| j != leader).collect();
                 cut(&c, &[leader], &rest)?;
                 self.active.rules = true;
@@ -133,7 +134,6 @@ impl Nemesis {
             Kind::OneWay => {
                 // The target ignores every packet from the others; they still hear it. Its
                 // messages arrive, their answers do not.
-                let target = order[0];
                 let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
                 c.net.set_rules(target, &rest, None, &[])?;
                 self.active.rules = true;
@@ -143,17 +143,11 @@ impl Nemesis {
                 )
             }
             Kind::Kill | Kind::KillLeader => {
-                let target = if fault.kind == Kind::Kill {
-                    order[0]
-                } else {
-                    leader
-                };
                 c.kill(target);
                 self.active.killed.push(target);
                 (ids(&[target]), format!("kill -9 node {}", node_id(target)))
             }
             Kind::Pause => {
-                let target = leader;
                 c.pause(target)?;
                 self.active.paused.push(target);
                 (
@@ -176,6 +170,7 @@ impl Nemesis {
                 // its disk gone; the leader and a follower in turn, starting with the leader.
                 // Its replacement joins under a new id when the fault ends.
                 drop(c);
+                let leader = target;
                 let target = match self.replacements % 2 {
                     0 => leader,
                     _ => *order.iter().find(|&&i| i != leader).unwrap_or(&order[0]),
@@ -205,7 +200,7 @@ impl Nemesis {
             Kind::PowerLoss | Kind::PowerLossLeader | Kind::PowerLossAll => {
                 let targets: Vec<usize> = match fault.kind {
                     Kind::PowerLoss => order[..(n - 1) / 2].to_vec(),
-                    Kind::PowerLossLeader => vec![leader],
+                    Kind::PowerLossLeader => vec![target],
                     _ => (0..n).collect(),
                 };
                 let lost = c.power_loss(&targets)?;
@@ -247,11 +242,6 @@ impl Nemesis {
             }
             Kind::SlowNode | Kind::SlowLeader => {
                 // Both ways: the node's packets to the others, and theirs to it.
-                let target = if fault.kind == Kind::SlowNode {
-                    order[0]
-                } else {
-                    leader
-                };
                 let rest: Vec<usize> = (0..n).filter(|&j| j != target).collect();
                 let d = start_delayer(&c, &self.delayer_script, target, &rest, fault)?;
                 self.active.delayers.push(d);

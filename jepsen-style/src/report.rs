@@ -91,9 +91,8 @@ pub struct Window {
 pub fn expected_cost_s(kind: Option<Nemesis>) -> f64 {
     match kind {
         Some(Nemesis::PowerLossAll) => f64::INFINITY,
-        None | Some(Nemesis::Loss | Nemesis::Delay | Nemesis::SlowNode | Nemesis::SlowLeader) => {
-            3.0
-        }
+        None | Some(Nemesis::Loss) => 3.0,
+        Some(kind) if kind.delays() => 3.0,
         Some(_) => 6.0,
     }
 }

@@ -122,7 +122,8 @@ pub struct PeerStatus {
     /// The last log index this node has applied (audio included: a snapshot is applied only
     /// once every chunk it names is here).
     pub applied_index: Option<u64>,
-    /// This node's smoothed round trip to each peer it reached lately, in microseconds: the
+    /// This node's round trip to each peer it reached lately (the least of its recent pings),
+    /// in microseconds: the
     /// leader learns from them where a leader would commit fastest (`replica::placement`).
     pub link_rtt_us: BTreeMap<u64, u64>,
 }

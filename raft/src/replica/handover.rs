@@ -108,11 +108,12 @@ impl Replica {
         runtime.elect(false);
         let lease = Duration::from_millis(raft.config().heartbeat_interval * 2);
         let in_flight = slowest / 2;
+        let election = ELECTION + in_flight * 2;
         tokio::time::sleep(lease + in_flight + Duration::from_millis(20)).await;
         let asked = self
             .inner
             .transport
-            .call(target, &PeerRequest::CampaignNow, ELECTION + in_flight * 2)
+            .call(target, &PeerRequest::CampaignNow, election)
             .await;
         if !matches!(asked, Ok(PeerResponse::Membership(Ok(())))) {
             tracing::warn!(target, answer = ?asked, "could not hand leadership over");
@@ -120,7 +121,7 @@ impl Replica {
         }
         let mut watch = raft.metrics();
         let moved = tokio::time::timeout(
-            ELECTION + in_flight * 2,
+            election,
             watch.wait_for(|m| m.current_leader.is_some_and(|l| l != self.inner.id)),
         )
         .await;

@@ -148,9 +148,8 @@ impl Replica {
             streak = 0;
             if self.move_leadership(to).await.is_some() {
                 metrics::leadership_moved();
-                // It follows now, on slow links.
+                // It follows now, on slow links: `move_leadership` left campaigns off.
                 campaigning = false;
-                self.inner.raft.runtime_config().elect(false);
             }
         }
     }

@@ -162,7 +162,7 @@ impl Transport {
             .map(ActorRef::from)
     }
 
-    /// This node's smoothed ping round trip to each peer whose pings succeed.
+    /// This node's round trip to each peer whose pings succeed (`SessionHealth::rtt`).
     pub(crate) fn link_rtts(&self) -> BTreeMap<u64, Duration> {
         let sessions = self
             .inner
@@ -178,23 +178,24 @@ impl Transport {
     /// Every link's round trip this node knows of: its own, and those its peers reported in
     /// their last ping answers. A link reported from both ends keeps this node's own figure.
     pub(crate) fn rtt_table(&self) -> BTreeMap<(u64, u64), Duration> {
-        let me = self.inner.node_id;
-        let sessions = self
+        let mut table = BTreeMap::new();
+        for (&peer, health) in self
             .inner
             .sessions
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut table = BTreeMap::new();
-        for (&peer, health) in sessions.iter() {
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             for (&other, &rtt) in &health.reported {
                 table.entry(link(peer, other)).or_insert(rtt);
             }
         }
-        for (&peer, health) in sessions.iter() {
-            if let Some(rtt) = health.rtt() {
-                table.insert(link(me, peer), rtt);
-            }
-        }
+        let me = self.inner.node_id;
+        table.extend(
+            self.link_rtts()
+                .into_iter()
+                .map(|(peer, rtt)| (link(me, peer), rtt)),
+        );
         table
     }
 
